@@ -1,0 +1,1 @@
+//! The pure matching core: one limit order book per pair.

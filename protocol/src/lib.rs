@@ -1,0 +1,16 @@
+//! The vocabulary shared by the gateway, the engine and the load generator.
+//!
+//! - [`domain`]: commands and events in integer units, the input and output of the matching core.
+//! - [`pairs`]: the pair registry (`config/pairs.toml`) and decimal <-> integer conversion.
+//! - [`records`]: the Kafka record envelopes on the `orders` and `events` topics.
+//! - [`ws`]: the JSON messages between trading clients and the gateway.
+//!
+//! Nothing here does I/O; reading the registry file is the caller's job.
+
+pub mod domain;
+pub mod pairs;
+pub mod records;
+pub mod ws;
+
+pub use domain::*;
+pub use pairs::{PairId, PairRegistry, PairSpec};

@@ -1,0 +1,1 @@
+//! JSON messages between trading clients and the gateway (filled in below).
