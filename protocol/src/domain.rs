@@ -259,7 +259,9 @@ impl RejectReason {
             RejectReason::QtyOffLot => "quantity is not a multiple of the pair's lot size",
             RejectReason::QtyBelowMin => "quantity is below the pair's minimum",
             RejectReason::QtyAboveMax => "quantity is above the pair's maximum",
-            RejectReason::BelowMinNotional => "price x quantity is below the pair's minimum notional",
+            RejectReason::BelowMinNotional => {
+                "price x quantity is below the pair's minimum notional"
+            }
             RejectReason::InvalidTimeInForce => {
                 "market orders take IOC or FOK; post-only needs a GTC limit order"
             }

@@ -104,7 +104,9 @@ impl PairSpec {
             problem,
         };
         if !is_valid_symbol(&e.symbol) {
-            return Err(invalid("symbol must look like BASE-QUOTE in capitals".into()));
+            return Err(invalid(
+                "symbol must look like BASE-QUOTE in capitals".into(),
+            ));
         }
         if e.price_decimals > DECIMALS_MAX || e.qty_decimals > DECIMALS_MAX {
             return Err(invalid(format!("decimals must be at most {DECIMALS_MAX}")));
@@ -260,7 +262,9 @@ mod tests {
 
     #[test]
     fn parse_units_rejects_what_is_not_plain() {
-        for bad in ["", "-", ".", "1.", ".5", "1e3", " 1", "1 ", "+1", "1,5", "0x10", "NaN", "1..2"] {
+        for bad in [
+            "", "-", ".", "1.", ".5", "1e3", " 1", "1 ", "+1", "1,5", "0x10", "NaN", "1..2",
+        ] {
             assert_eq!(parse_units(bad, 2), Err(DecimalError::Malformed), "{bad:?}");
         }
         assert_eq!(parse_units("1.234", 2), Err(DecimalError::TooPrecise));
@@ -279,7 +283,10 @@ mod tests {
 
     #[test]
     fn registry_rejects_bad_files() {
-        assert_eq!(PairRegistry::from_toml("pair = []").unwrap_err(), PairsError::Empty);
+        assert_eq!(
+            PairRegistry::from_toml("pair = []").unwrap_err(),
+            PairsError::Empty
+        );
         let dup = format!("{}\n{}", one_pair("BTC-EUR"), one_pair("BTC-EUR"));
         assert_eq!(
             PairRegistry::from_toml(&dup).unwrap_err(),

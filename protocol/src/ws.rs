@@ -1,1 +1,557 @@
-//! JSON messages between trading clients and the gateway (filled in below).
+//! JSON messages between trading clients and the gateway, one message per WebSocket text frame.
+//!
+//! Requests: `{"id": 7, "method": "place", "params": {...}}`. The `id` is the client's, any
+//! integer up to 2^53 - 1, echoed in the response. Responses are either
+//! `{"id": 7, "result": {...}}` or `{"id": 7, "error": {"code": "...", "message": "..."}}`.
+//! Pushes (no `id`) carry a `channel`: `orders` (the account's private stream), `book`,
+//! `trades`, `ticker`, `heartbeat`, `status`.
+//!
+//! Prices and quantities are decimal strings at the edge; ids are JSON integers below 2^53 so
+//! JavaScript clients read them exactly. `docs/asyncapi.yaml` documents every message here.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::domain::{
+    ClientOrderId, CommandKind, DoneReason, OrderType, RejectReason, SelfTradePrevention, Side,
+    TimeInForce,
+};
+
+/// Largest request id (and order id) we hand to JSON clients: 2^53 - 1.
+pub const JSON_SAFE_INT_MAX: u64 = (1 << 53) - 1;
+
+/// A parsed client request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: u64,
+    pub body: RequestBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "params", rename_all = "snake_case")]
+pub enum RequestBody {
+    Login(Login),
+    Place(Place),
+    Cancel(Cancel),
+    CancelAll(CancelAllParams),
+    Amend(Amend),
+    /// Dead-man switch: cancel all of the account's orders if not refreshed within `timeout_ms`.
+    CancelAllAfter(CancelAllAfter),
+    Subscribe(Subscription),
+    Unsubscribe(Subscription),
+    Ping,
+}
+
+impl RequestBody {
+    pub fn method(&self) -> &'static str {
+        match self {
+            RequestBody::Login(_) => "login",
+            RequestBody::Place(_) => "place",
+            RequestBody::Cancel(_) => "cancel",
+            RequestBody::CancelAll(_) => "cancel_all",
+            RequestBody::Amend(_) => "amend",
+            RequestBody::CancelAllAfter(_) => "cancel_all_after",
+            RequestBody::Subscribe(_) => "subscribe",
+            RequestBody::Unsubscribe(_) => "unsubscribe",
+            RequestBody::Ping => "ping",
+        }
+    }
+}
+
+/// Every method name, for documentation checks.
+pub const METHODS: &[&str] = &[
+    "login",
+    "place",
+    "cancel",
+    "cancel_all",
+    "amend",
+    "cancel_all_after",
+    "subscribe",
+    "unsubscribe",
+    "ping",
+];
+
+/// Signed login. `signature` is lowercase hex HMAC-SHA256, keyed by the API secret, over
+/// `"{key_id}\n{ts_ms}\n{nonce}"`. Refused when `ts_ms` is outside the gateway's window (5 s by
+/// default) or the nonce was seen before for this key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub key_id: String,
+    pub ts_ms: u64,
+    /// 8 to 64 characters, unique per key within the window.
+    pub nonce: String,
+    pub signature: String,
+}
+
+/// The bytes a login signature covers.
+pub fn login_payload(key_id: &str, ts_ms: u64, nonce: &str) -> String {
+    format!("{key_id}\n{ts_ms}\n{nonce}")
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Place {
+    pub pair: String,
+    pub side: Side,
+    #[serde(rename = "type")]
+    pub order_type: OrderType,
+    /// Decimal string; required for limit orders, absent for market orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<String>,
+    /// Decimal string, in the base currency.
+    pub qty: String,
+    #[serde(default)]
+    pub tif: TimeInForce,
+    #[serde(default)]
+    pub post_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<ClientOrderId>,
+    #[serde(default)]
+    pub stp: SelfTradePrevention,
+}
+
+/// Names one order: exactly one of `order_id` and `client_order_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cancel {
+    pub pair: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<ClientOrderId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelAllParams {
+    /// One pair, or every pair when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
+}
+
+/// Names one order like [`Cancel`]; at least one of `price` and `qty` (the new total quantity).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Amend {
+    pub pair: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<ClientOrderId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qty: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelAllAfter {
+    /// 0 disarms the switch.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Book,
+    Trades,
+    Ticker,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    pub channel: Channel,
+    pub pair: String,
+}
+
+/// Stable, machine-readable error codes. The serialized name is the code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not a JSON object with an integer `id` and a string `method`.
+    MalformedRequest,
+    UnknownMethod,
+    /// `params` missing, of the wrong shape, or with unknown fields.
+    InvalidParams,
+    /// Binary frames are not part of the API.
+    UnsupportedFrame,
+    /// Trading before a successful login.
+    Unauthenticated,
+    AlreadyAuthenticated,
+    UnknownKey,
+    BadSignature,
+    StaleTimestamp,
+    NonceReused,
+    UnknownPair,
+    /// A price or quantity that is not a plain decimal, or has more decimals than the pair.
+    InvalidDecimal,
+    /// Order ids: none, both, or an unknown one.
+    InvalidOrderRef,
+    /// Per connection or per account rate limit; see `retry_after_ms`.
+    RateLimited,
+    /// The system is shedding load; see `retry_after_ms`. Cancels are still admitted.
+    Overloaded,
+    /// The gateway is draining for shutdown.
+    ShuttingDown,
+    /// Too many subscriptions on one connection.
+    TooManySubscriptions,
+    NotSubscribed,
+    /// Something broke on our side; the message says what, never a secret.
+    Internal,
+    /// The matching engine refused the command; the reason is the code.
+    #[serde(untagged)]
+    Order(RejectReason),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// A response to one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Absent only when the request's id could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// `result` of a trading request: the gateway has written the command to Kafka. The engine's
+/// verdict follows on the `orders` channel carrying the same `req_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Received {
+    pub status: ReceivedStatus,
+    /// The order id assigned by the gateway (place), or the target (cancel/amend by id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<u64>,
+    /// Commands written: 1, or one per pair for a cancel-all over every pair.
+    pub commands: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceivedStatus {
+    Received,
+}
+
+/// A message pushed by the gateway without a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "channel", rename_all = "snake_case")]
+pub enum Push {
+    /// The account's private stream, in per-pair sequence order, without duplicates.
+    Orders(OrderUpdate),
+    Book(BookMessage),
+    Trades(TradesMessage),
+    Ticker(TickerMessage),
+    Heartbeat {
+        ts_ms: u64,
+    },
+    /// The server is about to close this connection, and why.
+    Status {
+        status: ConnectionStatus,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    SlowConsumer,
+    ShuttingDown,
+    IdleTimeout,
+    Abuse,
+}
+
+/// One engine event concerning the account's order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderUpdate {
+    pub pair: String,
+    /// The pair's sequence number of this event.
+    pub seq: u64,
+    /// The request that caused it, when it came from this connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<u64>,
+    #[serde(flatten)]
+    pub kind: OrderUpdateKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OrderUpdateKind {
+    Accepted {
+        order_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_order_id: Option<ClientOrderId>,
+        side: Side,
+        #[serde(rename = "order_type")]
+        order_type: OrderType,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        price: Option<String>,
+        qty: String,
+        tif: TimeInForce,
+        post_only: bool,
+    },
+    Rejected {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        order_id: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_order_id: Option<ClientOrderId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command: Option<CommandKind>,
+        code: RejectReason,
+        message: String,
+    },
+    Fill {
+        order_id: u64,
+        trade_id: u64,
+        side: Side,
+        price: String,
+        qty: String,
+        /// Whether this order was the resting side.
+        maker: bool,
+    },
+    Amended {
+        order_id: u64,
+        price: String,
+        qty: String,
+        remaining_qty: String,
+        priority_kept: bool,
+    },
+    Done {
+        order_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_order_id: Option<ClientOrderId>,
+        reason: DoneReason,
+        filled_qty: String,
+        remaining_qty: String,
+    },
+}
+
+/// An L2 book message: a snapshot after subscribing, then updates. `seq` is the pair sequence
+/// number after the change; an update's levels replace the named levels (qty "0" removes one).
+/// A client that sees an update whose `prev_seq` is not the last `seq` it saw has missed data
+/// and should resubscribe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BookMessage {
+    pub pair: String,
+    #[serde(rename = "type")]
+    pub kind: BookMessageKind,
+    pub seq: u64,
+    /// For updates: the `seq` of the previous book message for this pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_seq: Option<u64>,
+    /// `[price, qty]` pairs, best first.
+    pub bids: Vec<[String; 2]>,
+    pub asks: Vec<[String; 2]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BookMessageKind {
+    Snapshot,
+    Update,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TradesMessage {
+    pub pair: String,
+    pub trades: Vec<PublicTrade>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublicTrade {
+    pub trade_id: u64,
+    pub seq: u64,
+    pub price: String,
+    pub qty: String,
+    pub taker_side: Side,
+    pub ts_ms: u64,
+}
+
+/// Best bid and ask; a side is absent when empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TickerMessage {
+    pub pair: String,
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bid: Option<[String; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ask: Option<[String; 2]>,
+}
+
+/// Why a frame could not become a [`Request`]; answered with `id` when it could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestError {
+    pub id: Option<u64>,
+    pub error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    id: u64,
+    method: &'a str,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: u64,
+}
+
+/// Parses one text frame in stages, so each failure gets its own code: not an object with an
+/// integer id and a method (`malformed_request`), an unknown method (`unknown_method`), or
+/// params of the wrong shape (`invalid_params`).
+pub fn parse_request(text: &str) -> Result<Request, RequestError> {
+    let raw: RawRequest = serde_json::from_str(text).map_err(|e| RequestError {
+        id: serde_json::from_str::<IdOnly>(text).ok().map(|r| r.id),
+        error: ErrorBody::new(
+            ErrorCode::MalformedRequest,
+            format!("expected {{\"id\": integer, \"method\": string, \"params\": object}}: {e}"),
+        ),
+    })?;
+    let fail = |code, message: String| RequestError {
+        id: Some(raw.id),
+        error: ErrorBody::new(code, message),
+    };
+    if raw.id > JSON_SAFE_INT_MAX {
+        return Err(fail(
+            ErrorCode::MalformedRequest,
+            format!("id must be at most {JSON_SAFE_INT_MAX}"),
+        ));
+    }
+    if !METHODS.contains(&raw.method) {
+        return Err(fail(
+            ErrorCode::UnknownMethod,
+            format!(
+                "unknown method {:?}; known: {}",
+                raw.method,
+                METHODS.join(", ")
+            ),
+        ));
+    }
+    let params = raw.params.map_or("null", RawValue::get);
+    let tagged = format!(r#"{{"method":"{}","params":{params}}}"#, raw.method);
+    let body = match (raw.method, params) {
+        ("ping", _) => RequestBody::Ping,
+        _ => serde_json::from_str(&tagged).map_err(|e| {
+            fail(
+                ErrorCode::InvalidParams,
+                format!("invalid params for {}: {e}", raw.method),
+            )
+        })?,
+    };
+    Ok(Request { id: raw.id, body })
+}
+
+impl Request {
+    /// Serializes a request as a client sends it.
+    pub fn to_json(&self) -> String {
+        let mut value = serde_json::to_value(&self.body).expect("requests always serialize");
+        value["id"] = self.id.into();
+        value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(text: &str) -> (Option<u64>, ErrorCode) {
+        let e = parse_request(text).unwrap_err();
+        (e.id, e.error.code)
+    }
+
+    #[test]
+    fn parses_a_place() {
+        let r = parse_request(
+            r#"{"id":5,"method":"place","params":{"pair":"BTC-EUR","side":"buy","type":"limit","price":"100.1","qty":"0.5"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.id, 5);
+        let RequestBody::Place(p) = r.body else {
+            panic!("not a place")
+        };
+        assert_eq!(p.tif, TimeInForce::Gtc);
+        assert_eq!(p.stp, SelfTradePrevention::ExpireTaker);
+        assert_eq!(p.price.as_deref(), Some("100.1"));
+    }
+
+    #[test]
+    fn each_failure_has_its_own_code() {
+        assert_eq!(code_of("{"), (None, ErrorCode::MalformedRequest));
+        assert_eq!(code_of("[1,2]"), (None, ErrorCode::MalformedRequest));
+        assert_eq!(
+            code_of(r#"{"method":"ping"}"#),
+            (None, ErrorCode::MalformedRequest)
+        );
+        assert_eq!(
+            code_of(r#"{"id":1,"method":"fly"}"#),
+            (Some(1), ErrorCode::UnknownMethod)
+        );
+        assert_eq!(
+            code_of(r#"{"id":2,"method":"place","params":{"pair":"BTC-EUR"}}"#),
+            (Some(2), ErrorCode::InvalidParams)
+        );
+        assert_eq!(
+            code_of(r#"{"id":3,"method":"cancel_all","params":{"pair":"X","extra":1}}"#),
+            (Some(3), ErrorCode::InvalidParams)
+        );
+        assert_eq!(
+            code_of(r#"{"id":9007199254740992,"method":"ping"}"#),
+            (Some(9007199254740992), ErrorCode::MalformedRequest)
+        );
+    }
+
+    #[test]
+    fn ping_needs_no_params_and_requests_round_trip() {
+        assert_eq!(
+            parse_request(r#"{"id":1,"method":"ping"}"#).unwrap().body,
+            RequestBody::Ping
+        );
+        let req = Request {
+            id: 9,
+            body: RequestBody::CancelAll(CancelAllParams { pair: None }),
+        };
+        assert_eq!(parse_request(&req.to_json()).unwrap(), req);
+    }
+
+    #[test]
+    fn error_codes_serialize_flat() {
+        let gw = serde_json::to_string(&ErrorCode::RateLimited).unwrap();
+        assert_eq!(gw, r#""rate_limited""#);
+        let order = serde_json::to_string(&ErrorCode::Order(RejectReason::PriceOffTick)).unwrap();
+        assert_eq!(order, r#""price_off_tick""#);
+        let back: ErrorCode = serde_json::from_str(r#""fok_cannot_fill""#).unwrap();
+        assert_eq!(back, ErrorCode::Order(RejectReason::FokCannotFill));
+    }
+
+    #[test]
+    fn pushes_carry_their_channel() {
+        let p = Push::Heartbeat { ts_ms: 1 };
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"channel":"heartbeat","ts_ms":1}"#
+        );
+    }
+}
