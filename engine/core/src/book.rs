@@ -75,7 +75,13 @@ fn crosses(side: Side, limit: Option<Price>, price: Price) -> bool {
 }
 
 impl OrderBook {
+    /// `spec` comes from the pair registry, which guarantees a positive tick and lot; a spec
+    /// without them is a programming error, not input.
     pub fn new(spec: PairSpec) -> OrderBook {
+        assert!(
+            spec.tick_size.0 > 0 && spec.lot_size.0 > 0,
+            "pair spec needs a positive tick and lot"
+        );
         OrderBook {
             spec,
             store: Store::default(),
