@@ -1,1 +1,174 @@
-//! engine library.
+//! The matching engine: one isolated actor per pair, between the `orders` topic, PostgreSQL and
+//! the `events` topic.
+//!
+//! ```text
+//! orders[i] --split queue--> actor(pair i): decode, book.apply, batch
+//!                               |  one transaction: orders, trades, outbox row, offset (fenced)
+//!                               v
+//!                           PostgreSQL --after commit--> events[i] (idempotent producer)
+//! ```
+//!
+//! - [`run`] is the whole process; the `engine` binary only parses flags and calls it.
+//! - [`record`]: decoding one record and applying it (public, so a test can replay a log).
+//! - [`rows`]: a batch's events to row changes (pure).
+//! - [`store`]: PostgreSQL recovery and the batch transaction.
+//!
+//! The runtime must be tokio's multi-threaded one: group-mode rebalance callbacks block their
+//! worker (bounded) while pairs finish their batch.
+
+mod actor;
+mod engine;
+pub mod record;
+pub mod rows;
+pub mod store;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::{PairRegistry, PairSpec};
+use tokio_util::sync::CancellationToken;
+
+pub use actor::ActorError;
+pub use store::StoreError;
+
+/// Everything the engine needs, already parsed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub brokers: String,
+    pub database_url: String,
+    pub registry: PairRegistry,
+    pub orders_topic: String,
+    pub events_topic: String,
+    pub group_id: String,
+    /// `Some`: static mode, these pair symbols only. `None`: consumer-group mode.
+    pub static_pairs: Option<Vec<String>>,
+    /// A batch ends after this many records...
+    pub batch_records_max: usize,
+    /// ...or this long after its first record.
+    pub batch_linger: Duration,
+    pub db_connections_max: u32,
+    /// How long a revoke waits for pairs to finish and commit their batch.
+    pub revoke_timeout: Duration,
+    /// How long shutdown waits for each pair to finish its batch.
+    pub drain_timeout: Duration,
+    /// Ceiling of the exponential backoff between actor restarts.
+    pub restart_backoff_max: Duration,
+    /// Where `/metrics` and `/healthz` are served; `None`: not served.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Defaults for everything but the addresses and the registry.
+    pub fn new(brokers: String, database_url: String, registry: PairRegistry) -> Config {
+        Config {
+            brokers,
+            database_url,
+            registry,
+            orders_topic: protocol::records::ORDERS_TOPIC.to_owned(),
+            events_topic: protocol::records::EVENTS_TOPIC.to_owned(),
+            group_id: "engine".to_owned(),
+            static_pairs: None,
+            batch_records_max: 2000,
+            batch_linger: Duration::from_millis(2),
+            db_connections_max: 0,
+            revoke_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(20),
+            restart_backoff_max: Duration::from_secs(5),
+            metrics_addr: None,
+        }
+    }
+
+    /// The pairs of static mode, checked against the registry.
+    fn static_specs(&self) -> Result<Option<Vec<PairSpec>>, EngineError> {
+        let Some(symbols) = &self.static_pairs else {
+            return Ok(None);
+        };
+        symbols
+            .iter()
+            .map(|s| {
+                self.registry
+                    .by_symbol(s)
+                    .cloned()
+                    .ok_or_else(|| EngineError::UnknownPair(s.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Db(#[from] infra::db::DbError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot {what}: {source}")]
+    Kafka {
+        what: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("pair {0:?} is not in the pairs file")]
+    UnknownPair(String),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Telemetry(#[from] infra::telemetry::TelemetryError),
+}
+
+/// Runs the engine until `shutdown` is cancelled, then drains: every pair finishes and commits
+/// its batch, the producer flushes, and the function returns.
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), EngineError> {
+    let specs = config.static_specs()?;
+    let owned = specs.as_ref().map_or(config.registry.len(), Vec::len);
+    if config.db_connections_max == 0 {
+        // One connection per pair actor, and a few for recovery and rebalances.
+        config.db_connections_max = u32::try_from(owned).unwrap_or(u32::MAX).saturating_add(2);
+    }
+    let health = telemetry::Health::default();
+    if let Some(addr) = config.metrics_addr {
+        let handle = infra::telemetry::install_prometheus_recorder()?;
+        telemetry::describe();
+        let listener = telemetry::bind(addr)
+            .await
+            .map_err(|source| EngineError::Metrics { addr, source })?;
+        tokio::spawn(telemetry::serve(
+            listener,
+            handle,
+            health.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let inner = shutdown.child_token();
+    let engine = engine::Engine::start(config, inner.clone()).await?;
+    match &specs {
+        Some(specs) => {
+            tracing::info!(pairs = ?specs.iter().map(|s| &s.symbol).collect::<Vec<_>>(), "static mode");
+            engine.assign_static(specs).await?;
+        }
+        None => {
+            tracing::info!(group_id = %engine.config.group_id, "consumer-group mode");
+            engine.subscribe()?;
+        }
+    }
+    health.set(true);
+    tokio::spawn(Arc::clone(&engine).report_lag(Duration::from_secs(2)));
+    let main_queue = {
+        let engine = Arc::clone(&engine);
+        tokio::spawn(async move { engine.serve_main_queue().await })
+    };
+    shutdown.cancelled().await;
+    health.set(false);
+    tracing::info!("draining: finishing batches, committing, flushing events");
+    engine.drain().await;
+    inner.cancel();
+    let _ = main_queue.await;
+    tracing::info!("engine stopped");
+    Ok(())
+}

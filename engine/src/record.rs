@@ -1,0 +1,87 @@
+//! One `orders` record in, its decision out: decoding, poison handling and the core call.
+//!
+//! Public so that a test (or an audit tool) can replay an `orders` partition through
+//! `engine-core` exactly as the engine does, and compare.
+
+use engine_core::OrderBook;
+use protocol::records::{OrderRecord, RECORD_VERSION};
+use protocol::{AccountId, Command, CommandKind, Event, RejectReason};
+
+/// What the engine made of one record.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A command (or a poison record turned into a Rejected event): answered with events.
+    Answered {
+        command_id: Option<u64>,
+        account_id: Option<AccountId>,
+        /// The decoded command, when there was one for this pair.
+        command: Option<Command>,
+        /// Why the record was poison, if it was.
+        poison: Option<RejectReason>,
+    },
+    /// A readiness probe from the stack tooling (`infra::kafka::PROBE_HEADER`): not a command.
+    Skipped,
+}
+
+/// Decodes `payload` and applies it to `book`, appending the decided events to `out`.
+/// `kafka_ts_ns` (the record's log timestamp) stamps the Rejected event of a record too broken
+/// to carry its own timestamp, so a replay of the log still yields the same events.
+pub fn apply_record(
+    book: &mut OrderBook,
+    payload: Option<&[u8]>,
+    is_probe: bool,
+    kafka_ts_ns: u64,
+    out: &mut Vec<Event>,
+) -> Outcome {
+    if is_probe {
+        return Outcome::Skipped;
+    }
+    let record = match payload.map(OrderRecord::decode) {
+        Some(Ok(r)) if r.v == RECORD_VERSION => r,
+        _ => {
+            book.reject(
+                None,
+                None,
+                None,
+                RejectReason::MalformedRecord,
+                kafka_ts_ns,
+                out,
+            );
+            return Outcome::Answered {
+                command_id: None,
+                account_id: None,
+                command: None,
+                poison: Some(RejectReason::MalformedRecord),
+            };
+        }
+    };
+    let account_id = record.command.account_id();
+    if record.pair != book.spec().symbol {
+        let order_id = match &record.command {
+            Command::Place(p) => Some(p.order_id),
+            _ => None,
+        };
+        let kind: CommandKind = record.command.kind();
+        book.reject(
+            order_id,
+            Some(account_id),
+            Some(kind),
+            RejectReason::WrongPair,
+            record.ts_ns,
+            out,
+        );
+        return Outcome::Answered {
+            command_id: Some(record.command_id),
+            account_id: Some(account_id),
+            command: None,
+            poison: Some(RejectReason::WrongPair),
+        };
+    }
+    book.apply(&record.command, record.ts_ns, out);
+    Outcome::Answered {
+        command_id: Some(record.command_id),
+        account_id: Some(account_id),
+        command: Some(record.command),
+        poison: None,
+    }
+}

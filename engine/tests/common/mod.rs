@@ -1,0 +1,329 @@
+//! Shared harness for the engine's black-box tests: real Kafka and PostgreSQL from
+//! `KAFKA_BROKERS` / `DATABASE_URL` (`eval "$(scripts/stack env)"`), a fresh pair of topics and
+//! a fresh schema per test so tests run in parallel without seeing each other.
+//!
+//! Fresh *schema*, not database: the stack's `trading` role owns its database but may not
+//! create databases; a schema on the connection's `search_path` isolates just as well.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use protocol::records::{EventRecord, OrderRecord, RECORD_VERSION};
+use protocol::{
+    AccountId, Command, OrderId, OrderType, PairRegistry, PlaceOrder, Price, Qty,
+    SelfTradePrevention, Side, TimeInForce,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sqlx::PgPool;
+
+pub struct Stack {
+    pub brokers: String,
+    pub database_url: String,
+}
+
+/// The stack from the environment; `None` (after printing why) when unset outside CI.
+pub fn stack(test: &str) -> Option<Stack> {
+    let brokers = std::env::var(infra::KAFKA_BROKERS_ENV).ok();
+    let db = std::env::var(infra::DATABASE_URL_ENV).ok();
+    match (brokers, db) {
+        (Some(brokers), Some(database_url)) => Some(Stack {
+            brokers,
+            database_url,
+        }),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+            "{test}: KAFKA_BROKERS and DATABASE_URL must be set in CI (scripts/stack up; eval \"$(scripts/stack env)\")"
+        ),
+        _ => {
+            eprintln!(
+                "skip {test}: KAFKA_BROKERS/DATABASE_URL unset; run scripts/stack up and eval \"$(scripts/stack env)\""
+            );
+            None
+        }
+    }
+}
+
+pub fn registry() -> PairRegistry {
+    infra::config::load_pairs().expect("config/pairs.toml").1
+}
+
+/// One test's private world: its topics, its schema, its URL.
+pub struct World {
+    pub stack: Stack,
+    pub registry: PairRegistry,
+    pub orders_topic: String,
+    pub events_topic: String,
+    pub schema: String,
+    /// `DATABASE_URL` with `search_path` set to the test's schema.
+    pub database_url: String,
+    pub pool: PgPool,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique(tag: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{tag}_{}_{}_{}",
+        std::process::id(),
+        now % 1_000_000_000_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl World {
+    pub async fn new(stack: Stack, tag: &str) -> World {
+        let registry = registry();
+        let id = unique(tag);
+        let orders_topic = format!("orders_{id}");
+        let events_topic = format!("events_{id}");
+        let admin = Arc::new(infra::kafka::admin_client(&stack.brokers).expect("admin client"));
+        for topic in [&orders_topic, &events_topic] {
+            infra::kafka::ensure_topic(&admin, &stack.brokers, topic, registry.len(), &[])
+                .await
+                .expect("create test topic");
+        }
+        let schema = format!("test_{id}");
+        let admin_pool = infra::db::connect(&stack.database_url, 1)
+            .await
+            .expect("connect PostgreSQL");
+        // The schema name is generated above from digits and underscores only.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&admin_pool)
+            .await
+            .expect("create schema");
+        admin_pool.close().await;
+        let sep = if stack.database_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let database_url = format!(
+            "{}{sep}options=-c%20search_path%3D{schema}",
+            stack.database_url
+        );
+        let pool = infra::db::connect(&database_url, 4)
+            .await
+            .expect("connect schema");
+        infra::db::migrate(&pool).await.expect("migrate");
+        World {
+            stack,
+            registry,
+            orders_topic,
+            events_topic,
+            schema,
+            database_url,
+            pool,
+        }
+    }
+
+    pub fn config(&self) -> engine::Config {
+        let mut c = engine::Config::new(
+            self.stack.brokers.clone(),
+            self.database_url.clone(),
+            self.registry.clone(),
+        );
+        c.orders_topic = self.orders_topic.clone();
+        c.events_topic = self.events_topic.clone();
+        c.group_id = format!("g_{}", self.schema);
+        c
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        infra::kafka::client_config(
+            &self.stack.brokers,
+            "engine-test",
+            infra::kafka::Role::Producer,
+        )
+        .create()
+        .expect("producer")
+    }
+
+    /// Produces raw payloads to the pair's partition and waits for every acknowledgement.
+    pub async fn produce_raw(&self, pair_id: u32, payloads: &[Vec<u8>]) {
+        let producer = self.producer();
+        self.produce_with(&producer, pair_id, payloads).await;
+    }
+
+    pub async fn produce_with(
+        &self,
+        producer: &FutureProducer,
+        pair_id: u32,
+        payloads: &[Vec<u8>],
+    ) {
+        let symbol = self.registry.get(pair_id).expect("pair").symbol.clone();
+        let mut futures = Vec::with_capacity(payloads.len());
+        for p in payloads {
+            let record = FutureRecord::to(&self.orders_topic)
+                .partition(pair_id as i32)
+                .key(&symbol)
+                .payload(p);
+            futures.push(
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("enqueue"),
+            );
+        }
+        for f in futures {
+            f.await
+                .expect("delivery")
+                .map_err(|(e, _)| e)
+                .expect("acked");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flush");
+    }
+
+    pub async fn produce(&self, records: &[OrderRecord]) {
+        let mut by_pair: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+        for r in records {
+            let id = self.registry.by_symbol(&r.pair).expect("known pair").id;
+            by_pair.entry(id).or_default().push(r.encode());
+        }
+        for (id, payloads) in by_pair {
+            self.produce_raw(id, &payloads).await;
+        }
+    }
+
+    /// Reads the events topic from the start until `count` records arrived or `timeout`.
+    pub async fn read_events(&self, count: usize, timeout: Duration) -> Vec<EventRecord> {
+        let brokers = self.stack.brokers.clone();
+        let topic = self.events_topic.clone();
+        let partitions = self.registry.len();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer =
+                infra::kafka::client_config(&brokers, "engine-test", infra::kafka::Role::Consumer)
+                    .set("group.id", format!("reader_{}", unique("r")))
+                    .create()
+                    .expect("consumer");
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition_offset(&topic, p as i32, Offset::Beginning)
+                    .expect("tpl");
+            }
+            consumer.assign(&tpl).expect("assign");
+            let started = Instant::now();
+            let mut out = Vec::new();
+            while out.len() < count && started.elapsed() < timeout {
+                if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
+                    let rec = EventRecord::decode(msg.payload().expect("payload"))
+                        .expect("event record decodes");
+                    out.push(rec);
+                }
+            }
+            out
+        })
+        .await
+        .expect("reader")
+    }
+
+    /// The last applied offset of each pair, by pair id.
+    pub async fn last_offsets(&self) -> HashMap<u32, i64> {
+        let rows: Vec<(i32, i64)> = sqlx::query_as("SELECT pair_id, last_offset FROM pair_offsets")
+            .fetch_all(&self.pool)
+            .await
+            .expect("offsets");
+        rows.into_iter().map(|(p, o)| (p as u32, o)).collect()
+    }
+
+    /// Waits until every listed pair has applied up to `last_offset` (inclusive).
+    pub async fn wait_applied(&self, want: &HashMap<u32, i64>, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let have = self.last_offsets().await;
+            if want
+                .iter()
+                .all(|(p, o)| have.get(p).is_some_and(|h| h >= o))
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "pairs did not apply up to {want:?} within {timeout:?}; have {have:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn drop_schema(self) {
+        self.pool.close().await;
+        if let Ok(pool) = infra::db::connect(&self.stack.database_url, 1).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA {} CASCADE",
+                self.schema
+            )))
+            .execute(&pool)
+            .await;
+        }
+    }
+}
+
+pub fn limit(
+    command_id: u64,
+    pair: &str,
+    order_id: u64,
+    account: u64,
+    side: Side,
+    price: i64,
+    qty: i64,
+) -> OrderRecord {
+    OrderRecord {
+        v: RECORD_VERSION,
+        command_id,
+        pair: pair.to_owned(),
+        ts_ns: 1_700_000_000_000_000_000 + command_id,
+        command: Command::Place(PlaceOrder {
+            order_id: OrderId(order_id),
+            account_id: AccountId(account),
+            client_order_id: None,
+            side,
+            order_type: OrderType::Limit,
+            price: Some(Price(price)),
+            qty: Qty(qty),
+            tif: TimeInForce::Gtc,
+            post_only: false,
+            stp: SelfTradePrevention::ExpireTaker,
+        }),
+    }
+}
+
+/// Starts the engine in-process; returns its shutdown token and task.
+pub fn spawn_engine(
+    config: engine::Config,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Result<(), engine::EngineError>>,
+) {
+    let token = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(engine::run(config, token.clone()));
+    (token, handle)
+}
+
+/// Checks that per pair, after dropping duplicates by seq, the seqs are exactly 1..=n.
+pub fn check_seqs(events: &[EventRecord]) -> HashMap<String, u64> {
+    let mut by_pair: HashMap<String, std::collections::BTreeSet<u64>> = HashMap::new();
+    for r in events {
+        for e in &r.events {
+            by_pair.entry(r.pair.clone()).or_default().insert(e.seq);
+        }
+    }
+    let mut last = HashMap::new();
+    for (pair, seqs) in by_pair {
+        let n = seqs.len() as u64;
+        assert_eq!(seqs.iter().next(), Some(&1), "{pair}: seqs start at 1");
+        assert_eq!(
+            seqs.iter().last(),
+            Some(&n),
+            "{pair}: seqs 1..={n} without gaps"
+        );
+        last.insert(pair, n);
+    }
+    last
+}
