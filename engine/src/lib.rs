@@ -22,6 +22,7 @@ pub mod record;
 pub mod rows;
 pub mod store;
 pub mod telemetry;
+pub mod workload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
