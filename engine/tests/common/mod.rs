@@ -327,3 +327,101 @@ pub fn check_seqs(events: &[EventRecord]) -> HashMap<String, u64> {
     }
     last
 }
+
+/// One raw `orders` record as the engine saw it.
+pub struct RawRecord {
+    pub offset: i64,
+    pub payload: Option<Vec<u8>>,
+    pub ts_ns: u64,
+    pub probe: bool,
+}
+
+impl World {
+    /// Every record of the pair's `orders` partition, from the start to the high watermark.
+    pub async fn read_orders(&self, pair_id: u32) -> Vec<RawRecord> {
+        use rdkafka::message::Headers;
+        let brokers = self.stack.brokers.clone();
+        let topic = self.orders_topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer =
+                infra::kafka::client_config(&brokers, "engine-test", infra::kafka::Role::Consumer)
+                    .set("group.id", format!("reader_{}", unique("o")))
+                    .create()
+                    .expect("consumer");
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, pair_id as i32, Duration::from_secs(5))
+                .expect("watermarks");
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, pair_id as i32, Offset::Beginning)
+                .expect("tpl");
+            consumer.assign(&tpl).expect("assign");
+            let mut out = Vec::new();
+            let started = Instant::now();
+            while out.last().is_none_or(|r: &RawRecord| r.offset + 1 < high) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "reading orders"
+                );
+                if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
+                    out.push(RawRecord {
+                        offset: msg.offset(),
+                        payload: msg.payload().map(<[u8]>::to_vec),
+                        ts_ns: msg
+                            .timestamp()
+                            .to_millis()
+                            .map_or(0, |ms| (ms as u64).saturating_mul(1_000_000)),
+                        probe: msg
+                            .headers()
+                            .is_some_and(|h| h.iter().any(|h| h.key == infra::kafka::PROBE_HEADER)),
+                    });
+                }
+            }
+            out
+        })
+        .await
+        .expect("reader")
+    }
+
+    /// Reads `events` until `unique` distinct (pair, orders_offset) answers arrived and the topic
+    /// stays quiet for a second; returns every record, duplicates included.
+    pub async fn read_all_events(&self, unique: usize, timeout: Duration) -> Vec<EventRecord> {
+        let brokers = self.stack.brokers.clone();
+        let topic = self.events_topic.clone();
+        let partitions = self.registry.len();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer =
+                infra::kafka::client_config(&brokers, "engine-test", infra::kafka::Role::Consumer)
+                    .set("group.id", format!("reader_{}", unique_id()))
+                    .create()
+                    .expect("consumer");
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition_offset(&topic, p as i32, Offset::Beginning)
+                    .expect("tpl");
+            }
+            consumer.assign(&tpl).expect("assign");
+            let started = Instant::now();
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            let mut quiet_since = Instant::now();
+            while started.elapsed() < timeout
+                && (seen.len() < unique || quiet_since.elapsed() < Duration::from_secs(1))
+            {
+                if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
+                    let rec =
+                        EventRecord::decode(msg.payload().expect("payload")).expect("decodes");
+                    seen.insert((rec.pair.clone(), rec.orders_offset));
+                    out.push(rec);
+                    quiet_since = Instant::now();
+                }
+            }
+            out
+        })
+        .await
+        .expect("reader")
+    }
+}
+
+fn unique_id() -> String {
+    unique("x")
+}
