@@ -1,1 +1,171 @@
-//! gateway library.
+//! The WebSocket trading gateway: authenticates clients, validates their commands against the
+//! pair registry, admits or sheds them, writes them to Kafka `orders` (partition = pair), and
+//! streams the engine's results from `events` back: each account's private stream and the
+//! public market data of an L2 book replica per pair.
+//!
+//! `run(config, shutdown)` is the whole service; the binary only parses flags and calls it.
+//! `docs/API.md` is the client's reference, including the overload policy.
+
+pub mod auth;
+pub mod config;
+mod conn;
+mod deadman;
+mod http;
+pub mod hub;
+pub mod ids;
+pub mod outbound;
+pub mod provision;
+pub mod sink;
+mod state;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use infra::kafka::{Role, client_config};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, Limits};
+
+use crate::state::Shared;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Db(#[from] infra::db::DbError),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Ids(#[from] ids::IdError),
+    #[error("a gateway task failed: {0}")]
+    Task(String),
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    addr: SocketAddr,
+    task: JoinHandle<Result<(), GatewayError>>,
+}
+
+impl Gateway {
+    /// The address it listens on (the real port when the config said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until the gateway has drained after its shutdown token was cancelled.
+    pub async fn join(self) -> Result<(), GatewayError> {
+        self.task
+            .await
+            .map_err(|e| GatewayError::Task(e.to_string()))?
+    }
+}
+
+/// The process-wide Prometheus recorder; `None` when something else installed a recorder.
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .clone()
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Connects to PostgreSQL and Kafka, binds the listener and serves until `shutdown` is
+/// cancelled; then stops accepting, closes clients with 1001, flushes the producer.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway, GatewayError> {
+    let metrics = metrics_handle();
+    let pool = infra::db::connect(&config.database_url, 8).await?;
+    let client_id = format!("gateway-{}", config.gateway_id);
+    let producer: FutureProducer =
+        client_config(&config.brokers, &client_id, Role::Producer).create()?;
+    // No group is joined (partitions are assigned); the id only names the client to the broker.
+    let unique = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let consumer: StreamConsumer = client_config(&config.brokers, &client_id, Role::Consumer)
+        .set(
+            "group.id",
+            format!("{client_id}-{}-{unique}", std::process::id()),
+        )
+        .create()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let now_s = now_ms() / 1000;
+    let shared = Arc::new(Shared::new(
+        config,
+        pool,
+        producer,
+        now_s,
+        shutdown.clone(),
+    )?);
+
+    let events_stop = CancellationToken::new();
+    let events = tokio::spawn(hub::consume_events(
+        Arc::clone(&shared.hub),
+        consumer,
+        shared.config.events_topic.clone(),
+        events_stop.clone(),
+    ));
+    let app = http::router(Arc::clone(&shared), metrics);
+    tracing::info!(%addr, gateway_id = shared.config.gateway_id, "gateway listening");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await
+            .map_err(GatewayError::Serve);
+        drain(&shared).await;
+        events_stop.cancel();
+        let _ = events.await;
+        served
+    });
+    Ok(Gateway { addr, task })
+}
+
+/// After the listener stopped: wait for connections to close (they were told 1001), then give
+/// Kafka the rest of the drain time to acknowledge what was written.
+async fn drain(shared: &Arc<Shared>) {
+    let limit = Duration::from_millis(shared.config.limits.drain_timeout_ms);
+    let started = tokio::time::Instant::now();
+    while shared.connection_count() > 0 && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let producer = shared.sink.producer().clone();
+    let left = limit
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(100));
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(left)).await;
+    match flushed {
+        Ok(Ok(())) => tracing::info!("producer flushed; gateway stopped"),
+        Ok(Err(e)) => tracing::error!(error = %e, "producer flush incomplete at shutdown"),
+        Err(e) => tracing::error!(error = %e, "producer flush task failed"),
+    }
+}

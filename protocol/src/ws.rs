@@ -399,6 +399,108 @@ pub struct TickerMessage {
     pub ask: Option<[String; 2]>,
 }
 
+/// `result` of `login`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedIn {
+    pub account_id: u64,
+}
+
+/// `result` of `subscribe` and `unsubscribe`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscribed {
+    pub channel: Channel,
+    pub pair: String,
+}
+
+/// `result` of `cancel_all_after`: the gateway's clock and when the switch fires (absent when
+/// the request disarmed it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadManSwitch {
+    pub current_time_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_time_ms: Option<u64>,
+}
+
+/// `result` of `ping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pong {
+    pub ts_ms: u64,
+}
+
+/// Every push channel name, for documentation checks.
+pub const PUSH_CHANNELS: &[&str] = &["orders", "book", "trades", "ticker", "heartbeat", "status"];
+
+/// WebSocket close codes the gateway uses; the close reason is the [`ConnectionStatus`] name.
+pub mod close_code {
+    /// The gateway is shutting down (`shutting_down`).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Sustained abuse after rate limiting (`abuse`), or a refused Origin.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A frame or message above the gateway's size limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// An unexpected server error.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The connection's outbound queue overflowed (`slow_consumer`).
+    pub const SLOW_CONSUMER: u16 = 4000;
+    /// Nothing received from the client within the idle timeout (`idle_timeout`).
+    pub const IDLE_TIMEOUT: u16 = 4001;
+}
+
+impl ConnectionStatus {
+    pub const ALL: &'static [ConnectionStatus] = &[
+        ConnectionStatus::SlowConsumer,
+        ConnectionStatus::ShuttingDown,
+        ConnectionStatus::IdleTimeout,
+        ConnectionStatus::Abuse,
+    ];
+}
+
+impl ErrorCode {
+    /// Every gateway-level code (the engine's codes are [`ErrorCode::ORDER_REASONS`]).
+    pub const GATEWAY: &'static [ErrorCode] = &[
+        ErrorCode::MalformedRequest,
+        ErrorCode::UnknownMethod,
+        ErrorCode::InvalidParams,
+        ErrorCode::UnsupportedFrame,
+        ErrorCode::Unauthenticated,
+        ErrorCode::AlreadyAuthenticated,
+        ErrorCode::UnknownKey,
+        ErrorCode::BadSignature,
+        ErrorCode::StaleTimestamp,
+        ErrorCode::NonceReused,
+        ErrorCode::UnknownPair,
+        ErrorCode::InvalidDecimal,
+        ErrorCode::InvalidOrderRef,
+        ErrorCode::RateLimited,
+        ErrorCode::Overloaded,
+        ErrorCode::ShuttingDown,
+        ErrorCode::TooManySubscriptions,
+        ErrorCode::NotSubscribed,
+        ErrorCode::Internal,
+    ];
+
+    /// Every engine reject reason, which `ErrorCode::Order` carries.
+    pub const ORDER_REASONS: &'static [RejectReason] = &[
+        RejectReason::UnknownOrder,
+        RejectReason::DuplicateOrderId,
+        RejectReason::DuplicateClientOrderId,
+        RejectReason::InvalidClientOrderId,
+        RejectReason::InvalidPrice,
+        RejectReason::PriceOffTick,
+        RejectReason::QtyOffLot,
+        RejectReason::QtyBelowMin,
+        RejectReason::QtyAboveMax,
+        RejectReason::BelowMinNotional,
+        RejectReason::InvalidTimeInForce,
+        RejectReason::PostOnlyWouldTake,
+        RejectReason::FokCannotFill,
+        RejectReason::NoLiquidity,
+        RejectReason::InvalidAmend,
+        RejectReason::MalformedRecord,
+        RejectReason::WrongPair,
+    ];
+}
+
 /// Why a frame could not become a [`Request`]; answered with `id` when it could be read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestError {
@@ -544,6 +646,46 @@ mod tests {
         assert_eq!(order, r#""price_off_tick""#);
         let back: ErrorCode = serde_json::from_str(r#""fok_cannot_fill""#).unwrap();
         assert_eq!(back, ErrorCode::Order(RejectReason::FokCannotFill));
+    }
+
+    #[test]
+    fn code_lists_are_complete() {
+        // A new variant breaks these matches, a reminder to extend the lists above.
+        fn gateway_listed(c: ErrorCode) -> bool {
+            match c {
+                ErrorCode::Order(r) => ErrorCode::ORDER_REASONS.contains(&r),
+                ErrorCode::MalformedRequest
+                | ErrorCode::UnknownMethod
+                | ErrorCode::InvalidParams
+                | ErrorCode::UnsupportedFrame
+                | ErrorCode::Unauthenticated
+                | ErrorCode::AlreadyAuthenticated
+                | ErrorCode::UnknownKey
+                | ErrorCode::BadSignature
+                | ErrorCode::StaleTimestamp
+                | ErrorCode::NonceReused
+                | ErrorCode::UnknownPair
+                | ErrorCode::InvalidDecimal
+                | ErrorCode::InvalidOrderRef
+                | ErrorCode::RateLimited
+                | ErrorCode::Overloaded
+                | ErrorCode::ShuttingDown
+                | ErrorCode::TooManySubscriptions
+                | ErrorCode::NotSubscribed
+                | ErrorCode::Internal => ErrorCode::GATEWAY.contains(&c),
+            }
+        }
+        for c in ErrorCode::GATEWAY {
+            assert!(gateway_listed(*c));
+        }
+        assert_eq!(ErrorCode::GATEWAY.len(), 19);
+        for r in ErrorCode::ORDER_REASONS {
+            assert!(gateway_listed(ErrorCode::Order(*r)), "{}", r.code());
+        }
+        // RejectReason::code is an exhaustive match; every code is listed once.
+        let mut codes: Vec<_> = ErrorCode::ORDER_REASONS.iter().map(|r| r.code()).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), ErrorCode::ORDER_REASONS.len());
     }
 
     #[test]

@@ -1,0 +1,562 @@
+//! One WebSocket connection: a reader that parses and answers requests, and a writer that
+//! drains the connection's [`Outbound`] and keeps the socket alive with pings and heartbeats.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, RateLimiter};
+use protocol::ws::{
+    BookMessage, BookMessageKind, Channel, DeadManSwitch, ErrorBody, ErrorCode, LoggedIn, Pong,
+    Push, Received, ReceivedStatus, Request, RequestBody, Response, Subscribed, Subscription,
+    TradesMessage, parse_request,
+};
+use protocol::{AccountId, Command, OrderId, PairId, PairSpec, Price, Qty};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::auth::AuthError;
+use crate::outbound::{Closing, Levels, MarketPending, Next, Outbound};
+use crate::sink::Class;
+use crate::state::{Shared, count_error, quota, rate_limited};
+use crate::{deadman, now_ms, validate};
+
+type Pending = Pin<Box<dyn Future<Output = String> + Send>>;
+
+fn ok_text(id: u64, result: impl Serialize) -> String {
+    let response = Response {
+        id: Some(id),
+        result: Some(serde_json::to_value(result).expect("results always serialize")),
+        error: None,
+    };
+    serde_json::to_string(&response).expect("responses always serialize")
+}
+
+fn error_text(id: Option<u64>, error: ErrorBody) -> String {
+    count_error(error.code);
+    let response = Response {
+        id,
+        result: None,
+        error: Some(error),
+    };
+    serde_json::to_string(&response).expect("responses always serialize")
+}
+
+fn received(order_id: Option<u64>, commands: u32) -> Received {
+    Received {
+        status: ReceivedStatus::Received,
+        order_id,
+        commands,
+    }
+}
+
+/// Whether axum's read error is tungstenite refusing a too-large frame or message.
+fn is_too_big(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    out: Arc<Outbound>,
+    account: Option<AccountId>,
+    subs: HashSet<(Channel, PairId)>,
+    limiter: DefaultDirectRateLimiter,
+    limited_in_a_row: u32,
+    pending: FuturesUnordered<Pending>,
+}
+
+/// Serves one upgraded socket until either side closes it.
+pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
+    let limits = &shared.config.limits;
+    let out = Arc::new(Outbound::new(
+        shared.next_conn_id(),
+        limits.outbound_queue_max,
+        limits.pending_trades_max,
+    ));
+    let (sink, stream) = socket.split();
+    let writer_done = tokio_util::sync::CancellationToken::new();
+    let writer = tokio::spawn(write_loop(
+        Arc::clone(&shared),
+        Arc::clone(&out),
+        sink,
+        writer_done.clone(),
+    ));
+    let mut conn = Conn {
+        limiter: RateLimiter::direct(quota(limits.conn_rate_per_s, limits.conn_burst)),
+        shared: Arc::clone(&shared),
+        out: Arc::clone(&out),
+        account: None,
+        subs: HashSet::new(),
+        limited_in_a_row: 0,
+        pending: FuturesUnordered::new(),
+    };
+    conn.read_loop(stream).await;
+    conn.leave();
+    if !out.closing().is_cancelled() {
+        // The client went away: nothing more to say.
+        writer_done.cancel();
+    }
+    let grace = Duration::from_millis(2 * limits.write_timeout_ms);
+    if tokio::time::timeout(grace, writer).await.is_err() {
+        tracing::debug!(conn = out.id, "writer did not finish in time");
+    }
+    shared.close_connection();
+}
+
+impl Conn {
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
+        let limits = self.shared.config.limits.clone();
+        let idle = Duration::from_millis(limits.idle_timeout_ms);
+        let mut idle_deadline = Instant::now() + idle;
+        let shutdown = self.shared.shutdown.clone();
+        let closing = self.out.closing().clone();
+        loop {
+            let can_read = self.pending.len() < limits.pending_per_conn_max;
+            tokio::select! {
+                biased;
+                _ = closing.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    self.finish_pending(Duration::from_millis(limits.drain_timeout_ms / 2)).await;
+                    self.out.close(Closing::ShuttingDown);
+                    return;
+                }
+                Some(text) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.out.push(text);
+                }
+                _ = tokio::time::sleep_until(idle_deadline) => {
+                    self.out.close(Closing::IdleTimeout);
+                    return;
+                }
+                frame = stream.next(), if can_read => {
+                    idle_deadline = Instant::now() + idle;
+                    match frame {
+                        None | Some(Ok(Message::Close(_))) => return,
+                        Some(Err(e)) => {
+                            if is_too_big(&e) {
+                                self.out.close(Closing::TooBig);
+                            } else {
+                                tracing::debug!(conn = self.out.id, error = %e, "read failed");
+                            }
+                            return;
+                        }
+                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                        Some(Ok(Message::Binary(_))) => {
+                            let e = ErrorBody::new(
+                                ErrorCode::UnsupportedFrame,
+                                "binary frames are not part of the API; send JSON text frames",
+                            );
+                            self.out.push(error_text(None, e));
+                        }
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers what is already on its way to Kafka before the connection closes.
+    async fn finish_pending(&mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            while let Some(text) = self.pending.next().await {
+                self.out.push(text);
+            }
+        })
+        .await;
+    }
+
+    fn leave(&mut self) {
+        for (channel, pair) in self.subs.drain() {
+            self.shared.hub.unsubscribe(channel, pair, self.out.id);
+        }
+        if let Some(account) = self.account {
+            self.shared.hub.remove_account(account, self.out.id);
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        metrics::counter!("gateway_frames_total").increment(1);
+        let parsed = parse_request(text);
+        if let Err(not_until) = self.limiter.check() {
+            let id = parsed.as_ref().map_or_else(|e| e.id, |r| Some(r.id));
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            metrics::counter!("gateway_shed_total", "reason" => "connection_rate").increment(1);
+            self.limited(id, rate_limited(wait, "connection"));
+            return;
+        }
+        match parsed {
+            Err(e) => {
+                self.limited_in_a_row = 0;
+                self.out.push(error_text(e.id, e.error));
+            }
+            Ok(request) => {
+                let id = request.id;
+                match self.handle(request).await {
+                    Ok(Some(text)) => {
+                        self.limited_in_a_row = 0;
+                        self.out.push(text);
+                    }
+                    Ok(None) => self.limited_in_a_row = 0,
+                    Err(e) if e.code == ErrorCode::RateLimited => self.limited(Some(id), e),
+                    Err(e) => {
+                        self.limited_in_a_row = 0;
+                        self.out.push(error_text(Some(id), e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers `rate_limited`, and closes the connection once it keeps ignoring that.
+    fn limited(&mut self, id: Option<u64>, e: ErrorBody) {
+        self.limited_in_a_row += 1;
+        if self.limited_in_a_row >= self.shared.config.limits.abuse_limited_in_a_row {
+            tracing::info!(conn = self.out.id, "closing abusive connection");
+            self.out.close(Closing::Abuse);
+        } else {
+            self.out.push(error_text(id, e));
+        }
+    }
+
+    /// Answers at once (`Some`), or later through `pending` (`None`).
+    async fn handle(&mut self, request: Request) -> Result<Option<String>, ErrorBody> {
+        let id = request.id;
+        let method = request.body.method();
+        metrics::counter!("gateway_requests_total", "method" => method).increment(1);
+        match request.body {
+            RequestBody::Ping => Ok(Some(ok_text(id, Pong { ts_ms: now_ms() }))),
+            RequestBody::Login(login) => {
+                if self.account.is_some() {
+                    return Err(ErrorBody::new(
+                        ErrorCode::AlreadyAuthenticated,
+                        "this connection is already logged in",
+                    ));
+                }
+                let account = self
+                    .shared
+                    .auth
+                    .login(&login, now_ms())
+                    .await
+                    .map_err(auth_error)?;
+                self.account = Some(account);
+                self.shared.hub.add_account(account, &self.out);
+                self.out.set_wants_heartbeat();
+                Ok(Some(ok_text(
+                    id,
+                    LoggedIn {
+                        account_id: account.0,
+                    },
+                )))
+            }
+            RequestBody::Subscribe(s) => self.subscribe(id, s),
+            RequestBody::Unsubscribe(s) => self.unsubscribe(id, s).map(Some),
+            body => {
+                let account = self.account.ok_or_else(|| {
+                    ErrorBody::new(ErrorCode::Unauthenticated, "log in before trading")
+                })?;
+                self.shared.check_account_rate(account)?;
+                self.trade(id, account, body)
+            }
+        }
+    }
+
+    fn spec(&self, symbol: &str) -> Result<PairSpec, ErrorBody> {
+        self.shared.pairs.by_symbol(symbol).cloned().ok_or_else(|| {
+            ErrorBody::new(ErrorCode::UnknownPair, format!("unknown pair {symbol:?}"))
+        })
+    }
+
+    fn subscribe(&mut self, id: u64, s: Subscription) -> Result<Option<String>, ErrorBody> {
+        let spec = self.spec(&s.pair)?;
+        let key = (s.channel, spec.id);
+        if !self.subs.contains(&key)
+            && self.subs.len() >= self.shared.config.limits.max_subscriptions
+        {
+            return Err(ErrorBody::new(
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.shared.config.limits.max_subscriptions
+                ),
+            ));
+        }
+        // Subscribing again re-sends the snapshot: how a client recovers from a gap.
+        self.subs.insert(key);
+        self.out.set_wants_heartbeat();
+        let text = ok_text(
+            id,
+            Subscribed {
+                channel: s.channel,
+                pair: s.pair,
+            },
+        );
+        // The response goes first so the snapshot follows the acknowledgement.
+        self.out.push(text);
+        self.shared.hub.subscribe(s.channel, spec.id, &self.out);
+        Ok(None)
+    }
+
+    fn unsubscribe(&mut self, id: u64, s: Subscription) -> Result<String, ErrorBody> {
+        let spec = self.spec(&s.pair)?;
+        if !self.subs.remove(&(s.channel, spec.id)) {
+            return Err(ErrorBody::new(
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {:?} {}", s.channel, s.pair),
+            ));
+        }
+        self.shared.hub.unsubscribe(s.channel, spec.id, self.out.id);
+        self.out.clear_market(s.channel, spec.id);
+        Ok(ok_text(
+            id,
+            Subscribed {
+                channel: s.channel,
+                pair: s.pair,
+            },
+        ))
+    }
+
+    fn later(
+        &mut self,
+        id: u64,
+        work: impl Future<Output = Result<Received, ErrorBody>> + Send + 'static,
+    ) {
+        self.pending.push(Box::pin(async move {
+            match work.await {
+                Ok(r) => ok_text(id, r),
+                Err(e) => error_text(Some(id), e),
+            }
+        }));
+    }
+
+    fn trade(
+        &mut self,
+        id: u64,
+        account: AccountId,
+        body: RequestBody,
+    ) -> Result<Option<String>, ErrorBody> {
+        let origin = Some((self.out.id, id));
+        let shared = Arc::clone(&self.shared);
+        let body_name = body.method();
+        match body {
+            RequestBody::Place(p) => {
+                let spec = self.spec(&p.pair)?;
+                let command_id = shared.ids.next();
+                let place = validate::place(&spec, &p, account, OrderId(command_id))?;
+                let permit = shared.admit(Class::New)?;
+                self.later(id, async move {
+                    shared
+                        .produce(permit, &spec, command_id, Command::Place(place), origin)
+                        .await?;
+                    Ok(received(Some(command_id), 1))
+                });
+            }
+            RequestBody::Cancel(c) => {
+                let spec = self.spec(&c.pair)?;
+                let cancel = validate::cancel(&c, account)?;
+                let permit = shared.admit(Class::Cancel)?;
+                self.later(id, async move {
+                    let command_id = shared.ids.next();
+                    shared
+                        .produce(permit, &spec, command_id, Command::Cancel(cancel), origin)
+                        .await?;
+                    Ok(received(c.order_id, 1))
+                });
+            }
+            RequestBody::Amend(a) => {
+                let spec = self.spec(&a.pair)?;
+                let amend = validate::amend(&spec, &a, account)?;
+                let permit = shared.admit(Class::New)?;
+                self.later(id, async move {
+                    let command_id = shared.ids.next();
+                    shared
+                        .produce(permit, &spec, command_id, Command::Amend(amend), origin)
+                        .await?;
+                    Ok(received(a.order_id, 1))
+                });
+            }
+            RequestBody::CancelAll(c) => {
+                let spec = c.pair.as_deref().map(|p| self.spec(p)).transpose()?;
+                self.later(id, async move {
+                    let n = shared.cancel_all(account, spec.as_ref(), origin).await?;
+                    Ok(received(None, n))
+                });
+            }
+            RequestBody::CancelAllAfter(c) => {
+                let max = shared.config.limits.deadman_max_ms;
+                if c.timeout_ms > max {
+                    return Err(ErrorBody::new(
+                        ErrorCode::InvalidParams,
+                        format!("timeout_ms must be at most {max} (0 disarms)"),
+                    ));
+                }
+                let now = now_ms();
+                let trigger = deadman::arm(&shared, account, c.timeout_ms, now);
+                return Ok(Some(ok_text(
+                    id,
+                    DeadManSwitch {
+                        current_time_ms: now,
+                        trigger_time_ms: trigger,
+                    },
+                )));
+            }
+            RequestBody::Login(_)
+            | RequestBody::Ping
+            | RequestBody::Subscribe(_)
+            | RequestBody::Unsubscribe(_) => {
+                return Err(ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!("{} is not a trading method", body_name),
+                ));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn auth_error(e: AuthError) -> ErrorBody {
+    let code = match &e {
+        AuthError::InvalidNonce => ErrorCode::InvalidParams,
+        AuthError::StaleTimestamp { .. } => ErrorCode::StaleTimestamp,
+        AuthError::UnknownKey => ErrorCode::UnknownKey,
+        AuthError::BadSignature => ErrorCode::BadSignature,
+        AuthError::NonceReused => ErrorCode::NonceReused,
+        AuthError::TooManyLogins => ErrorCode::RateLimited,
+        AuthError::Db(err) => {
+            tracing::warn!(error = %err, "API key lookup failed");
+            ErrorCode::Internal
+        }
+    };
+    let mut body = ErrorBody::new(code, e.to_string());
+    if code == ErrorCode::RateLimited {
+        body.retry_after_ms = Some(1_000);
+    }
+    body
+}
+
+async fn write_loop(
+    shared: Arc<Shared>,
+    out: Arc<Outbound>,
+    mut sink: SplitSink<WebSocket, Message>,
+    done: tokio_util::sync::CancellationToken,
+) {
+    let limits = &shared.config.limits;
+    let write_timeout = Duration::from_millis(limits.write_timeout_ms);
+    let mut ping = tokio::time::interval(Duration::from_millis(limits.ping_interval_ms.max(1)));
+    let mut heartbeat =
+        tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms.max(1)));
+    ping.tick().await;
+    heartbeat.tick().await;
+    let mut book_seqs: HashMap<PairId, u64> = HashMap::new();
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = done.cancelled() => return,
+            next = out.next() => match next {
+                Next::Text(text) => Message::Text(text.into()),
+                Next::Market(pair, pending) => {
+                    match market_text(&shared, pair, pending, &mut book_seqs) {
+                        Some(text) => Message::Text(text.into()),
+                        None => continue,
+                    }
+                }
+                Next::Close(why) => {
+                    close(&mut sink, why, write_timeout).await;
+                    return;
+                }
+            },
+            _ = ping.tick() => Message::Ping(Vec::new().into()),
+            _ = heartbeat.tick() => {
+                if !out.wants_heartbeat.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let push = Push::Heartbeat { ts_ms: now_ms() };
+                Message::Text(serde_json::to_string(&push).expect("pushes serialize").into())
+            }
+        };
+        match tokio::time::timeout(write_timeout, sink.send(message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                // The client does not read; its socket buffer is full. Drop it.
+                metrics::counter!("gateway_disconnects_total", "reason" => "write_timeout")
+                    .increment(1);
+                out.close(Closing::SlowConsumer);
+                return;
+            }
+        }
+    }
+}
+
+async fn close(sink: &mut SplitSink<WebSocket, Message>, why: Closing, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        if let Some((status, message)) = why.status() {
+            let push = Push::Status {
+                status,
+                message: message.to_owned(),
+            };
+            let text = serde_json::to_string(&push).expect("pushes serialize");
+            sink.send(Message::Text(text.into())).await?;
+        }
+        let frame = CloseFrame {
+            code: why.code(),
+            reason: why.reason().into(),
+        };
+        sink.send(Message::Close(Some(frame))).await?;
+        sink.close().await
+    })
+    .await;
+}
+
+fn format_levels(spec: &PairSpec, levels: &Levels, best_high: bool) -> Vec<[String; 2]> {
+    let fmt = |(p, q): (&i64, &i64)| [spec.format_price(Price(*p)), spec.format_qty(Qty(*q))];
+    if best_high {
+        levels.iter().rev().map(fmt).collect()
+    } else {
+        levels.iter().map(fmt).collect()
+    }
+}
+
+fn market_text(
+    shared: &Shared,
+    pair: PairId,
+    pending: MarketPending,
+    book_seqs: &mut HashMap<PairId, u64>,
+) -> Option<String> {
+    let spec = shared.pairs.get(pair)?;
+    let push = match pending {
+        MarketPending::Book {
+            snapshot,
+            seq,
+            bids,
+            asks,
+        } => {
+            let prev_seq = book_seqs.insert(pair, seq);
+            Push::Book(BookMessage {
+                pair: spec.symbol.clone(),
+                kind: if snapshot {
+                    BookMessageKind::Snapshot
+                } else {
+                    BookMessageKind::Update
+                },
+                seq,
+                prev_seq: if snapshot { None } else { prev_seq },
+                bids: format_levels(spec, &bids, true),
+                asks: format_levels(spec, &asks, false),
+            })
+        }
+        MarketPending::Trades(trades) => Push::Trades(TradesMessage {
+            pair: spec.symbol.clone(),
+            trades: trades.into(),
+        }),
+        MarketPending::Ticker(t) => Push::Ticker(t),
+    };
+    Some(serde_json::to_string(&push).expect("pushes serialize"))
+}

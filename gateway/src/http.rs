@@ -1,0 +1,114 @@
+//! HTTP: the WebSocket upgrade at `/ws` (Origin allowlist, connection limit, frame limits) and
+//! the operator endpoints `/healthz`, `/readyz`, `/metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::producer::Producer;
+
+use crate::conn;
+use crate::state::Shared;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+struct App {
+    shared: Arc<Shared>,
+    metrics: Option<PrometheusHandle>,
+}
+
+pub(crate) fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(render_metrics))
+        .with_state(App { shared, metrics })
+}
+
+async fn upgrade(State(app): State<App>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let shared = app.shared;
+    let limits = &shared.config.limits;
+    if shared.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    if !limits.allowed_origins.is_empty() {
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        if !origin.is_some_and(|o| limits.allowed_origins.iter().any(|a| a == o)) {
+            metrics::counter!("gateway_upgrades_refused_total", "reason" => "origin").increment(1);
+            return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+        }
+    }
+    if !shared.try_open_connection() {
+        metrics::counter!("gateway_upgrades_refused_total", "reason" => "max_connections")
+            .increment(1);
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+    }
+    let max = limits.max_message_bytes;
+    // tungstenite never negotiates permessage-deflate, as OWASP advises.
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_failed_upgrade({
+            let shared = Arc::clone(&shared);
+            move |_| shared.close_connection()
+        })
+        .on_upgrade(move |socket| conn::serve(shared, socket))
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    let shared = app.shared;
+    let mut problems = Vec::new();
+    if shared.shutdown.is_cancelled() {
+        problems.push("shutting down".to_owned());
+    }
+    if !shared.hub.caught_up() {
+        problems.push("events replica still catching up".to_owned());
+    }
+    match tokio::time::timeout(PROBE_TIMEOUT, infra::db::ping(&shared.pool)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(format!("postgresql: {e}")),
+        Err(_) => problems.push("postgresql: no answer within 2 s".to_owned()),
+    }
+    let producer = shared.sink.producer().clone();
+    let topic = shared.config.orders_topic.clone();
+    let kafka = tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), PROBE_TIMEOUT)
+            .map(|_| ())
+    })
+    .await;
+    match kafka {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(format!("kafka: {e}")),
+        Err(e) => problems.push(format!("kafka probe failed: {e}")),
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let body = format!("not ready: {}\n", problems.join("; "));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn render_metrics(State(app): State<App>) -> Response {
+    match app.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "another metrics recorder is installed in this process\n",
+        )
+            .into_response(),
+    }
+}

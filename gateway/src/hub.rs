@@ -1,0 +1,574 @@
+//! The `events` topic, fanned out: each account's private stream, and per pair an L2 replica of
+//! the book with its subscribers.
+//!
+//! One task reads every partition of `events` from the beginning (assigned, no consumer group:
+//! every gateway needs every pair, and the replica must be complete). Records are applied in
+//! partition order; an event whose `seq` is not above the pair's last seen `seq` is a
+//! re-delivery and is dropped, so clients see each event once and in order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use protocol::records::EventRecord;
+use protocol::ws::{Channel, OrderUpdate, OrderUpdateKind, PublicTrade, Push, TickerMessage};
+use protocol::{AccountId, Event, EventBody, PairId, PairRegistry, PairSpec, Price, Qty, Side};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::GatewayError;
+use crate::outbound::{ConnId, Levels, MarketUpdate, Outbound};
+
+/// A request waiting for the engine's verdict is forgotten after this long.
+const REQUEST_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct PendingRequest {
+    conn: ConnId,
+    req_id: u64,
+    at: Instant,
+}
+
+/// (best bid, best ask) as (price, qty) units.
+type BestBidAsk = (Option<(i64, i64)>, Option<(i64, i64)>);
+
+#[derive(Debug, Default)]
+struct PairState {
+    last_seq: u64,
+    bids: Levels,
+    asks: Levels,
+    best: BestBidAsk,
+    subs: HashMap<Channel, HashMap<ConnId, Arc<Outbound>>>,
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    pairs: Arc<PairRegistry>,
+    books: Vec<Mutex<PairState>>,
+    accounts: DashMap<AccountId, Vec<Arc<Outbound>>>,
+    requests: DashMap<u64, PendingRequest>,
+    request_map_max: usize,
+    depth: usize,
+    caught_up: AtomicBool,
+}
+
+fn side_top(levels: &Levels, side: Side, n: usize) -> Vec<(i64, i64)> {
+    match side {
+        Side::Buy => levels.iter().rev().take(n).map(|(p, q)| (*p, *q)).collect(),
+        Side::Sell => levels.iter().take(n).map(|(p, q)| (*p, *q)).collect(),
+    }
+}
+
+/// The changes that turn the `before` top-N view into the `after` one (qty 0 removes).
+fn view_delta(before: &[(i64, i64)], after: &[(i64, i64)]) -> Levels {
+    let old: HashMap<i64, i64> = before.iter().copied().collect();
+    let mut delta: Levels = after
+        .iter()
+        .filter(|(p, q)| old.get(p) != Some(q))
+        .copied()
+        .collect();
+    for (p, _) in before {
+        if !after.iter().any(|(ap, _)| ap == p) {
+            delta.insert(*p, 0);
+        }
+    }
+    delta
+}
+
+impl PairState {
+    fn best(&self) -> BestBidAsk {
+        (
+            self.bids.iter().next_back().map(|(p, q)| (*p, *q)),
+            self.asks.iter().next().map(|(p, q)| (*p, *q)),
+        )
+    }
+
+    fn subscribers(&self, channel: Channel) -> impl Iterator<Item = &Arc<Outbound>> {
+        self.subs.get(&channel).into_iter().flat_map(|m| m.values())
+    }
+
+    fn has_subscribers(&self, channel: Channel) -> bool {
+        self.subs.get(&channel).is_some_and(|m| !m.is_empty())
+    }
+
+    fn snapshot(&self, depth: usize) -> MarketUpdate {
+        MarketUpdate::BookSnapshot {
+            seq: self.last_seq,
+            bids: side_top(&self.bids, Side::Buy, depth).into_iter().collect(),
+            asks: side_top(&self.asks, Side::Sell, depth)
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn ticker(&self, spec: &PairSpec) -> TickerMessage {
+        let fmt = |l: Option<(i64, i64)>| {
+            l.map(|(p, q)| [spec.format_price(Price(p)), spec.format_qty(Qty(q))])
+        };
+        TickerMessage {
+            pair: spec.symbol.clone(),
+            seq: self.last_seq,
+            bid: fmt(self.best.0),
+            ask: fmt(self.best.1),
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(pairs: Arc<PairRegistry>, depth: usize, request_map_max: usize) -> Hub {
+        let books = (0..pairs.len())
+            .map(|_| Mutex::new(PairState::default()))
+            .collect();
+        Hub {
+            pairs,
+            books,
+            accounts: DashMap::new(),
+            requests: DashMap::new(),
+            request_map_max,
+            depth: depth.max(1),
+            caught_up: AtomicBool::new(false),
+        }
+    }
+
+    fn book(&self, pair: PairId) -> std::sync::MutexGuard<'_, PairState> {
+        self.books[pair as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the replica has read every record that existed when the gateway started.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Relaxed)
+    }
+
+    pub fn add_account(&self, account: AccountId, out: &Arc<Outbound>) {
+        self.accounts
+            .entry(account)
+            .or_default()
+            .push(Arc::clone(out));
+    }
+
+    pub fn remove_account(&self, account: AccountId, conn: ConnId) {
+        self.accounts.remove_if_mut(&account, |_, outs| {
+            outs.retain(|o| o.id != conn);
+            outs.is_empty()
+        });
+    }
+
+    /// Remembers which request a command answers, if there is room (else the verdict simply
+    /// arrives without `req_id`).
+    pub fn remember_request(&self, command_id: u64, conn: ConnId, req_id: u64) {
+        if self.requests.len() < self.request_map_max {
+            let at = Instant::now();
+            self.requests
+                .insert(command_id, PendingRequest { conn, req_id, at });
+        } else {
+            metrics::counter!("gateway_request_map_full_total").increment(1);
+        }
+    }
+
+    pub fn forget_request(&self, command_id: u64) {
+        self.requests.remove(&command_id);
+    }
+
+    fn sweep_requests(&self) {
+        self.requests.retain(|_, r| r.at.elapsed() < REQUEST_TTL);
+    }
+
+    /// Adds a subscriber and hands it the current state (a snapshot for the book), under the
+    /// pair's lock so no update can fall between the state and the stream.
+    pub fn subscribe(&self, channel: Channel, pair: PairId, out: &Arc<Outbound>) {
+        let Some(spec) = self.pairs.get(pair) else {
+            return;
+        };
+        let mut state = self.book(pair);
+        match channel {
+            Channel::Book => out.push_market(channel, pair, state.snapshot(self.depth)),
+            Channel::Ticker => {
+                out.push_market(channel, pair, MarketUpdate::Ticker(state.ticker(spec)))
+            }
+            Channel::Trades => {}
+        }
+        state
+            .subs
+            .entry(channel)
+            .or_default()
+            .insert(out.id, Arc::clone(out));
+    }
+
+    pub fn unsubscribe(&self, channel: Channel, pair: PairId, conn: ConnId) {
+        if (pair as usize) < self.books.len()
+            && let Some(m) = self.book(pair).subs.get_mut(&channel)
+        {
+            m.remove(&conn);
+        }
+    }
+
+    /// Applies one record from partition `pair`.
+    pub fn apply(&self, pair: PairId, record: EventRecord) {
+        let Some(spec) = self.pairs.get(pair) else {
+            metrics::counter!("gateway_events_wrong_pair_total").increment(1);
+            return;
+        };
+        if record.pair != spec.symbol {
+            tracing::warn!(partition = pair, pair = %record.pair, "event record for another pair");
+            metrics::counter!("gateway_events_wrong_pair_total").increment(1);
+            return;
+        }
+        let private = {
+            let mut state = self.book(pair);
+            let fresh: Vec<&Event> = record
+                .events
+                .iter()
+                .filter(|e| e.seq > state.last_seq)
+                .collect();
+            if fresh.is_empty() {
+                metrics::counter!("gateway_events_duplicates_total").increment(1);
+                return;
+            }
+            self.apply_public(spec, &mut state, &fresh);
+            private_updates(spec, &fresh)
+        };
+        metrics::counter!("gateway_events_records_total").increment(1);
+        self.route_private(&record, private);
+    }
+
+    fn apply_public(&self, spec: &PairSpec, state: &mut PairState, events: &[&Event]) {
+        let book_subs = state.has_subscribers(Channel::Book);
+        let before = book_subs.then(|| {
+            (
+                side_top(&state.bids, Side::Buy, self.depth),
+                side_top(&state.asks, Side::Sell, self.depth),
+            )
+        });
+        let mut trades = Vec::new();
+        for e in events {
+            state.last_seq = e.seq;
+            match &e.body {
+                EventBody::BookLevel { side, price, qty } => {
+                    let levels = match side {
+                        Side::Buy => &mut state.bids,
+                        Side::Sell => &mut state.asks,
+                    };
+                    if qty.0 == 0 {
+                        levels.remove(&price.0);
+                    } else {
+                        levels.insert(price.0, qty.0);
+                    }
+                }
+                EventBody::Trade {
+                    trade_id,
+                    price,
+                    qty,
+                    taker_side,
+                    ..
+                } => trades.push(PublicTrade {
+                    trade_id: *trade_id,
+                    seq: e.seq,
+                    price: spec.format_price(*price),
+                    qty: spec.format_qty(*qty),
+                    taker_side: *taker_side,
+                    ts_ms: e.ts_ns / 1_000_000,
+                }),
+                _ => {}
+            }
+        }
+        let seq = state.last_seq;
+        if let Some((bids_before, asks_before)) = before {
+            let bids = view_delta(&bids_before, &side_top(&state.bids, Side::Buy, self.depth));
+            let asks = view_delta(&asks_before, &side_top(&state.asks, Side::Sell, self.depth));
+            if !bids.is_empty() || !asks.is_empty() {
+                let update = MarketUpdate::BookDelta { seq, bids, asks };
+                for out in state.subscribers(Channel::Book) {
+                    out.push_market(Channel::Book, spec.id, update.clone());
+                }
+            }
+        }
+        if !trades.is_empty() {
+            for out in state.subscribers(Channel::Trades) {
+                out.push_market(
+                    Channel::Trades,
+                    spec.id,
+                    MarketUpdate::Trades(trades.clone()),
+                );
+            }
+        }
+        let best = state.best();
+        if best != state.best {
+            state.best = best;
+            if state.has_subscribers(Channel::Ticker) {
+                let ticker = state.ticker(spec);
+                for out in state.subscribers(Channel::Ticker) {
+                    out.push_market(
+                        Channel::Ticker,
+                        spec.id,
+                        MarketUpdate::Ticker(ticker.clone()),
+                    );
+                }
+            }
+        }
+    }
+
+    fn route_private(&self, record: &EventRecord, updates: Vec<(AccountId, OrderUpdate)>) {
+        let origin = record
+            .command_id
+            .and_then(|id| self.requests.remove(&id))
+            .map(|(_, r)| r);
+        for (account, mut update) in updates {
+            let Some(outs) = self.accounts.get(&account) else {
+                continue;
+            };
+            let plain = serde_json::to_string(&Push::Orders(update.clone()))
+                .expect("pushes always serialize");
+            for out in outs.iter() {
+                match &origin {
+                    Some(r) if r.conn == out.id && record.account_id == Some(account) => {
+                        update.req_id = Some(r.req_id);
+                        let text = serde_json::to_string(&Push::Orders(update.clone()))
+                            .expect("pushes always serialize");
+                        out.push(text);
+                    }
+                    _ => out.push(plain.clone()),
+                }
+            }
+        }
+    }
+}
+
+/// The engine's events as each concerned account sees them.
+fn private_updates(spec: &PairSpec, events: &[&Event]) -> Vec<(AccountId, OrderUpdate)> {
+    let mut out = Vec::new();
+    let update = |seq, kind| OrderUpdate {
+        pair: spec.symbol.clone(),
+        seq,
+        req_id: None,
+        kind,
+    };
+    for e in events {
+        match &e.body {
+            EventBody::Accepted {
+                order_id,
+                account_id,
+                client_order_id,
+                side,
+                order_type,
+                price,
+                qty,
+                tif,
+                post_only,
+            } => out.push((
+                *account_id,
+                update(
+                    e.seq,
+                    OrderUpdateKind::Accepted {
+                        order_id: order_id.0,
+                        client_order_id: client_order_id.clone(),
+                        side: *side,
+                        order_type: *order_type,
+                        price: price.map(|p| spec.format_price(p)),
+                        qty: spec.format_qty(*qty),
+                        tif: *tif,
+                        post_only: *post_only,
+                    },
+                ),
+            )),
+            EventBody::Rejected {
+                order_id,
+                account_id: Some(account_id),
+                client_order_id,
+                command,
+                reason,
+            } => out.push((
+                *account_id,
+                update(
+                    e.seq,
+                    OrderUpdateKind::Rejected {
+                        order_id: order_id.map(|o| o.0),
+                        client_order_id: client_order_id.clone(),
+                        command: *command,
+                        code: *reason,
+                        message: reason.message().to_owned(),
+                    },
+                ),
+            )),
+            EventBody::Rejected {
+                account_id: None, ..
+            } => {}
+            EventBody::Trade {
+                trade_id,
+                price,
+                qty,
+                taker_side,
+                maker_order_id,
+                maker_account_id,
+                taker_order_id,
+                taker_account_id,
+            } => {
+                let fill = |order_id: u64, side, maker| OrderUpdateKind::Fill {
+                    order_id,
+                    trade_id: *trade_id,
+                    side,
+                    price: spec.format_price(*price),
+                    qty: spec.format_qty(*qty),
+                    maker,
+                };
+                out.push((
+                    *maker_account_id,
+                    update(e.seq, fill(maker_order_id.0, taker_side.opposite(), true)),
+                ));
+                out.push((
+                    *taker_account_id,
+                    update(e.seq, fill(taker_order_id.0, *taker_side, false)),
+                ));
+            }
+            EventBody::Done {
+                order_id,
+                account_id,
+                client_order_id,
+                reason,
+                filled_qty,
+                remaining_qty,
+            } => out.push((
+                *account_id,
+                update(
+                    e.seq,
+                    OrderUpdateKind::Done {
+                        order_id: order_id.0,
+                        client_order_id: client_order_id.clone(),
+                        reason: *reason,
+                        filled_qty: spec.format_qty(*filled_qty),
+                        remaining_qty: spec.format_qty(*remaining_qty),
+                    },
+                ),
+            )),
+            EventBody::Amended {
+                order_id,
+                account_id,
+                price,
+                qty,
+                remaining_qty,
+                priority_kept,
+            } => out.push((
+                *account_id,
+                update(
+                    e.seq,
+                    OrderUpdateKind::Amended {
+                        order_id: order_id.0,
+                        price: spec.format_price(*price),
+                        qty: spec.format_qty(*qty),
+                        remaining_qty: spec.format_qty(*remaining_qty),
+                        priority_kept: *priority_kept,
+                    },
+                ),
+            )),
+            EventBody::BookLevel { .. } => {}
+        }
+    }
+    out
+}
+
+/// Reads every partition of the events topic from the beginning until `shutdown`.
+pub async fn consume_events(
+    hub: Arc<Hub>,
+    consumer: StreamConsumer,
+    topic: String,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let partitions = hub.pairs.len();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        let p = i32::try_from(p).expect("partition fits i32");
+        assignment
+            .add_partition_offset(&topic, p, Offset::Beginning)
+            .map_err(GatewayError::Kafka)?;
+    }
+    consumer.assign(&assignment).map_err(GatewayError::Kafka)?;
+    let consumer = Arc::new(consumer);
+    // The end of each partition when we started: the replica is complete once past all of them.
+    let mut behind: HashMap<i32, i64> = HashMap::new();
+    {
+        let consumer = Arc::clone(&consumer);
+        let topic = topic.clone();
+        let highs = tokio::task::spawn_blocking(move || {
+            (0..partitions as i32)
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                        .map(|(low, high)| (p, low, high))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| GatewayError::Task(e.to_string()))?
+        .map_err(GatewayError::Kafka)?;
+        behind.extend(
+            highs
+                .into_iter()
+                .filter(|(_, low, high)| high > low)
+                .map(|(p, _, high)| (p, high)),
+        );
+    }
+    if behind.is_empty() {
+        hub.caught_up.store(true, Ordering::Relaxed);
+    }
+    let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = sweep.tick() => {
+                hub.sweep_requests();
+                continue;
+            }
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the events topic; retrying");
+                metrics::counter!("gateway_events_read_errors_total").increment(1);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let partition = message.partition();
+        match message.payload().map(EventRecord::decode) {
+            Some(Ok(record)) => hub.apply(partition as PairId, record),
+            Some(Err(e)) => {
+                tracing::warn!(partition, offset = message.offset(), error = %e, "undecodable event record skipped");
+                metrics::counter!("gateway_events_undecodable_total").increment(1);
+            }
+            None => {
+                metrics::counter!("gateway_events_undecodable_total").increment(1);
+            }
+        }
+        if !behind.is_empty()
+            && let Some(high) = behind.get(&partition)
+            && message.offset() + 1 >= *high
+        {
+            behind.remove(&partition);
+            if behind.is_empty() {
+                tracing::info!("events replica caught up");
+                hub.caught_up.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn view_delta_names_changes_removals_and_levels_entering_the_view() {
+        let before = [(100, 1), (99, 2)];
+        let after = [(100, 3), (98, 5)];
+        let d = view_delta(&before, &after);
+        let want: BTreeMap<i64, i64> = [(100, 3), (99, 0), (98, 5)].into_iter().collect();
+        assert_eq!(d, want);
+    }
+}

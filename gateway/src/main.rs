@@ -1,0 +1,127 @@
+//! `gateway`: serve the WebSocket API, or `gateway provision` accounts and API keys.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gateway::{Config, Limits};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "WebSocket trading gateway with back-pressure and load shedding"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create accounts with one API key each and write them as JSON lines
+    /// (`{"key_id", "secret", "account_id"}`) for the load generator.
+    Provision {
+        #[arg(long, default_value_t = 1)]
+        accounts: usize,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "acct")]
+        name_prefix: String,
+        #[arg(long, env = infra::DATABASE_URL_ENV)]
+        database_url: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, env = "GW_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    #[arg(long, env = infra::KAFKA_BROKERS_ENV)]
+    brokers: Option<String>,
+    #[arg(long, env = infra::DATABASE_URL_ENV)]
+    database_url: Option<String>,
+    /// Defaults to the lookup described in `infra::config` (PAIRS_FILE, then config/pairs.toml).
+    #[arg(long, env = infra::config::PAIRS_FILE_ENV)]
+    pairs_file: Option<PathBuf>,
+    #[arg(long, env = "GW_ORDERS_TOPIC", default_value = protocol::records::ORDERS_TOPIC)]
+    orders_topic: String,
+    #[arg(long, env = "GW_EVENTS_TOPIC", default_value = protocol::records::EVENTS_TOPIC)]
+    events_topic: String,
+    /// 0 to 63, unique among gateways sharing an `orders` topic.
+    #[arg(long, env = "GW_GATEWAY_ID", default_value_t = 0)]
+    gateway_id: u8,
+    #[command(flatten)]
+    limits: Limits,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    infra::telemetry::init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Cmd::Provision {
+            accounts,
+            out,
+            name_prefix,
+            database_url,
+        }) => provision(accounts, &out, &name_prefix, &database_url).await,
+        None => serve(cli.serve).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let brokers = args
+        .brokers
+        .context("set --brokers or KAFKA_BROKERS (host:port[,host:port])")?;
+    let database_url = args
+        .database_url
+        .context("set --database-url or DATABASE_URL")?;
+    let (pairs_path, pairs) = match args.pairs_file {
+        Some(path) => {
+            let registry = infra::config::load_pairs_from(&path)?;
+            (path, registry)
+        }
+        None => infra::config::load_pairs()?,
+    };
+    tracing::info!(pairs = pairs.len(), path = %pairs_path.display(), "pair registry loaded");
+    let config = Config {
+        listen: args.listen,
+        brokers,
+        database_url,
+        pairs: Arc::new(pairs),
+        orders_topic: args.orders_topic,
+        events_topic: args.events_topic,
+        gateway_id: args.gateway_id,
+        limits: args.limits,
+    };
+    let shutdown = infra::shutdown::shutdown_token();
+    let gateway = gateway::run(config, shutdown).await?;
+    gateway.join().await?;
+    Ok(())
+}
+
+async fn provision(
+    accounts: usize,
+    out: &std::path::Path,
+    prefix: &str,
+    database_url: &str,
+) -> anyhow::Result<()> {
+    let pool = infra::db::connect(database_url, 2).await?;
+    let credentials = gateway::provision::provision(&pool, accounts, prefix)
+        .await
+        .context("inserting accounts and API keys")?;
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    for c in &credentials {
+        serde_json::to_writer(&mut w, c)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    tracing::info!(accounts = credentials.len(), out = %out.display(), "provisioned");
+    Ok(())
+}

@@ -1,0 +1,389 @@
+//! The WebSocket API against a real gateway, Kafka and PostgreSQL. Without the stack these
+//! print a skip line (and fail in CI): `scripts/stack up; eval "$(scripts/stack env)"`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use gateway::Limits;
+use protocol::ws::close_code;
+use protocol::{Command, OrderId};
+use serde_json::json;
+
+#[tokio::test]
+async fn login_failures_each_have_their_code() {
+    let Some(stack) = start(Limits::default(), 2).await else {
+        return;
+    };
+    let cred = stack.creds[0].clone();
+    let mut c = stack.client().await;
+
+    let r = c
+        .request("place", place_params("BTC-EUR", "buy", "100", "1"))
+        .await;
+    assert_eq!(error_code(&r), "unauthenticated");
+
+    let mut unknown = login_params(&cred, now_ms(), "nonce-unknown");
+    unknown["key_id"] = json!("no-such-key");
+    assert_eq!(
+        error_code(&c.request("login", unknown).await),
+        "unknown_key"
+    );
+
+    let mut forged = login_params(&cred, now_ms(), "nonce-forged");
+    forged["signature"] = json!("00".repeat(32));
+    assert_eq!(
+        error_code(&c.request("login", forged).await),
+        "bad_signature"
+    );
+
+    let stale = login_params(&cred, now_ms() - 60_000, "nonce-stale");
+    assert_eq!(
+        error_code(&c.request("login", stale).await),
+        "stale_timestamp"
+    );
+
+    let good = login_params(&cred, now_ms(), "nonce-once");
+    let r = c.request("login", good.clone()).await;
+    assert_eq!(r["result"]["account_id"], cred.account_id, "{r}");
+    assert_eq!(
+        error_code(&c.request("login", good.clone()).await),
+        "already_authenticated"
+    );
+
+    let mut other = stack.client().await;
+    assert_eq!(
+        error_code(&other.request("login", good).await),
+        "nonce_reused"
+    );
+    // The connection is still usable after a refused login.
+    let r = other.login(&stack.creds[1]).await;
+    assert_eq!(r["result"]["account_id"], stack.creds[1].account_id);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_answered_and_the_connection_stays_usable_until_an_oversize_frame() {
+    let Some(stack) = start(Limits::default(), 1).await else {
+        return;
+    };
+    let mut c = stack.logged_in(0).await;
+
+    c.send_text("{not json").await;
+    let Frame::Json(r) = c.read().await else {
+        panic!()
+    };
+    assert_eq!(error_code(&r), "malformed_request");
+
+    assert_eq!(
+        error_code(&c.request("fly", json!({})).await),
+        "unknown_method"
+    );
+    assert_eq!(
+        error_code(&c.request("place", json!({"pair": "BTC-EUR"})).await),
+        "invalid_params"
+    );
+    let r = c
+        .request("place", place_params("DOGE-EUR", "buy", "1", "1"))
+        .await;
+    assert_eq!(error_code(&r), "unknown_pair");
+    let r = c
+        .request("place", place_params("BTC-EUR", "buy", "100.15", "0.5"))
+        .await;
+    assert_eq!(error_code(&r), "price_off_tick");
+    let r = c
+        .request("place", place_params("BTC-EUR", "buy", "1e5", "0.5"))
+        .await;
+    assert_eq!(error_code(&r), "invalid_decimal");
+    let r = c.request("cancel", json!({"pair": "BTC-EUR"})).await;
+    assert_eq!(error_code(&r), "invalid_order_ref");
+
+    c.ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![
+        1, 2, 3,
+    ]))
+    .await
+    .unwrap();
+    let Frame::Json(r) = c.read().await else {
+        panic!()
+    };
+    assert_eq!(error_code(&r), "unsupported_frame");
+
+    let r = c.request("ping", serde_json::Value::Null).await;
+    assert!(r["result"]["ts_ms"].as_u64().is_some(), "{r}");
+
+    let big = format!(
+        r#"{{"id":99,"method":"ping","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(Limits::DEFAULT.max_message_bytes)
+    );
+    c.send_text(big).await;
+    let (code, _, _) = c.until_closed().await;
+    assert_eq!(code, Some(close_code::MESSAGE_TOO_BIG));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn commands_go_to_the_pairs_partition_and_are_acknowledged_after_kafka() {
+    let Some(stack) = start(Limits::default(), 1).await else {
+        return;
+    };
+    let consumer = stack.orders_consumer();
+    let mut c = stack.logged_in(0).await;
+    let account = stack.creds[0].account_id;
+
+    let mut place = place_params("ETH-EUR", "sell", "2000.5", "0.25");
+    place["client_order_id"] = json!("my-1");
+    let r = c.request("place", place).await;
+    assert_eq!(r["result"]["status"], "received", "{r}");
+    let order_id = r["result"]["order_id"].as_u64().unwrap();
+    assert!(order_id <= protocol::ws::JSON_SAFE_INT_MAX);
+
+    let r = c
+        .request("cancel", json!({"pair": "ETH-EUR", "order_id": order_id}))
+        .await;
+    assert_eq!(r["result"]["order_id"], order_id, "{r}");
+    let r = c
+        .request(
+            "amend",
+            json!({"pair": "ETH-EUR", "client_order_id": "my-1", "qty": "0.2"}),
+        )
+        .await;
+    assert_eq!(r["result"]["commands"], 1, "{r}");
+    let r = c.request("cancel_all", json!({})).await;
+    assert_eq!(r["result"]["commands"], stack.pairs.len(), "{r}");
+
+    let eth = stack.pairs.by_symbol("ETH-EUR").unwrap().id as i32;
+    let records = stack
+        .wait_orders(&consumer, 3 + stack.pairs.len(), |_, _, _| true)
+        .await;
+    let (partition, first) = &records
+        .iter()
+        .find(|(_, r)| matches!(r.command, Command::Place(_)))
+        .unwrap();
+    assert_eq!(*partition, eth);
+    assert_eq!(first.command_id, order_id);
+    let Command::Place(p) = &first.command else {
+        unreachable!()
+    };
+    assert_eq!(p.order_id, OrderId(order_id));
+    assert_eq!(p.account_id.0, account);
+    assert_eq!(p.price, Some(protocol::Price(200050)));
+    let cancel_alls: Vec<i32> = records
+        .iter()
+        .filter(|(_, r)| matches!(r.command, Command::CancelAll(_)))
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(cancel_alls.len(), stack.pairs.len());
+    for (p, r) in &records {
+        assert_eq!(stack.pairs.by_symbol(&r.pair).unwrap().id as i32, *p);
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_answers_retry_after_and_sustained_abuse_closes() {
+    let limits = Limits {
+        conn_rate_per_s: 2,
+        conn_burst: 5,
+        abuse_limited_in_a_row: 20,
+        ..Limits::default()
+    };
+    let Some(stack) = start(limits, 0).await else {
+        return;
+    };
+    let mut c = stack.client().await;
+    let mut limited = None;
+    for _ in 0..10 {
+        let r = c.request("ping", serde_json::Value::Null).await;
+        if r.get("error").is_some() {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("the burst of 5 runs out within 10 requests");
+    assert_eq!(error_code(&r), "rate_limited");
+    assert!(r["error"]["retry_after_ms"].as_u64().unwrap() > 0, "{r}");
+
+    for i in 0..40 {
+        c.send_text(json!({"id": 1000 + i, "method": "ping"}).to_string())
+            .await;
+    }
+    let (code, reason, statuses) = c.until_closed().await;
+    assert_eq!(code, Some(close_code::POLICY_VIOLATION), "{reason}");
+    assert_eq!(statuses.last().unwrap()["status"], "abuse");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn under_forced_overload_new_orders_are_shed_but_cancels_are_admitted() {
+    let limits = Limits {
+        inflight_new_max: 0,
+        ..Limits::default()
+    };
+    let Some(stack) = start(limits, 1).await else {
+        return;
+    };
+    let mut c = stack.logged_in(0).await;
+    let r = c
+        .request("place", place_params("BTC-EUR", "buy", "100", "0.5"))
+        .await;
+    assert_eq!(error_code(&r), "overloaded");
+    assert!(r["error"]["retry_after_ms"].as_u64().unwrap() > 0);
+    let r = c
+        .request(
+            "amend",
+            json!({"pair": "BTC-EUR", "order_id": 1, "qty": "0.1"}),
+        )
+        .await;
+    assert_eq!(error_code(&r), "overloaded");
+    let r = c
+        .request("cancel", json!({"pair": "BTC-EUR", "order_id": 1}))
+        .await;
+    assert_eq!(r["result"]["status"], "received", "{r}");
+    let r = c.request("cancel_all", json!({})).await;
+    assert_eq!(r["result"]["commands"], stack.pairs.len(), "{r}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_disconnected_while_another_keeps_trading() {
+    let limits = Limits {
+        conn_rate_per_s: 1_000_000,
+        conn_burst: 1_000_000,
+        abuse_limited_in_a_row: 1_000_000,
+        outbound_queue_max: 64,
+        write_timeout_ms: 500,
+        ..Limits::default()
+    };
+    let Some(stack) = start(limits, 1).await else {
+        return;
+    };
+    let mut trader = stack.logged_in(0).await;
+    let mut sloth = stack.client().await;
+    let ping = json!({"id": 1, "method": "ping"}).to_string();
+    // Tens of thousands of answers the sloth never reads: more than socket buffers hold.
+    let flood = async {
+        for _ in 0..100_000 {
+            if sloth
+                .ws
+                .feed(tokio_tungstenite::tungstenite::Message::text(ping.clone()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = sloth.ws.flush().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), flood).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let r = trader
+        .request("place", place_params("BTC-EUR", "buy", "100", "0.5"))
+        .await;
+    assert_eq!(r["result"]["status"], "received", "{r}");
+
+    let (m, _) = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut seen = 0_u64;
+        loop {
+            match sloth.read().await {
+                Frame::Json(v) if v["channel"] == "status" => return (Some(v), seen),
+                Frame::Json(_) => seen += 1,
+                Frame::Closed(..) => return (None, seen),
+            }
+        }
+    })
+    .await
+    .expect("the slow client is disconnected");
+    if let Some(status) = m {
+        assert_eq!(status["status"], "slow_consumer");
+    }
+    let (_, body) = stack.http_get("/metrics").await;
+    assert!(body.contains("gateway_disconnects_total"), "{body}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn dead_man_switch_cancels_everything_when_not_refreshed() {
+    let Some(stack) = start(Limits::default(), 1).await else {
+        return;
+    };
+    let consumer = stack.orders_consumer();
+    let account = stack.creds[0].account_id;
+    let mut c = stack.logged_in(0).await;
+    let r = c
+        .request("cancel_all_after", json!({"timeout_ms": 60_000}))
+        .await;
+    let first = r["result"]["trigger_time_ms"].as_u64().unwrap();
+    let r = c
+        .request("cancel_all_after", json!({"timeout_ms": 300}))
+        .await;
+    assert!(
+        r["result"]["trigger_time_ms"].as_u64().unwrap() < first,
+        "refresh moves it"
+    );
+    drop(c); // The switch outlives the connection.
+    let found = stack
+        .wait_orders(
+            &consumer,
+            stack.pairs.len(),
+            |_, _, r| matches!(&r.command, Command::CancelAll(c) if c.account_id.0 == account),
+        )
+        .await;
+    let mut partitions: Vec<i32> = found.iter().map(|(p, _)| *p).collect();
+    partitions.sort();
+    assert_eq!(
+        partitions,
+        (0..stack.pairs.len() as i32).collect::<Vec<_>>()
+    );
+
+    // Disarmed switches do not fire.
+    let mut c = stack.logged_in(0).await;
+    c.request("cancel_all_after", json!({"timeout_ms": 200}))
+        .await;
+    let r = c
+        .request("cancel_all_after", json!({"timeout_ms": 0}))
+        .await;
+    assert!(r["result"].get("trigger_time_ms").is_none(), "{r}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let Some(stack) = start(Limits::default(), 0).await else {
+        return;
+    };
+    assert_eq!(stack.http_get("/healthz").await.0, 200);
+    let ready = tokio::time::timeout(WAIT, async {
+        loop {
+            let (status, body) = stack.http_get("/readyz").await;
+            if status == 200 {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("ready in time");
+    assert!(ready.contains("ready"));
+    let mut c = stack.client().await;
+    c.request("ping", serde_json::Value::Null).await;
+    let (status, body) = stack.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("gateway_requests_total"), "{body}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_clients_with_1001_and_drains() {
+    let Some(stack) = start(Limits::default(), 1).await else {
+        return;
+    };
+    let mut c = stack.logged_in(0).await;
+    stack.shutdown.cancel();
+    let (code, reason, statuses) = c.until_closed().await;
+    assert_eq!(code, Some(close_code::GOING_AWAY), "{reason}");
+    assert_eq!(statuses.last().unwrap()["status"], "shutting_down");
+    stack.stop().await;
+}
