@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# One image for every process of the system (one repo, one deployable): engine, gateway, stackctl
+# (topic + migration init) and loadtest. The command picks the role, as ECS task definitions do.
+#
+#   docker build -t trading-engine .
+#   docker run --rm trading-engine gateway --help
+
+ARG RUST_VERSION=1.95
+FROM rust:${RUST_VERSION}-bookworm AS builder
+WORKDIR /src
+# librdkafka is compiled from source by rdkafka-sys (make + a C compiler, both in this image).
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked \
+        --bin engine --bin gateway --bin stackctl --bin loadtest \
+    && mkdir -p /out \
+    && cp target/release/engine target/release/gateway target/release/stackctl \
+          target/release/loadtest /out/
+
+FROM debian:bookworm-slim AS runtime
+# No TLS stack or shell tools beyond bash: health checks use bash's /dev/tcp (see compose file).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app
+COPY --from=builder /out/ /usr/local/bin/
+COPY config/pairs.toml /etc/trading/pairs.toml
+ENV PAIRS_FILE=/etc/trading/pairs.toml \
+    RUST_LOG=info \
+    LOG_FORMAT=json
+USER 10001:10001
+# 8080: gateway WebSocket API and /healthz /readyz /metrics. 9100: engine /healthz /metrics.
+EXPOSE 8080 9100
+# SIGTERM starts the drain (infra::shutdown); ECS stopTimeout / compose stop_grace_period bound it.
+STOPSIGNAL SIGTERM
+CMD ["gateway"]
