@@ -1,0 +1,283 @@
+//! The run's result: `report.json` and the human summary.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::config::Mode;
+use crate::schedule::Arrival;
+use crate::stats::{Percentiles, PhaseStats, SecondPoint, Snapshot};
+
+/// One phase (warm-up, the measured window, or a ramp step) in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub phase: String,
+    pub target_events_per_min: u64,
+    /// Engine verdicts (accepted, rejected, done, amended) per minute.
+    pub achieved_events_per_min: f64,
+    pub duration_s: f64,
+    pub offered: u64,
+    pub acknowledged: u64,
+    pub verdicts: u64,
+    pub accepted: u64,
+    /// Rejected by the engine (sum of the engine codes in `errors`).
+    pub rejected: u64,
+    pub lost: u64,
+    pub timeouts: u64,
+    /// `overloaded` + `rate_limited`.
+    pub shed: u64,
+    /// The generator's own queue was full: it fell behind its schedule.
+    pub generator_behind: u64,
+    pub connection_closed: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub trades: u64,
+    pub fills: u64,
+    pub ack_latency_ms: Percentiles,
+    pub accept_latency_ms: Percentiles,
+    pub sent_by_kind: BTreeMap<String, u64>,
+    pub substituted: u64,
+    /// Ramp steps: whether the step met the SLO and the shed budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+}
+
+impl PhaseReport {
+    pub fn of(p: &PhaseStats) -> PhaseReport {
+        let b = &p.buckets;
+        PhaseReport {
+            phase: p.name.clone(),
+            target_events_per_min: p.rate_per_min,
+            achieved_events_per_min: p.achieved_per_min().round(),
+            duration_s: p.duration_s,
+            offered: p.offered,
+            acknowledged: p.acknowledged,
+            verdicts: p.verdicts,
+            accepted: b.accepted,
+            rejected: b.engine_rejected.values().sum(),
+            lost: b.lost,
+            timeouts: b.timeouts,
+            shed: b.shed(),
+            generator_behind: b.generator_behind,
+            connection_closed: b.connection_closed,
+            errors: b.errors(),
+            trades: p.trades,
+            fills: p.fills,
+            ack_latency_ms: Percentiles::of(&p.ack_us),
+            accept_latency_ms: Percentiles::of(&p.accept_us),
+            sent_by_kind: p
+                .sent_by_kind
+                .iter()
+                .map(|(k, n)| (k.name().to_owned(), *n))
+                .collect(),
+            substituted: p.substituted,
+            passed: None,
+        }
+    }
+
+    /// Shed plus commands the generator could not send, as a share of offered.
+    pub fn shed_share(&self) -> f64 {
+        if self.offered == 0 {
+            0.0
+        } else {
+            (self.shed + self.generator_behind + self.connection_closed) as f64
+                / self.offered as f64
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub mode: Mode,
+    pub arrival: Arrival,
+    pub url: String,
+    pub connections: usize,
+    pub seed: u64,
+    pub slo_p99_ms: f64,
+    pub warmup_s: u64,
+    /// The measured window (fixed), or the highest passing ramp step (ramp; absent if none
+    /// passed, and then these fields describe the first step).
+    #[serde(flatten)]
+    pub measured: PhaseReport,
+    /// Lost commands over every phase, warm-up included.
+    pub lost_all_phases: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub highest_passing_events_per_min: Option<u64>,
+    pub phases: Vec<PhaseReport>,
+    /// Connections closed during the run, by reason.
+    pub disconnects: BTreeMap<String, u64>,
+    /// Peak resident memory (VmHWM) of the watched processes, in MiB.
+    pub peak_rss_mib: BTreeMap<String, f64>,
+    pub charts: Vec<String>,
+    pub series: Vec<SecondPoint>,
+}
+
+impl Report {
+    pub fn build(
+        snapshot: &Snapshot,
+        mode: Mode,
+        measured_phase: usize,
+        base: ReportBase,
+    ) -> Report {
+        let phases: Vec<PhaseReport> = snapshot.phases.iter().map(PhaseReport::of).collect();
+        let lost_all_phases = phases.iter().map(|p| p.lost).sum();
+        Report {
+            mode,
+            arrival: base.arrival,
+            url: base.url,
+            connections: base.connections,
+            seed: base.seed,
+            slo_p99_ms: base.slo_p99_ms,
+            warmup_s: base.warmup_s,
+            measured: phases[measured_phase].clone(),
+            lost_all_phases,
+            highest_passing_events_per_min: None,
+            phases,
+            disconnects: snapshot.disconnects.clone(),
+            peak_rss_mib: BTreeMap::new(),
+            charts: Vec::new(),
+            series: snapshot.series.clone(),
+        }
+    }
+
+    /// The summary printed on stdout.
+    pub fn summary(&self) -> String {
+        let m = &self.measured;
+        let mut s = String::new();
+        let pct = |p: &Percentiles| {
+            format!(
+                "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms",
+                p.p50, p.p90, p.p99, p.p999, p.max
+            )
+        };
+        let _ = writeln!(
+            s,
+            "loadtest: {} mode, {} arrival, {} connections -> {}",
+            mode_name(self.mode),
+            arrival_name(self.arrival),
+            self.connections,
+            self.url
+        );
+        if let Some(best) = self.highest_passing_events_per_min {
+            let _ = writeln!(
+                s,
+                "  highest passing rate  {best} events/min (p99 accept <= {} ms, shed <= 1%)",
+                self.slo_p99_ms
+            );
+        } else if self.mode == Mode::Ramp {
+            let _ = writeln!(
+                s,
+                "  no ramp step passed (p99 accept <= {} ms, shed <= 1%)",
+                self.slo_p99_ms
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  window ({})         {:.0} s at {} events/min target",
+            m.phase, m.duration_s, m.target_events_per_min
+        );
+        let _ = writeln!(
+            s,
+            "  achieved            {:.0} events/min ({:.0}/s) engine verdicts",
+            m.achieved_events_per_min,
+            m.achieved_events_per_min / 60.0
+        );
+        let _ = writeln!(s, "  offered             {}", m.offered);
+        let _ = writeln!(s, "  acknowledged        {}", m.acknowledged);
+        let _ = writeln!(
+            s,
+            "  engine verdicts     {} (accepted {}, rejected {})",
+            m.verdicts, m.accepted, m.rejected
+        );
+        let _ = writeln!(
+            s,
+            "  shed                {} ({:.3}% of offered)",
+            m.shed,
+            100.0 * m.shed as f64 / m.offered.max(1) as f64
+        );
+        let _ = writeln!(
+            s,
+            "  generator behind    {}   connection closed {}",
+            m.generator_behind, m.connection_closed
+        );
+        let _ = writeln!(s, "  timeouts            {}", m.timeouts);
+        let _ = writeln!(
+            s,
+            "  lost                {} (all phases: {})",
+            m.lost, self.lost_all_phases
+        );
+        let _ = writeln!(s, "  trades              {} ({} fills)", m.trades, m.fills);
+        let _ = writeln!(s, "  ack latency         {}", pct(&m.ack_latency_ms));
+        let _ = writeln!(s, "  accept latency      {}", pct(&m.accept_latency_ms));
+        if !m.errors.is_empty() {
+            let list: Vec<String> = m.errors.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            let _ = writeln!(s, "  errors by code      {}", list.join(", "));
+        }
+        let kinds: Vec<String> = m
+            .sent_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  sent by kind        {} (substituted {})",
+            kinds.join(", "),
+            m.substituted
+        );
+        if self.mode == Mode::Ramp {
+            for p in &self.phases {
+                let _ = writeln!(
+                    s,
+                    "  step {:<12} {:>9}/min -> {:>9.0}/min  p99 {:>8.2} ms  shed {:>6.3}%  {}",
+                    p.phase,
+                    p.target_events_per_min,
+                    p.achieved_events_per_min,
+                    p.accept_latency_ms.p99,
+                    100.0 * p.shed_share(),
+                    match p.passed {
+                        Some(true) => "pass",
+                        Some(false) => "FAIL",
+                        None => "",
+                    }
+                );
+            }
+        }
+        if !self.disconnects.is_empty() {
+            let list: Vec<String> = self
+                .disconnects
+                .iter()
+                .map(|(c, n)| format!("{c} x{n}"))
+                .collect();
+            let _ = writeln!(s, "  disconnects         {}", list.join(", "));
+        }
+        for (name, mib) in &self.peak_rss_mib {
+            let _ = writeln!(s, "  peak RSS {name:<10} {mib:.1} MiB");
+        }
+        s
+    }
+}
+
+/// The run's settings that go into the report as they were.
+#[derive(Debug, Clone)]
+pub struct ReportBase {
+    pub arrival: Arrival,
+    pub url: String,
+    pub connections: usize,
+    pub seed: u64,
+    pub slo_p99_ms: f64,
+    pub warmup_s: u64,
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Fixed => "fixed",
+        Mode::Ramp => "ramp",
+    }
+}
+
+fn arrival_name(a: Arrival) -> &'static str {
+    match a {
+        Arrival::Constant => "constant",
+        Arrival::Poisson => "poisson",
+    }
+}

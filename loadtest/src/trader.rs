@@ -1,0 +1,627 @@
+//! One connection's client logic, without I/O: turns scheduled slots into requests, follows
+//! each request to its final bucket, and tracks the account's own resting orders from the
+//! private stream so cancels and amends name live orders.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::ws::{
+    Amend, Cancel, OrderUpdate, OrderUpdateKind, Place, Push, RequestBody, Response,
+};
+use protocol::{CommandKind, OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce};
+use serde::{Deserialize, Serialize};
+
+use crate::market::Market;
+use crate::mix::Kind;
+use crate::rng::Rng;
+use crate::stats::{Observation, Outcome};
+
+/// A command that came due, handed from the scheduler to a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    pub scheduled: Instant,
+    pub kind: Kind,
+    pub phase: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    Ok,
+    Rejected(RejectReason),
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    scheduled: Instant,
+    phase: usize,
+    /// The resting order a cancel or amend names.
+    target: Option<u64>,
+    acked: bool,
+    verdict: Option<Verdict>,
+}
+
+#[derive(Debug, Clone)]
+struct LiveOrder {
+    pair: usize,
+    order_id: u64,
+    side: Side,
+    price: i64,
+    qty: i64,
+    filled: i64,
+    /// A cancel or amend for it is in flight: do not name it again.
+    busy: bool,
+}
+
+/// A request as a client writes it: `{"id":..,"method":..,"params":{..}}`.
+#[derive(Serialize)]
+struct Wire<'a> {
+    id: u64,
+    #[serde(flatten)]
+    body: &'a RequestBody,
+}
+
+pub fn request_json(id: u64, body: &RequestBody) -> String {
+    serde_json::to_string(&Wire { id, body }).expect("requests always serialize")
+}
+
+/// Just enough of an incoming frame to route it.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default, borrow)]
+    channel: Option<&'a str>,
+}
+
+#[derive(Debug)]
+pub struct Trader {
+    market: Arc<Market>,
+    /// Time zero of the market's drifting mid.
+    t0: Instant,
+    rng: Rng,
+    next_id: u64,
+    pending: HashMap<u64, Pending>,
+    live: Vec<LiveOrder>,
+    live_max: usize,
+}
+
+impl Trader {
+    /// `first_id` leaves room for requests sent before trading (login).
+    pub fn new(
+        market: Arc<Market>,
+        t0: Instant,
+        seed: u64,
+        live_max: usize,
+        first_id: u64,
+    ) -> Trader {
+        Trader {
+            market,
+            t0,
+            rng: Rng::new(seed),
+            next_id: first_id,
+            pending: HashMap::new(),
+            live: Vec::new(),
+            live_max,
+        }
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn live_len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Builds the request for a slot; returns its JSON and the kind actually sent, which differs
+    /// from the drawn one when there is no free own order to cancel or amend (a limit order
+    /// instead) or when `live_max` orders already rest (a cancel instead).
+    pub fn build(&mut self, slot: Slot, now: Instant) -> (String, Kind) {
+        let kind = match slot.kind {
+            Kind::Cancel | Kind::Amend if self.free_order().is_none() => Kind::Limit,
+            Kind::Limit if self.live.len() >= self.live_max && self.free_order().is_some() => {
+                Kind::Cancel
+            }
+            k => k,
+        };
+        let t_s = now.saturating_duration_since(self.t0).as_secs_f64();
+        let (body, target) = match kind {
+            Kind::Limit | Kind::Marketable => (self.place(kind, t_s), None),
+            Kind::Cancel => {
+                let i = self.free_order().expect("checked above");
+                let o = &mut self.live[i];
+                o.busy = true;
+                let body = RequestBody::Cancel(Cancel {
+                    pair: self.market.pairs[o.pair].spec.symbol.clone(),
+                    order_id: Some(o.order_id),
+                    client_order_id: None,
+                });
+                (body, Some(o.order_id))
+            }
+            Kind::Amend => {
+                let i = self.free_order().expect("checked above");
+                self.live[i].busy = true;
+                (self.amend(i, t_s), Some(self.live[i].order_id))
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(
+            id,
+            Pending {
+                scheduled: slot.scheduled,
+                phase: slot.phase,
+                target,
+                acked: false,
+                verdict: None,
+            },
+        );
+        (request_json(id, &body), kind)
+    }
+
+    /// A random resting order with no cancel or amend in flight.
+    fn free_order(&mut self) -> Option<usize> {
+        let free = self.live.iter().filter(|o| !o.busy).count();
+        if free == 0 {
+            return None;
+        }
+        let nth = self.rng.below(free as u64) as usize;
+        self.live
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !o.busy)
+            .nth(nth)
+            .map(|(i, _)| i)
+    }
+
+    fn place(&mut self, kind: Kind, t_s: f64) -> RequestBody {
+        let pair = self.rng.below(self.market.pairs.len() as u64) as usize;
+        let pm = &self.market.pairs[pair];
+        let side = if self.rng.chance(0.5) {
+            Side::Buy
+        } else {
+            Side::Sell
+        };
+        let mid = pm.mid(t_s);
+        let (price, tif) = match kind {
+            Kind::Marketable => (pm.crossing_price(mid, side), TimeInForce::Ioc),
+            _ => (pm.resting_price(mid, side, &mut self.rng), TimeInForce::Gtc),
+        };
+        let qty = pm.qty_at(price, &mut self.rng);
+        RequestBody::Place(Place {
+            pair: pm.spec.symbol.clone(),
+            side,
+            order_type: OrderType::Limit,
+            price: Some(pm.format_price(price)),
+            qty: pm.format_qty(qty),
+            tif,
+            post_only: false,
+            client_order_id: None,
+            stp: SelfTradePrevention::ExpireTaker,
+        })
+    }
+
+    /// Quantity down (keeps priority) when enough remains, else a new price near the mid.
+    fn amend(&mut self, i: usize, t_s: f64) -> RequestBody {
+        let o = self.live[i].clone();
+        let pm = &self.market.pairs[o.pair];
+        let remaining = o.qty - o.filled;
+        let min = pm.min_qty_at(o.price);
+        let (price, qty) = if remaining >= 2 * min {
+            let lot = pm.spec.lot_size.0;
+            let keep = (remaining / 2).div_euclid(lot) * lot;
+            (None, Some(pm.format_qty(o.filled + keep.max(min))))
+        } else {
+            let mid = pm.mid(t_s);
+            let price = pm.resting_price(mid, o.side, &mut self.rng);
+            (Some(pm.format_price(price)), None)
+        };
+        RequestBody::Amend(Amend {
+            pair: pm.spec.symbol.clone(),
+            order_id: Some(o.order_id),
+            client_order_id: None,
+            price,
+            qty,
+        })
+    }
+
+    /// Handles one incoming text frame; what it means for accounting goes to `obs`.
+    pub fn handle_text(&mut self, text: &str, obs: &mut Vec<Observation>) {
+        let Ok(peek) = serde_json::from_str::<Peek>(text) else {
+            return;
+        };
+        match (peek.channel, peek.id) {
+            (Some("orders"), _) => {
+                if let Ok(Push::Orders(update)) = serde_json::from_str::<Push>(text) {
+                    self.on_update(update, obs);
+                }
+            }
+            (Some("status"), _) => {
+                if let Ok(Push::Status { status, .. }) = serde_json::from_str::<Push>(text) {
+                    let reason = serde_json::to_value(status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    obs.push(Observation::Disconnected { reason });
+                }
+            }
+            (Some(_), _) => {}
+            (None, Some(_)) => {
+                if let Ok(response) = serde_json::from_str::<Response>(text) {
+                    self.on_response(response, obs);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    fn on_response(&mut self, r: Response, obs: &mut Vec<Observation>) {
+        let Some(id) = r.id else { return };
+        let Some(p) = self.pending.get_mut(&id) else {
+            return;
+        };
+        match r.error {
+            Some(error) => {
+                let p = self.pending.remove(&id).expect("present");
+                let outcome = match p.verdict {
+                    // The engine answered, so the gateway did write it: the verdict stands.
+                    Some(v) => verdict_outcome(v),
+                    None => Outcome::GatewayRejected(error.code),
+                };
+                if p.verdict.is_none() {
+                    self.release(p.target, None);
+                }
+                obs.push(Observation::Finished {
+                    phase: p.phase,
+                    outcome,
+                });
+            }
+            None if !p.acked => {
+                p.acked = true;
+                obs.push(Observation::Ack {
+                    phase: p.phase,
+                    scheduled: p.scheduled,
+                });
+                self.finish_if_done(id, obs);
+            }
+            None => {}
+        }
+    }
+
+    fn on_update(&mut self, u: OrderUpdate, obs: &mut Vec<Observation>) {
+        if let Some(req_id) = u.req_id {
+            self.on_verdict(req_id, &u.kind, obs);
+        }
+        let pair = self
+            .market
+            .pairs
+            .iter()
+            .position(|p| p.spec.symbol == u.pair);
+        match u.kind {
+            OrderUpdateKind::Accepted {
+                order_id,
+                side,
+                price: Some(price),
+                qty,
+                tif: TimeInForce::Gtc,
+                ..
+            } => {
+                let Some(pair) = pair else { return };
+                let spec = &self.market.pairs[pair].spec;
+                if let (Ok(price), Ok(qty)) = (spec.parse_price(&price), spec.parse_qty(&qty)) {
+                    self.live.push(LiveOrder {
+                        pair,
+                        order_id,
+                        side,
+                        price: price.0,
+                        qty: qty.0,
+                        filled: 0,
+                        busy: false,
+                    });
+                }
+            }
+            OrderUpdateKind::Fill {
+                order_id,
+                qty,
+                maker,
+                ..
+            } => {
+                obs.push(Observation::Fill { maker });
+                if let Some(o) = self.live.iter_mut().find(|o| o.order_id == order_id) {
+                    let spec = &self.market.pairs[o.pair].spec;
+                    o.filled += spec.parse_qty(&qty).map_or(0, |q| q.0);
+                }
+            }
+            OrderUpdateKind::Done { order_id, .. } => self.forget(order_id),
+            OrderUpdateKind::Amended {
+                order_id,
+                price,
+                qty,
+                ..
+            } => {
+                if let Some(o) = self.live.iter_mut().find(|o| o.order_id == order_id) {
+                    let spec = &self.market.pairs[o.pair].spec;
+                    o.price = spec.parse_price(&price).map_or(o.price, |p| p.0);
+                    o.qty = spec.parse_qty(&qty).map_or(o.qty, |q| q.0);
+                    o.busy = false;
+                }
+            }
+            OrderUpdateKind::Rejected {
+                order_id: Some(order_id),
+                command: Some(CommandKind::Cancel | CommandKind::Amend),
+                code,
+                ..
+            } => self.release(Some(order_id), Some(code)),
+            _ => {}
+        }
+    }
+
+    fn on_verdict(&mut self, req_id: u64, kind: &OrderUpdateKind, obs: &mut Vec<Observation>) {
+        let Some(p) = self.pending.get_mut(&req_id) else {
+            return;
+        };
+        if p.verdict.is_some() {
+            return; // fills and done events after the verdict
+        }
+        let verdict = match kind {
+            OrderUpdateKind::Accepted { .. }
+            | OrderUpdateKind::Done { .. }
+            | OrderUpdateKind::Amended { .. } => Verdict::Ok,
+            OrderUpdateKind::Rejected { code, .. } => Verdict::Rejected(*code),
+            OrderUpdateKind::Fill { .. } => return,
+        };
+        p.verdict = Some(verdict);
+        obs.push(Observation::Verdict {
+            phase: p.phase,
+            scheduled: p.scheduled,
+        });
+        self.finish_if_done(req_id, obs);
+    }
+
+    fn finish_if_done(&mut self, id: u64, obs: &mut Vec<Observation>) {
+        let done = self
+            .pending
+            .get(&id)
+            .is_some_and(|p| p.acked && p.verdict.is_some());
+        if done {
+            let p = self.pending.remove(&id).expect("present");
+            obs.push(Observation::Finished {
+                phase: p.phase,
+                outcome: verdict_outcome(p.verdict.expect("checked")),
+            });
+        }
+    }
+
+    /// A cancel or amend of `target` ended without changing it (or it is gone).
+    fn release(&mut self, target: Option<u64>, code: Option<RejectReason>) {
+        let Some(order_id) = target else { return };
+        if code == Some(RejectReason::UnknownOrder) {
+            self.forget(order_id);
+        } else if let Some(o) = self.live.iter_mut().find(|o| o.order_id == order_id) {
+            o.busy = false;
+        }
+    }
+
+    fn forget(&mut self, order_id: u64) {
+        if let Some(i) = self.live.iter().position(|o| o.order_id == order_id) {
+            self.live.swap_remove(i);
+        }
+    }
+
+    /// At the drain deadline: every command still open gets its final bucket.
+    pub fn give_up(&mut self, obs: &mut Vec<Observation>) {
+        for (_, p) in self.pending.drain() {
+            let outcome = match (p.verdict, p.acked) {
+                (Some(v), _) => verdict_outcome(v),
+                (None, true) => Outcome::Timeout,
+                (None, false) => Outcome::Lost,
+            };
+            obs.push(Observation::Finished {
+                phase: p.phase,
+                outcome,
+            });
+        }
+    }
+}
+
+fn verdict_outcome(v: Verdict) -> Outcome {
+    match v {
+        Verdict::Ok => Outcome::Accepted,
+        Verdict::Rejected(r) => Outcome::EngineRejected(r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::PairRegistry;
+    use protocol::ws::{ErrorBody, ErrorCode, parse_request};
+
+    fn trader(live_max: usize) -> Trader {
+        let reg = PairRegistry::from_toml(include_str!("../../config/pairs.toml")).unwrap();
+        Trader::new(Arc::new(Market::new(&reg)), Instant::now(), 3, live_max, 1)
+    }
+
+    fn slot(kind: Kind) -> Slot {
+        Slot {
+            scheduled: Instant::now(),
+            kind,
+            phase: 0,
+        }
+    }
+
+    fn received(id: u64) -> String {
+        format!(r#"{{"id":{id},"result":{{"status":"received","commands":1}}}}"#)
+    }
+
+    fn accepted(req_id: u64, order_id: u64, place: &Place) -> String {
+        let push = Push::Orders(OrderUpdate {
+            pair: place.pair.clone(),
+            seq: order_id,
+            req_id: Some(req_id),
+            kind: OrderUpdateKind::Accepted {
+                order_id,
+                client_order_id: None,
+                side: place.side,
+                order_type: place.order_type,
+                price: place.price.clone(),
+                qty: place.qty.clone(),
+                tif: place.tif,
+                post_only: false,
+            },
+        });
+        serde_json::to_string(&push).unwrap()
+    }
+
+    fn finished(obs: &[Observation]) -> Vec<Outcome> {
+        obs.iter()
+            .filter_map(|o| match o {
+                Observation::Finished { outcome, .. } => Some(*outcome),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn requests_parse_as_the_gateway_parses_them() {
+        let mut t = trader(100);
+        let (text, kind) = t.build(slot(Kind::Limit), Instant::now());
+        assert_eq!(kind, Kind::Limit);
+        let req = parse_request(&text).unwrap();
+        assert_eq!(req.id, 1);
+        let RequestBody::Place(p) = req.body else {
+            panic!("not a place: {text}")
+        };
+        assert_eq!(p.tif, TimeInForce::Gtc);
+        let (text, _) = t.build(slot(Kind::Marketable), Instant::now());
+        let RequestBody::Place(p) = parse_request(&text).unwrap().body else {
+            panic!("not a place")
+        };
+        assert_eq!(p.tif, TimeInForce::Ioc);
+    }
+
+    #[test]
+    fn cancel_without_own_orders_becomes_a_limit_order() {
+        let mut t = trader(100);
+        let (_, kind) = t.build(slot(Kind::Cancel), Instant::now());
+        assert_eq!(kind, Kind::Limit);
+        let (_, kind) = t.build(slot(Kind::Amend), Instant::now());
+        assert_eq!(kind, Kind::Limit);
+    }
+
+    #[test]
+    fn a_place_ends_accepted_after_ack_and_verdict_in_either_order() {
+        let mut t = trader(100);
+        let mut obs = Vec::new();
+        let (text, _) = t.build(slot(Kind::Limit), Instant::now());
+        let RequestBody::Place(place) = parse_request(&text).unwrap().body else {
+            panic!()
+        };
+        t.handle_text(&received(1), &mut obs);
+        assert!(finished(&obs).is_empty());
+        t.handle_text(&accepted(1, 77, &place), &mut obs);
+        assert_eq!(finished(&obs), vec![Outcome::Accepted]);
+        assert_eq!((t.pending_len(), t.live_len()), (0, 1));
+
+        // Verdict before the ack.
+        obs.clear();
+        let (text, _) = t.build(slot(Kind::Marketable), Instant::now());
+        let RequestBody::Place(place) = parse_request(&text).unwrap().body else {
+            panic!()
+        };
+        t.handle_text(&accepted(2, 78, &place), &mut obs);
+        assert!(finished(&obs).is_empty());
+        t.handle_text(&received(2), &mut obs);
+        assert_eq!(finished(&obs), vec![Outcome::Accepted]);
+        // IOC orders never join the resting set.
+        assert_eq!(t.live_len(), 1);
+    }
+
+    #[test]
+    fn cancels_name_live_orders_and_errors_release_them() {
+        let mut t = trader(100);
+        let mut obs = Vec::new();
+        let (text, _) = t.build(slot(Kind::Limit), Instant::now());
+        let RequestBody::Place(place) = parse_request(&text).unwrap().body else {
+            panic!()
+        };
+        t.handle_text(&received(1), &mut obs);
+        t.handle_text(&accepted(1, 500, &place), &mut obs);
+
+        let (text, kind) = t.build(slot(Kind::Cancel), Instant::now());
+        assert_eq!(kind, Kind::Cancel);
+        let RequestBody::Cancel(c) = parse_request(&text).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(c.order_id, Some(500));
+        // The only order is busy: the next cancel becomes a limit order.
+        assert_eq!(t.build(slot(Kind::Cancel), Instant::now()).1, Kind::Limit);
+
+        let shed = Response {
+            id: Some(2),
+            result: None,
+            error: Some(ErrorBody::new(ErrorCode::Overloaded, "busy")),
+        };
+        obs.clear();
+        t.handle_text(&serde_json::to_string(&shed).unwrap(), &mut obs);
+        assert_eq!(
+            finished(&obs),
+            vec![Outcome::GatewayRejected(ErrorCode::Overloaded)]
+        );
+        // Released: it can be named again.
+        assert_eq!(t.build(slot(Kind::Cancel), Instant::now()).1, Kind::Cancel);
+    }
+
+    #[test]
+    fn at_the_resting_bound_a_limit_order_becomes_a_cancel() {
+        let mut t = trader(1);
+        let mut obs = Vec::new();
+        let (text, _) = t.build(slot(Kind::Limit), Instant::now());
+        let RequestBody::Place(place) = parse_request(&text).unwrap().body else {
+            panic!()
+        };
+        t.handle_text(&accepted(1, 9, &place), &mut obs);
+        assert_eq!(t.build(slot(Kind::Limit), Instant::now()).1, Kind::Cancel);
+    }
+
+    #[test]
+    fn giving_up_splits_timeouts_from_lost() {
+        let mut t = trader(100);
+        let mut obs = Vec::new();
+        t.build(slot(Kind::Limit), Instant::now());
+        t.build(slot(Kind::Limit), Instant::now());
+        t.handle_text(&received(1), &mut obs);
+        obs.clear();
+        t.give_up(&mut obs);
+        let mut outcomes = finished(&obs);
+        outcomes.sort_by_key(|o| format!("{o:?}"));
+        assert_eq!(outcomes, vec![Outcome::Lost, Outcome::Timeout]);
+        assert_eq!(t.pending_len(), 0);
+    }
+
+    #[test]
+    fn engine_rejections_keep_their_code() {
+        let mut t = trader(100);
+        let mut obs = Vec::new();
+        t.build(slot(Kind::Limit), Instant::now());
+        t.handle_text(&received(1), &mut obs);
+        let push = Push::Orders(OrderUpdate {
+            pair: "BTC-EUR".into(),
+            seq: 1,
+            req_id: Some(1),
+            kind: OrderUpdateKind::Rejected {
+                order_id: Some(1),
+                client_order_id: None,
+                command: Some(CommandKind::Place),
+                code: RejectReason::BelowMinNotional,
+                message: String::new(),
+            },
+        });
+        t.handle_text(&serde_json::to_string(&push).unwrap(), &mut obs);
+        assert_eq!(
+            finished(&obs),
+            vec![Outcome::EngineRejected(RejectReason::BelowMinNotional)]
+        );
+    }
+}
