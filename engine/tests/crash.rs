@@ -9,11 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use engine::record::apply_record;
 use engine::workload::Workload;
-use engine_core::OrderBook;
-use protocol::records::EventRecord;
-use protocol::{Event, EventBody};
 
 const PAIRS: usize = 4;
 const PER_PAIR: usize = 2500;
@@ -102,117 +98,7 @@ async fn sigkill_mid_stream_loses_nothing_and_applies_nothing_twice() {
     let exit = engine.wait().expect("engine exits");
     assert!(exit.success(), "SIGTERM drains and exits 0, got {exit:?}");
 
-    let events = world
-        .read_all_events(PAIRS * PER_PAIR, Duration::from_secs(60))
-        .await;
-    // Dedupe by (pair, offset); a duplicate must be the same answer.
-    let mut answers: HashMap<(String, i64), &EventRecord> = HashMap::new();
-    for r in &events {
-        if let Some(prev) = answers.insert((r.pair.clone(), r.orders_offset), r) {
-            assert_eq!(prev, r, "a republished answer differs from the first");
-        }
-    }
-    for spec in &specs {
-        let mut book = OrderBook::new(spec.clone());
-        let mut replay_trades = Vec::new();
-        let mut next_seq = 1;
-        for raw in world.read_orders(spec.id).await {
-            let mut out: Vec<Event> = Vec::new();
-            apply_record(
-                &mut book,
-                raw.payload.as_deref(),
-                raw.probe,
-                raw.ts_ns,
-                &mut out,
-            );
-            if raw.probe {
-                continue;
-            }
-            let got = answers
-                .get(&(spec.symbol.clone(), raw.offset))
-                .unwrap_or_else(|| panic!("{} offset {} unanswered", spec.symbol, raw.offset));
-            assert_eq!(
-                got.events, out,
-                "{} offset {}: published != replay",
-                spec.symbol, raw.offset
-            );
-            for e in &out {
-                assert_eq!(e.seq, next_seq, "{}: seq gap or repeat", spec.symbol);
-                next_seq += 1;
-                if let EventBody::Trade {
-                    trade_id,
-                    price,
-                    qty,
-                    maker_order_id,
-                    taker_order_id,
-                    ..
-                } = &e.body
-                {
-                    replay_trades.push((
-                        *trade_id as i64,
-                        price.0,
-                        qty.0,
-                        maker_order_id.0 as i64,
-                        taker_order_id.0 as i64,
-                    ));
-                }
-            }
-        }
-        let stored: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT trade_id, price, qty, maker_order_id, taker_order_id FROM trades \
-             WHERE pair_id = $1 ORDER BY trade_id",
-        )
-        .bind(spec.id as i32)
-        .fetch_all(&world.pool)
-        .await
-        .unwrap();
-        assert!(!replay_trades.is_empty());
-        assert_eq!(
-            stored, replay_trades,
-            "{}: trades in PostgreSQL != replay",
-            spec.symbol
-        );
-
-        // The stored book equals the replayed one.
-        let mut replay_open: Vec<(i64, i64, i64, i64)> = book
-            .open_orders()
-            .map(|o| (o.order_id.0 as i64, o.price.0, o.qty.0, o.filled_qty.0))
-            .collect();
-        replay_open.sort_unstable();
-        let stored_open: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT order_id, price, qty, filled_qty FROM orders \
-             WHERE pair_id = $1 AND status = 'open' ORDER BY order_id",
-        )
-        .bind(spec.id as i32)
-        .fetch_all(&world.pool)
-        .await
-        .unwrap();
-        assert_eq!(
-            stored_open, replay_open,
-            "{}: open orders != replay",
-            spec.symbol
-        );
-
-        // Every order's filled quantity is exactly its trades', on both sides.
-        let mismatched: i64 = sqlx::query_scalar(
-            "WITH fills AS ( \
-               SELECT maker_order_id AS id, qty FROM trades WHERE pair_id = $1 \
-               UNION ALL SELECT taker_order_id, qty FROM trades WHERE pair_id = $1) \
-             SELECT count(*) FROM orders o \
-             LEFT JOIN (SELECT id, sum(qty) AS filled FROM fills GROUP BY id) f ON f.id = o.order_id \
-             WHERE o.pair_id = $1 AND (o.filled_qty <> coalesce(f.filled, 0) OR o.filled_qty > o.qty \
-               OR (o.status = 'filled') <> (o.filled_qty = o.qty))",
-        )
-        .bind(spec.id as i32)
-        .fetch_one(&world.pool)
-        .await
-        .unwrap();
-        assert_eq!(
-            mismatched, 0,
-            "{}: orders whose fills do not add up",
-            spec.symbol
-        );
-    }
+    verify_against_replay(&world, &specs, PER_PAIR).await;
     let per_pair: BTreeMap<_, _> = world.last_offsets().await.into_iter().collect();
     eprintln!("crash test: killed at {at_kill} applied records; final offsets {per_pair:?}");
 }
