@@ -1,0 +1,157 @@
+//! A short load test against the real thing: the gateway and the engine in-process, the local
+//! Kafka and PostgreSQL (`scripts/stack up; eval "$(scripts/stack env)"`), fresh topics and a
+//! fresh schema. It checks accounting, not speed: every command answered, none lost.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+const CONNECTIONS: usize = 12;
+
+/// The stack's addresses, or `None` (skip) when unset; in CI a missing stack fails.
+fn stack_env() -> Option<(String, String)> {
+    let get = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
+    match (get("KAFKA_BROKERS"), get("DATABASE_URL")) {
+        (Some(b), Some(d)) => Some((b, d)),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+            "KAFKA_BROKERS and DATABASE_URL must be set in CI: run scripts/stack up and \
+             eval \"$(scripts/stack env)\""
+        ),
+        _ => {
+            eprintln!(
+                "skipped: KAFKA_BROKERS/DATABASE_URL unset (scripts/stack up; eval \"$(scripts/stack env)\")"
+            );
+            None
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}_{}_{}", std::process::id(), ns % 1_000_000_000_000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_against_gateway_and_engine_loses_nothing() {
+    let Some((brokers, database_url)) = stack_env() else {
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let pairs_file = root.join("config/pairs.toml");
+    let pairs = infra::config::load_pairs_from(&pairs_file).unwrap();
+
+    // A schema of our own on the search path isolates this test's tables.
+    let schema = unique("test_lt");
+    let admin = infra::db::connect(&database_url, 1).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let sep = if database_url.contains('?') { '&' } else { '?' };
+    let db_url = format!("{database_url}{sep}options=-c%20search_path%3D{schema}");
+    let pool = infra::db::connect(&db_url, 2).await.unwrap();
+    infra::db::migrate(&pool).await.unwrap();
+    let creds = gateway::provision::provision(&pool, CONNECTIONS, "lt")
+        .await
+        .unwrap();
+
+    let orders_topic = unique("orders_lt");
+    let events_topic = unique("events_lt");
+    let kafka_admin = Arc::new(infra::kafka::admin_client(&brokers).unwrap());
+    for topic in [&orders_topic, &events_topic] {
+        infra::kafka::ensure_topic(&kafka_admin, &brokers, topic, pairs.len(), &[])
+            .await
+            .unwrap();
+    }
+
+    let mut engine_config = engine::Config::new(brokers.clone(), db_url.clone(), pairs.clone());
+    engine_config.orders_topic = orders_topic.clone();
+    engine_config.events_topic = events_topic.clone();
+    engine_config.group_id = unique("lt_engine");
+    let engine_stop = CancellationToken::new();
+    let engine = tokio::spawn(engine::run(engine_config, engine_stop.clone()));
+
+    let gw_stop = CancellationToken::new();
+    let gw = gateway::run(
+        gateway::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            brokers,
+            database_url: db_url,
+            pairs: Arc::new(pairs),
+            orders_topic,
+            events_topic,
+            gateway_id: 2,
+            limits: gateway::Limits::default(),
+        },
+        gw_stop.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = gw.local_addr();
+
+    let out = std::env::temp_dir().join(unique("loadtest_e2e"));
+    std::fs::create_dir_all(&out).unwrap();
+    let accounts: String = creds
+        .iter()
+        .map(|c| {
+            format!(
+                "{{\"key_id\":\"{}\",\"secret\":\"{}\",\"account_id\":{}}}\n",
+                c.key_id, c.secret, c.account_id
+            )
+        })
+        .collect();
+    std::fs::write(out.join("accounts.jsonl"), accounts).unwrap();
+    let config = loadtest::Config::parse_from([
+        "loadtest".to_owned(),
+        format!("--url=ws://{addr}/ws"),
+        format!("--accounts-file={}", out.join("accounts.jsonl").display()),
+        format!("--pairs-file={}", pairs_file.display()),
+        format!("--out-dir={}", out.display()),
+        format!("--connections={CONNECTIONS}"),
+        "--rate-per-min=30000".into(),
+        "--duration-s=5".into(),
+        "--warmup-s=1".into(),
+        "--drain-timeout-s=30".into(),
+        "--quiet".into(),
+    ]);
+    let report = tokio::time::timeout(Duration::from_secs(120), loadtest::run(config))
+        .await
+        .expect("the run ends")
+        .expect("the run succeeds");
+    let m = &report.measured;
+    eprintln!("{}", report.summary());
+
+    assert!(m.offered > 0);
+    assert_eq!(
+        (m.lost, m.timeouts, report.lost_all_phases),
+        (0, 0, 0),
+        "every command answered"
+    );
+    assert_eq!(m.generator_behind + m.connection_closed, 0);
+    assert_eq!(m.shed, 0, "500 commands/s is far below every limit");
+    assert_eq!(m.acknowledged, m.offered, "each command got its `received`");
+    assert_eq!(m.verdicts, m.offered, "and the engine's verdict");
+    assert!(m.accepted > m.offered / 2, "{:?}", m.errors);
+    assert!(m.trades > 0, "marketable orders trade with resting ones");
+    assert!(out.join("report.json").exists() && out.join("throughput.png").exists());
+
+    gw_stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), gw.join())
+        .await
+        .expect("gateway drains")
+        .expect("gateway stops cleanly");
+    engine_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), engine).await;
+    pool.close().await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&admin)
+    .await;
+    std::fs::remove_dir_all(&out).ok();
+}
