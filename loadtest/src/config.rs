@@ -72,7 +72,7 @@ pub struct Config {
     #[arg(long, default_value_t = 0.10)]
     pub share_amend: f64,
     /// Resting orders one connection keeps at most; at the bound a limit order becomes a cancel.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 500)]
     pub live_orders_max: usize,
     #[arg(long, env = "PAIRS_FILE", default_value = "config/pairs.toml")]
     pub pairs_file: PathBuf,

@@ -11,10 +11,11 @@ use crate::rng::Rng;
 pub const REST_TICKS_MAX: i64 = 20;
 /// How far through the mid a marketable order reaches, in ticks.
 pub const CROSS_TICKS: i64 = 30;
-/// Relative amplitude of the mid's drift.
-const DRIFT_AMPLITUDE: f64 = 0.002;
+/// Amplitude of the mid's drift, in ticks: slow against the resting band, so resting orders
+/// mostly rest and trades come mainly from marketable orders (at most ~2 ticks/s).
+const DRIFT_TICKS: f64 = 40.0;
 /// Period of the mid's drift, in seconds.
-const DRIFT_PERIOD_S: f64 = 90.0;
+const DRIFT_PERIOD_S: f64 = 120.0;
 
 #[derive(Debug, Clone)]
 pub struct PairMarket {
@@ -78,8 +79,9 @@ impl PairMarket {
     pub fn mid(&self, t_s: f64) -> i64 {
         let phase = f64::from(self.spec.id) * 0.7;
         let wave = (std::f64::consts::TAU * t_s / DRIFT_PERIOD_S + phase).sin();
-        let mid = self.base_mid as f64 * (1.0 + DRIFT_AMPLITUDE * wave);
-        round_to(mid as i64, self.spec.tick_size.0)
+        let tick = self.spec.tick_size.0;
+        let mid = self.base_mid + (DRIFT_TICKS * wave).round() as i64 * tick;
+        mid.max(tick * (REST_TICKS_MAX + 1))
     }
 
     /// The smallest quantity on lot, at or above `min_qty`, whose notional at `price` reaches
@@ -178,8 +180,8 @@ mod tests {
     fn the_mid_drifts_slowly() {
         let pm = &market().pairs[0];
         let (a, b) = (pm.mid(0.0), pm.mid(1.0));
-        let moved = (a - b).abs() as f64 / a as f64;
-        assert!(moved < 0.001, "{moved}");
+        let tick = pm.spec.tick_size.0;
+        assert!((a - b).abs() <= 3 * tick, "{a} -> {b}");
         let lo = (0..90).map(|s| pm.mid(f64::from(s))).min().unwrap();
         let hi = (0..90).map(|s| pm.mid(f64::from(s))).max().unwrap();
         assert!(hi > lo);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::ws::{
-    Amend, Cancel, OrderUpdate, OrderUpdateKind, Place, Push, RequestBody, Response,
+    Amend, Cancel, ErrorBody, OrderUpdate, OrderUpdateKind, Place, Push, RequestBody,
 };
 use protocol::{CommandKind, OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce};
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,15 @@ struct Wire<'a> {
 
 pub fn request_json(id: u64, body: &RequestBody) -> String {
     serde_json::to_string(&Wire { id, body }).expect("requests always serialize")
+}
+
+/// A response without building the `result` value: only whether it is an error matters.
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
 }
 
 /// Just enough of an incoming frame to route it.
@@ -248,7 +257,7 @@ impl Trader {
             }
             (Some(_), _) => {}
             (None, Some(_)) => {
-                if let Ok(response) = serde_json::from_str::<Response>(text) {
+                if let Ok(response) = serde_json::from_str::<Answer>(text) {
                     self.on_response(response, obs);
                 }
             }
@@ -256,7 +265,7 @@ impl Trader {
         }
     }
 
-    fn on_response(&mut self, r: Response, obs: &mut Vec<Observation>) {
+    fn on_response(&mut self, r: Answer, obs: &mut Vec<Observation>) {
         let Some(id) = r.id else { return };
         let Some(p) = self.pending.get_mut(&id) else {
             return;
@@ -436,7 +445,7 @@ fn verdict_outcome(v: Verdict) -> Outcome {
 mod tests {
     use super::*;
     use protocol::PairRegistry;
-    use protocol::ws::{ErrorBody, ErrorCode, parse_request};
+    use protocol::ws::{ErrorCode, Response, parse_request};
 
     fn trader(live_max: usize) -> Trader {
         let reg = PairRegistry::from_toml(include_str!("../../config/pairs.toml")).unwrap();
