@@ -160,6 +160,11 @@ pub fn draw_all(out_dir: &Path, points: &[SecondPoint]) -> Result<Vec<PathBuf>, 
                 color: RGBColor(214, 39, 40),
                 points: series(points, |p| p.shed as f64),
             },
+            Line {
+                label: "other errors and rejections",
+                color: RGBColor(140, 86, 75),
+                points: series(points, |p| p.errors as f64),
+            },
         ],
     )?;
     written.push(path);
