@@ -100,7 +100,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         limits: args.limits,
     };
     let shutdown = infra::shutdown::shutdown_token();
-    let gateway = gateway::run(config, shutdown).await?;
+    // A SIGTERM while still connecting (a stuck database, say) exits instead of waiting.
+    let gateway = tokio::select! {
+        started = gateway::run(config, shutdown.clone()) => started?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
     gateway.join().await?;
     Ok(())
 }

@@ -387,3 +387,24 @@ async fn shutdown_closes_clients_with_1001_and_drains() {
     assert_eq!(statuses.last().unwrap()["status"], "shutting_down");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn provision_creates_thousands_of_working_keys_in_batches() {
+    let Some(stack) = start(Limits::default(), 0).await else {
+        return;
+    };
+    let creds = gateway::provision::provision(&stack.pool, 6_001, "bulk")
+        .await
+        .unwrap();
+    assert_eq!(creds.len(), 6_001);
+    let mut ids: Vec<u64> = creds.iter().map(|c| c.account_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), creds.len(), "one account per key");
+    for c in [&creds[0], &creds[5_000], &creds[6_000]] {
+        let mut client = stack.client().await;
+        let r = client.login(c).await;
+        assert_eq!(r["result"]["account_id"], c.account_id, "{r}");
+    }
+    stack.stop().await;
+}
