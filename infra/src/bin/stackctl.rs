@@ -61,8 +61,36 @@ enum Target {
     Db,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("stackctl: error: {}", report(&err));
+            // Do not wait for a metadata call still blocked on an unreachable broker.
+            runtime.shutdown_background();
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, each said once: errors here already quote their source
+/// in their own message.
+fn report(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+async fn run() -> Result<()> {
     // librdkafka logs every refused connection while a broker starts; stackctl retries and
     // reports the outcome itself, so its logs stay quiet unless RUST_LOG asks.
     infra::telemetry::init_tracing_with_default("warn,rdkafka=off,librdkafka=off");
@@ -134,7 +162,10 @@ async fn wait_kafka(brokers: &str, timeout: Duration) -> Result<()> {
                 return Ok(());
             }
             Ok(Err(err)) => err.to_string(),
-            Err(_) => format!("attempt took over {} s", attempt_timeout.as_secs()),
+            Err(_) => format!(
+                "no answer within {} s (is a Kafka broker listening at {brokers}?)",
+                attempt_timeout.as_secs()
+            ),
         };
         if started.elapsed() + Duration::from_secs(1) >= timeout {
             break error;
@@ -164,8 +195,8 @@ async fn wait_db(database_url: &str, timeout: Duration) -> Result<()> {
                 );
                 return Ok(());
             }
-            Ok(Err(err)) => format!("{err:#}", err = anyhow::Error::from(err)),
-            Err(_) => "attempt took over 10 s".to_owned(),
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "no answer within 10 s".to_owned(),
         };
         if started.elapsed() + Duration::from_millis(500) >= timeout {
             break error;
