@@ -170,6 +170,29 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     engine.drain().await;
     inner.cancel();
     let _ = main_queue.await;
+    close_bounded(engine, CONSUMER_CLOSE_WAIT).await;
     tracing::info!("engine stopped");
     Ok(())
+}
+
+/// How long shutdown waits for librdkafka to close the consumer.
+const CONSUMER_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Drops the engine (and so closes its Kafka consumer) on a side thread, waiting at most `wait`.
+/// Everything is durable and flushed by now; what is left is librdkafka's consumer close, which
+/// can block for a long time once partition queues were split. Waiting for it on an async worker
+/// (or in the runtime's drop) would hang a SIGTERM past Fargate's stop timeout.
+async fn close_bounded(engine: Arc<engine::Engine>, wait: Duration) {
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        drop(engine);
+        let _ = closed_tx.send(());
+    });
+    let closed = tokio::task::spawn_blocking(move || closed_rx.recv_timeout(wait)).await;
+    if !matches!(closed, Ok(Ok(()))) {
+        tracing::warn!(
+            waited_ms = wait.as_millis() as u64,
+            "Kafka consumer close did not finish; exiting anyway (all results are durable)"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! PostgreSQL: recovering a pair's book and offsets, and writing one batch in one transaction.
 //!
-//! Every write is a set-based statement over `UNNEST`ed arrays (one round trip per table per
-//! batch, never one per row). Queries are runtime-checked `sqlx::query`, so the crate builds
+//! A batch is ONE statement: data-modifying CTEs over `UNNEST`ed arrays, all conditioned on the
+//! offset fence, so one round trip and one implicit transaction per batch, never one per row. Queries are runtime-checked `sqlx::query`, so the crate builds
 //! without a database.
 
 use engine_core::{BookState, OrderBook, RestingOrder, RestoreError};
@@ -168,240 +168,231 @@ pub struct BatchWrite<'a> {
     pub records: &'a [u8],
 }
 
-/// Writes one batch atomically. The fence runs first so a second owner blocks on the row lock,
-/// then finds the offset moved and rolls back before writing anything.
+/// Writes one batch atomically, in ONE statement (one round trip, its own transaction).
+///
+/// Every data-modifying part is conditioned on the fence: the `pair_offsets` update matches only
+/// while `last_offset` is still the one this batch was applied on top of. A second owner blocks
+/// on that row lock, then (READ COMMITTED re-check) finds the offset moved, matches nothing, and
+/// so writes nothing at all. The parts never touch the same row twice: `rows::derive` splits
+/// inserts from updates and collapses each order to its final state, and the outbox row inserted
+/// lies past the pruned range.
 pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError> {
-    let pair = pair_id_i32(w.pair_id);
-    let mut tx = pool.begin().await?;
-    let fenced = sqlx::query(
-        "UPDATE pair_offsets SET last_offset = $2, last_seq = $3, last_trade_id = $4, \
-         published_offset = GREATEST(published_offset, $5), updated_at = now() \
-         WHERE pair_id = $1 AND last_offset = $6",
-    )
-    .bind(pair)
-    .bind(w.last_offset)
-    .bind(w.last_seq as i64)
-    .bind(w.last_trade_id as i64)
-    .bind(w.published_offset)
-    .bind(w.expected_offset)
-    .execute(&mut *tx)
-    .await?;
-    if fenced.rows_affected() != 1 {
-        tx.rollback().await?;
+    let ins = InsertColumns::new(&w.rows.inserts);
+    let mut upd = OrderColumns::with_capacity(w.rows.updates.len());
+    for r in &w.rows.updates {
+        upd.push(r);
+    }
+    let tr = TradeColumns::new(&w.rows.trades);
+    let row = sqlx::query(PERSIST_SQL)
+        .bind(pair_id_i32(w.pair_id))
+        .bind(w.last_offset)
+        .bind(w.last_seq as i64)
+        .bind(w.last_trade_id as i64)
+        .bind(w.published_offset)
+        .bind(w.expected_offset)
+        .bind(w.first_offset)
+        .bind(w.first_seq as i64)
+        .bind(w.records)
+        // orders inserted ($10..$25)
+        .bind(&ins.base.order_id)
+        .bind(&ins.account)
+        .bind(&ins.client_id)
+        .bind(&ins.side)
+        .bind(&ins.otype)
+        .bind(&ins.tif)
+        .bind(&ins.post_only)
+        .bind(&ins.stp)
+        .bind(&ins.base.price)
+        .bind(&ins.base.qty)
+        .bind(&ins.base.filled_qty)
+        .bind(&ins.base.status)
+        .bind(&ins.base.priority_seq)
+        .bind(&ins.created)
+        .bind(&ins.base.updated_seq)
+        .bind(&ins.base.ts_ns)
+        // orders updated ($26..$33)
+        .bind(&upd.order_id)
+        .bind(&upd.price)
+        .bind(&upd.qty)
+        .bind(&upd.filled_qty)
+        .bind(&upd.status)
+        .bind(&upd.priority_seq)
+        .bind(&upd.updated_seq)
+        .bind(&upd.ts_ns)
+        // trades ($34..$44)
+        .bind(&tr.trade_id)
+        .bind(&tr.seq)
+        .bind(&tr.price)
+        .bind(&tr.qty)
+        .bind(&tr.taker_side)
+        .bind(&tr.maker_order)
+        .bind(&tr.maker_account)
+        .bind(&tr.taker_order)
+        .bind(&tr.taker_account)
+        .bind(&tr.offset)
+        .bind(&tr.ts_ns)
+        .fetch_one(pool)
+        .await?;
+    let fenced: i64 = row.try_get(0)?;
+    let updated: i64 = row.try_get(1)?;
+    if fenced != 1 {
         return Err(StoreError::Fenced {
             pair_id: w.pair_id,
             expected: w.expected_offset,
         });
     }
-    insert_orders(&mut tx, pair, w.rows).await?;
-    update_orders(&mut tx, w.pair_id, w.rows).await?;
-    insert_trades(&mut tx, pair, w.rows).await?;
-    sqlx::query(
-        "INSERT INTO event_log (pair_id, first_offset, last_offset, first_seq, last_seq, records) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(pair)
-    .bind(w.first_offset)
-    .bind(w.last_offset)
-    .bind(w.first_seq as i64)
-    .bind(w.last_seq as i64)
-    .bind(w.records)
-    .execute(&mut *tx)
-    .await?;
-    // The outbox only needs what Kafka has not acknowledged yet.
-    sqlx::query("DELETE FROM event_log WHERE pair_id = $1 AND last_offset <= $2")
-        .bind(pair)
-        .bind(w.published_offset)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
-
-async fn insert_orders(tx: &mut Tx<'_>, pair: i32, rows: &RowChanges) -> Result<(), StoreError> {
-    if rows.inserts.is_empty() {
-        return Ok(());
-    }
-    let n = rows.inserts.len();
-    let mut c = OrderColumns::with_capacity(n);
-    let (
-        mut account,
-        mut client_id,
-        mut side,
-        mut otype,
-        mut tif,
-        mut post_only,
-        mut stp,
-        mut created,
-    ) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for r in &rows.inserts {
-        let new = r
-            .new
-            .as_ref()
-            .expect("inserts carry their creation columns");
-        c.push(r);
-        account.push(new.account_id.0 as i64);
-        client_id.push(new.client_order_id.clone());
-        side.push(rows::side_str(new.side));
-        otype.push(rows::order_type_str(new.order_type));
-        tif.push(rows::tif_str(new.tif));
-        post_only.push(new.post_only);
-        stp.push(rows::stp_str(new.stp));
-        created.push(new.created_seq as i64);
-    }
-    // ON CONFLICT: order ids are unique system-wide by contract; should a gateway ever reuse
-    // one, the newest order wins rather than the pair stalling on a batch it can never commit.
-    sqlx::query(
-        "INSERT INTO orders (order_id, pair_id, account_id, client_order_id, side, order_type, \
-           tif, post_only, stp, price, qty, filled_qty, status, priority_seq, created_seq, \
-           updated_seq, ts_ns) \
-         SELECT u.order_id, $1, u.account_id, u.client_order_id, u.side, u.order_type, u.tif, \
-           u.post_only, u.stp, u.price, u.qty, u.filled_qty, u.status, u.priority_seq, \
-           u.created_seq, u.updated_seq, u.ts_ns \
-         FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
-           $8::bool[], $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], \
-           $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[]) \
-           AS u(order_id, account_id, client_order_id, side, order_type, tif, post_only, stp, \
-           price, qty, filled_qty, status, priority_seq, created_seq, updated_seq, ts_ns) \
-         ON CONFLICT (order_id) DO UPDATE SET pair_id = EXCLUDED.pair_id, \
-           account_id = EXCLUDED.account_id, client_order_id = EXCLUDED.client_order_id, \
-           side = EXCLUDED.side, order_type = EXCLUDED.order_type, tif = EXCLUDED.tif, \
-           post_only = EXCLUDED.post_only, stp = EXCLUDED.stp, price = EXCLUDED.price, \
-           qty = EXCLUDED.qty, filled_qty = EXCLUDED.filled_qty, status = EXCLUDED.status, \
-           priority_seq = EXCLUDED.priority_seq, created_seq = EXCLUDED.created_seq, \
-           updated_seq = EXCLUDED.updated_seq, ts_ns = EXCLUDED.ts_ns",
-    )
-    .bind(pair)
-    .bind(&c.order_id)
-    .bind(&account)
-    .bind(&client_id)
-    .bind(&side)
-    .bind(&otype)
-    .bind(&tif)
-    .bind(&post_only)
-    .bind(&stp)
-    .bind(&c.price)
-    .bind(&c.qty)
-    .bind(&c.filled_qty)
-    .bind(&c.status)
-    .bind(&c.priority_seq)
-    .bind(&created)
-    .bind(&c.updated_seq)
-    .bind(&c.ts_ns)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn update_orders(tx: &mut Tx<'_>, pair_id: u32, rows: &RowChanges) -> Result<(), StoreError> {
-    if rows.updates.is_empty() {
-        return Ok(());
-    }
-    let mut c = OrderColumns::with_capacity(rows.updates.len());
-    for r in &rows.updates {
-        c.push(r);
-    }
-    let done = sqlx::query(
-        "UPDATE orders o SET price = COALESCE(u.price, o.price), qty = u.qty, \
-           filled_qty = u.filled_qty, status = u.status, \
-           priority_seq = COALESCE(u.priority_seq, o.priority_seq), \
-           updated_seq = u.updated_seq, ts_ns = u.ts_ns \
-         FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], \
-           $6::bigint[], $7::bigint[], $8::bigint[]) \
-           AS u(order_id, price, qty, filled_qty, status, priority_seq, updated_seq, ts_ns) \
-         WHERE o.order_id = u.order_id",
-    )
-    .bind(&c.order_id)
-    .bind(&c.price)
-    .bind(&c.qty)
-    .bind(&c.filled_qty)
-    .bind(&c.status)
-    .bind(&c.priority_seq)
-    .bind(&c.updated_seq)
-    .bind(&c.ts_ns)
-    .execute(&mut **tx)
-    .await?;
-    if done.rows_affected() != rows.updates.len() as u64 {
+    if updated != w.rows.updates.len() as i64 {
         // The book knew orders the table did not: the stored state and the book diverged.
         tracing::error!(
-            pair_id,
-            expected = rows.updates.len(),
-            updated = done.rows_affected(),
+            pair_id = w.pair_id,
+            expected = w.rows.updates.len(),
+            updated,
             "order updates matched fewer rows than the book changed"
         );
     }
     Ok(())
 }
 
-async fn insert_trades(tx: &mut Tx<'_>, pair: i32, rows: &RowChanges) -> Result<(), StoreError> {
-    if rows.trades.is_empty() {
-        return Ok(());
-    }
-    let n = rows.trades.len();
-    let mut cols: [Vec<i64>; 9] = std::array::from_fn(|_| Vec::with_capacity(n));
-    let mut taker_side = Vec::with_capacity(n);
-    for t in &rows.trades {
-        let values = [
-            t.trade_id as i64,
-            t.seq as i64,
-            t.price.0,
-            t.qty,
-            t.maker_order_id.0 as i64,
-            t.maker_account_id.0 as i64,
-            t.taker_order_id.0 as i64,
-            t.taker_account_id.0 as i64,
-            t.orders_offset,
-        ];
-        for (col, v) in cols.iter_mut().zip(values) {
-            col.push(v);
+/// The batch write. ON CONFLICT on orders: order ids are unique system-wide by contract; should
+/// a gateway ever reuse one, the newest order wins rather than the pair stalling on a batch it
+/// can never commit. The outbox only keeps what Kafka has not acknowledged yet.
+const PERSIST_SQL: &str = "\
+WITH fence AS (
+  UPDATE pair_offsets SET last_offset = $2, last_seq = $3, last_trade_id = $4,
+    published_offset = GREATEST(published_offset, $5), updated_at = now()
+  WHERE pair_id = $1 AND last_offset = $6
+  RETURNING pair_id
+), ins AS (
+  INSERT INTO orders (order_id, pair_id, account_id, client_order_id, side, order_type, tif,
+    post_only, stp, price, qty, filled_qty, status, priority_seq, created_seq, updated_seq, ts_ns)
+  SELECT u.order_id, $1, u.account_id, u.client_order_id, u.side, u.order_type, u.tif,
+    u.post_only, u.stp, u.price, u.qty, u.filled_qty, u.status, u.priority_seq, u.created_seq,
+    u.updated_seq, u.ts_ns
+  FROM UNNEST($10::bigint[], $11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[],
+    $16::bool[], $17::text[], $18::bigint[], $19::bigint[], $20::bigint[], $21::text[],
+    $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[])
+    AS u(order_id, account_id, client_order_id, side, order_type, tif, post_only, stp, price,
+    qty, filled_qty, status, priority_seq, created_seq, updated_seq, ts_ns)
+  WHERE EXISTS (SELECT 1 FROM fence)
+  ON CONFLICT (order_id) DO UPDATE SET pair_id = EXCLUDED.pair_id,
+    account_id = EXCLUDED.account_id, client_order_id = EXCLUDED.client_order_id,
+    side = EXCLUDED.side, order_type = EXCLUDED.order_type, tif = EXCLUDED.tif,
+    post_only = EXCLUDED.post_only, stp = EXCLUDED.stp, price = EXCLUDED.price,
+    qty = EXCLUDED.qty, filled_qty = EXCLUDED.filled_qty, status = EXCLUDED.status,
+    priority_seq = EXCLUDED.priority_seq, created_seq = EXCLUDED.created_seq,
+    updated_seq = EXCLUDED.updated_seq, ts_ns = EXCLUDED.ts_ns
+  RETURNING 1
+), upd AS (
+  UPDATE orders o SET price = COALESCE(u.price, o.price), qty = u.qty,
+    filled_qty = u.filled_qty, status = u.status,
+    priority_seq = COALESCE(u.priority_seq, o.priority_seq),
+    updated_seq = u.updated_seq, ts_ns = u.ts_ns
+  FROM UNNEST($26::bigint[], $27::bigint[], $28::bigint[], $29::bigint[], $30::text[],
+    $31::bigint[], $32::bigint[], $33::bigint[])
+    AS u(order_id, price, qty, filled_qty, status, priority_seq, updated_seq, ts_ns)
+  WHERE o.order_id = u.order_id AND EXISTS (SELECT 1 FROM fence)
+  RETURNING 1
+), tr AS (
+  INSERT INTO trades (pair_id, trade_id, seq, price, qty, taker_side, maker_order_id,
+    maker_account_id, taker_order_id, taker_account_id, orders_offset, ts_ns)
+  SELECT $1, u.* FROM UNNEST($34::bigint[], $35::bigint[], $36::bigint[], $37::bigint[],
+    $38::text[], $39::bigint[], $40::bigint[], $41::bigint[], $42::bigint[], $43::bigint[],
+    $44::bigint[]) AS u
+  WHERE EXISTS (SELECT 1 FROM fence)
+  RETURNING 1
+), outbox AS (
+  INSERT INTO event_log (pair_id, first_offset, last_offset, first_seq, last_seq, records)
+  SELECT $1, $7, $2, $8, $3, $9 WHERE EXISTS (SELECT 1 FROM fence)
+  RETURNING 1
+), pruned AS (
+  DELETE FROM event_log WHERE pair_id = $1 AND last_offset <= $5 AND EXISTS (SELECT 1 FROM fence)
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM upd),
+  (SELECT count(*) FROM ins) + (SELECT count(*) FROM tr) + (SELECT count(*) FROM outbox)
+    + (SELECT count(*) FROM pruned)";
+
+/// Columns of newly accepted orders.
+struct InsertColumns {
+    base: OrderColumns,
+    account: Vec<i64>,
+    client_id: Vec<Option<String>>,
+    side: Vec<&'static str>,
+    otype: Vec<&'static str>,
+    tif: Vec<&'static str>,
+    post_only: Vec<bool>,
+    stp: Vec<&'static str>,
+    created: Vec<i64>,
+}
+
+impl InsertColumns {
+    fn new(inserts: &[rows::OrderRow]) -> InsertColumns {
+        let n = inserts.len();
+        let mut c = InsertColumns {
+            base: OrderColumns::with_capacity(n),
+            account: Vec::with_capacity(n),
+            client_id: Vec::with_capacity(n),
+            side: Vec::with_capacity(n),
+            otype: Vec::with_capacity(n),
+            tif: Vec::with_capacity(n),
+            post_only: Vec::with_capacity(n),
+            stp: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
+        };
+        for r in inserts {
+            let new = r
+                .new
+                .as_ref()
+                .expect("inserts carry their creation columns");
+            c.base.push(r);
+            c.account.push(new.account_id.0 as i64);
+            c.client_id.push(new.client_order_id.clone());
+            c.side.push(rows::side_str(new.side));
+            c.otype.push(rows::order_type_str(new.order_type));
+            c.tif.push(rows::tif_str(new.tif));
+            c.post_only.push(new.post_only);
+            c.stp.push(rows::stp_str(new.stp));
+            c.created.push(new.created_seq as i64);
         }
-        taker_side.push(rows::side_str(t.taker_side));
+        c
     }
-    let ts: Vec<i64> = rows.trades.iter().map(|t| t.ts_ns as i64).collect();
-    let [
-        trade_id,
-        seq,
-        price,
-        qty,
-        maker_order,
-        maker_account,
-        taker_order,
-        taker_account,
-        offset,
-    ] = cols;
-    sqlx::query(
-        "INSERT INTO trades (pair_id, trade_id, seq, price, qty, taker_side, maker_order_id, \
-           maker_account_id, taker_order_id, taker_account_id, orders_offset, ts_ns) \
-         SELECT $1, * FROM UNNEST($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-           $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
-           $12::bigint[])",
-    )
-    .bind(pair)
-    .bind(&trade_id)
-    .bind(&seq)
-    .bind(&price)
-    .bind(&qty)
-    .bind(&taker_side)
-    .bind(&maker_order)
-    .bind(&maker_account)
-    .bind(&taker_order)
-    .bind(&taker_account)
-    .bind(&offset)
-    .bind(&ts)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+}
+
+/// Columns of the batch's trades.
+struct TradeColumns {
+    trade_id: Vec<i64>,
+    seq: Vec<i64>,
+    price: Vec<i64>,
+    qty: Vec<i64>,
+    taker_side: Vec<&'static str>,
+    maker_order: Vec<i64>,
+    maker_account: Vec<i64>,
+    taker_order: Vec<i64>,
+    taker_account: Vec<i64>,
+    offset: Vec<i64>,
+    ts_ns: Vec<i64>,
+}
+
+impl TradeColumns {
+    fn new(trades: &[rows::TradeRow]) -> TradeColumns {
+        let col = |f: &dyn Fn(&rows::TradeRow) -> i64| trades.iter().map(f).collect::<Vec<_>>();
+        TradeColumns {
+            trade_id: col(&|t| t.trade_id as i64),
+            seq: col(&|t| t.seq as i64),
+            price: col(&|t| t.price.0),
+            qty: col(&|t| t.qty),
+            taker_side: trades
+                .iter()
+                .map(|t| rows::side_str(t.taker_side))
+                .collect(),
+            maker_order: col(&|t| t.maker_order_id.0 as i64),
+            maker_account: col(&|t| t.maker_account_id.0 as i64),
+            taker_order: col(&|t| t.taker_order_id.0 as i64),
+            taker_account: col(&|t| t.taker_account_id.0 as i64),
+            offset: col(&|t| t.orders_offset),
+            ts_ns: col(&|t| t.ts_ns as i64),
+        }
+    }
 }
 
 /// The columns inserts and updates share, as arrays.

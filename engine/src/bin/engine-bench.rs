@@ -17,6 +17,11 @@ use engine::workload::Workload;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
+// The services allocate per message on many threads; mimalloc's thread-local heaps keep that
+// off the profile, where glibc malloc showed up first.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "Measure the engine's drain rate (commands/s) with persistence")]
 struct Cli {

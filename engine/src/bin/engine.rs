@@ -8,6 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 
+// The services allocate per message on many threads; mimalloc's thread-local heaps keep that
+// off the profile, where glibc malloc showed up first.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "One isolated matching actor per pair: orders -> PostgreSQL -> events")]
 struct Cli {

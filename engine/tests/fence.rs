@@ -1,0 +1,110 @@
+//! The fence: a batch applied on top of an offset that is no longer the pair's durable one (a
+//! second owner committed first) must be refused whole, and change nothing in PostgreSQL.
+
+mod common;
+
+use engine::rows::{NewOrder, OrderRow, OrderStatus, RowChanges};
+use engine::store::{self, BatchWrite, StoreError};
+use protocol::{AccountId, OrderId, OrderType, Price, SelfTradePrevention, Side, TimeInForce};
+
+async fn counts(world: &common::World) -> (i64, i64, i64, i64) {
+    let one = |sql: &'static str| {
+        let pool = world.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        }
+    };
+    (
+        one("SELECT count(*) FROM orders").await,
+        one("SELECT count(*) FROM trades").await,
+        one("SELECT count(*) FROM event_log").await,
+        one("SELECT last_offset FROM pair_offsets WHERE pair_id = 0").await,
+    )
+}
+
+/// A GTC buy accepted in the batch and still resting at its end.
+fn resting(order_id: u64, account: u64) -> OrderRow {
+    OrderRow {
+        order_id: OrderId(order_id),
+        new: Some(NewOrder {
+            account_id: AccountId(account),
+            client_order_id: None,
+            side: Side::Buy,
+            order_type: OrderType::Limit,
+            tif: TimeInForce::Gtc,
+            post_only: false,
+            stp: SelfTradePrevention::ExpireTaker,
+            created_seq: 1,
+        }),
+        price: Some(Price(100_000)),
+        qty: 1_000,
+        filled_qty: 0,
+        status: OrderStatus::Open,
+        priority_seq: Some(1),
+        updated_seq: 1,
+        ts_ns: 1,
+    }
+}
+
+fn batch<'a>(expected_offset: i64, rows: &'a RowChanges, records: &'a [u8]) -> BatchWrite<'a> {
+    BatchWrite {
+        pair_id: 0,
+        expected_offset,
+        first_offset: expected_offset + 1,
+        last_offset: expected_offset + 1,
+        first_seq: 1,
+        last_seq: 2,
+        last_trade_id: 0,
+        published_offset: -1,
+        rows,
+        records,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_on_a_stale_offset_is_refused_whole() {
+    let Some(stack) = common::stack("a_batch_on_a_stale_offset_is_refused_whole") else {
+        return;
+    };
+    let world = common::World::new(stack, "fence").await;
+    let spec = world.registry.get(0).expect("pair 0").clone();
+    store::ensure_pair(&world.pool, &spec)
+        .await
+        .expect("pair row");
+
+    let rows = RowChanges {
+        inserts: vec![resting(7, 1)],
+        ..RowChanges::default()
+    };
+    store::persist(&world.pool, &batch(-1, &rows, b"{}\n"))
+        .await
+        .expect("first owner commits");
+    let after_first = counts(&world).await;
+    assert_eq!(after_first, (1, 0, 1, 0));
+
+    // A second owner that applied its batch on top of the same old offset -1.
+    let other = RowChanges {
+        inserts: vec![resting(8, 2)],
+        ..RowChanges::default()
+    };
+    let refused = store::persist(&world.pool, &batch(-1, &other, b"{}\n")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::Fenced {
+                pair_id: 0,
+                expected: -1
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        counts(&world).await,
+        after_first,
+        "a fenced batch wrote something"
+    );
+    world.drop_schema().await;
+}
