@@ -64,6 +64,13 @@ pub struct Limits {
     /// is standing and new orders are shed (CoDel's signal).
     #[arg(long, env = "GW_QUEUE_DELAY_TARGET_MS", default_value_t = Limits::DEFAULT.queue_delay_target_ms)]
     pub queue_delay_target_ms: u64,
+    /// When the smallest time from writing a command to the engine's verdict over the last
+    /// 100 ms exceeds this, the engine has a standing queue and new orders are shed.
+    #[arg(long, env = "GW_ENGINE_DELAY_TARGET_MS", default_value_t = Limits::DEFAULT.engine_delay_target_ms)]
+    pub engine_delay_target_ms: u64,
+    /// Commands waiting for the engine's verdict above which new orders are shed.
+    #[arg(long, env = "GW_AWAITING_VERDICT_NEW_MAX", default_value_t = Limits::DEFAULT.awaiting_verdict_new_max)]
+    pub awaiting_verdict_new_max: usize,
     /// `retry_after_ms` given with `overloaded`.
     #[arg(long, env = "GW_OVERLOAD_RETRY_AFTER_MS", default_value_t = Limits::DEFAULT.overload_retry_after_ms)]
     pub overload_retry_after_ms: u64,
@@ -120,6 +127,8 @@ impl Limits {
         inflight_hard_max: 80_000,
         producer_queue_new_max: 60_000,
         queue_delay_target_ms: 250,
+        engine_delay_target_ms: 250,
+        awaiting_verdict_new_max: 40_000,
         overload_retry_after_ms: 250,
         outbound_queue_max: 4_096,
         pending_trades_max: 1_000,

@@ -7,7 +7,7 @@
 //! re-delivery and is dropped, so clients see each event once and in order.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::GatewayError;
 use crate::outbound::{ConnId, Levels, MarketUpdate, Outbound};
+use crate::sink::DelayWindow;
 
 /// A request waiting for the engine's verdict is forgotten after this long.
 const REQUEST_TTL: Duration = Duration::from_secs(60);
@@ -51,6 +52,10 @@ pub struct Hub {
     accounts: DashMap<AccountId, Vec<Arc<Outbound>>>,
     requests: DashMap<u64, PendingRequest>,
     request_map_max: usize,
+    /// `requests.len()`, kept without walking the map's shards on every admission.
+    awaiting: Arc<AtomicUsize>,
+    /// Time from writing a command to its verdict, for admission control.
+    engine_delay: Arc<DelayWindow>,
     depth: usize,
     caught_up: AtomicBool,
 }
@@ -128,6 +133,8 @@ impl Hub {
             accounts: DashMap::new(),
             requests: DashMap::new(),
             request_map_max,
+            awaiting: Arc::new(AtomicUsize::new(0)),
+            engine_delay: Arc::new(DelayWindow::default()),
             depth: depth.max(1),
             caught_up: AtomicBool::new(false),
         }
@@ -137,6 +144,12 @@ impl Hub {
         self.books[pair as usize]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Shared with admission control: how many commands wait for a verdict, and how long
+    /// verdicts take.
+    pub fn verdict_signals(&self) -> (Arc<DelayWindow>, Arc<AtomicUsize>) {
+        (Arc::clone(&self.engine_delay), Arc::clone(&self.awaiting))
     }
 
     /// Whether the replica has read every record that existed when the gateway started.
@@ -163,19 +176,31 @@ impl Hub {
     pub fn remember_request(&self, command_id: u64, conn: ConnId, req_id: u64) {
         if self.requests.len() < self.request_map_max {
             let at = Instant::now();
-            self.requests
-                .insert(command_id, PendingRequest { conn, req_id, at });
+            if self
+                .requests
+                .insert(command_id, PendingRequest { conn, req_id, at })
+                .is_none()
+            {
+                self.awaiting.fetch_add(1, Ordering::Relaxed);
+            }
         } else {
             metrics::counter!("gateway_request_map_full_total").increment(1);
         }
     }
 
     pub fn forget_request(&self, command_id: u64) {
-        self.requests.remove(&command_id);
+        self.take_request(command_id);
+    }
+
+    fn take_request(&self, command_id: u64) -> Option<PendingRequest> {
+        let (_, r) = self.requests.remove(&command_id)?;
+        self.awaiting.fetch_sub(1, Ordering::Relaxed);
+        Some(r)
     }
 
     fn sweep_requests(&self) {
         self.requests.retain(|_, r| r.at.elapsed() < REQUEST_TTL);
+        self.awaiting.store(self.requests.len(), Ordering::Relaxed);
     }
 
     /// Adds a subscriber and hands it the current state (a snapshot for the book), under the
@@ -313,10 +338,10 @@ impl Hub {
     }
 
     fn route_private(&self, record: &EventRecord, updates: Vec<(AccountId, OrderUpdate)>) {
-        let origin = record
-            .command_id
-            .and_then(|id| self.requests.remove(&id))
-            .map(|(_, r)| r);
+        let origin = record.command_id.and_then(|id| self.take_request(id));
+        if let Some(r) = &origin {
+            self.engine_delay.record(r.at.elapsed());
+        }
         for (account, mut update) in updates {
             let Some(outs) = self.accounts.get(&account) else {
                 continue;

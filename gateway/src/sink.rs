@@ -5,6 +5,10 @@
 //!   `inflight_new_max`, the producer's local queue reaches `producer_queue_new_max`, or Kafka
 //!   acknowledgements show a standing queue (the smallest delay over the last 100 ms above
 //!   `queue_delay_target_ms`, or no acknowledgement at all for that long while commands wait);
+//! - new work is also shed when the engine is the bottleneck: the smallest time to the engine's
+//!   verdict over the last 100 ms exceeds `engine_delay_target_ms` (a standing queue behind
+//!   Kafka), or `awaiting_verdict_new_max` commands wait for a verdict. Without this, a saturated
+//!   engine turns excess load into seconds of queueing instead of fast, explicit rejections;
 //! - cancels and cancel-alls are admitted until the hard bound `inflight_hard_max`, because
 //!   removing risk is what a client needs most when the system is slow;
 //! - a full producer queue (`QueueFull`) or a failed delivery answers `overloaded` too.
@@ -40,6 +44,10 @@ pub enum Shed {
     ProducerQueue(usize),
     #[error("Kafka acknowledgements take {0} ms")]
     QueueDelay(u64),
+    #[error("the matching engine answers in {0} ms")]
+    EngineDelay(u64),
+    #[error("{0} commands are waiting for the matching engine")]
+    AwaitingVerdict(usize),
 }
 
 impl Shed {
@@ -48,6 +56,8 @@ impl Shed {
             Shed::InFlight(_) => "in_flight",
             Shed::ProducerQueue(_) => "producer_queue",
             Shed::QueueDelay(_) => "queue_delay",
+            Shed::EngineDelay(_) => "engine_delay",
+            Shed::AwaitingVerdict(_) => "awaiting_verdict",
         }
     }
 }
@@ -62,7 +72,13 @@ pub enum SendError {
     Cancelled,
 }
 
-/// CoDel's signal: the smallest acknowledgement delay seen in the last full window.
+/// CoDel's signal: the smallest delay seen in the last full window. A queue that only bursts
+/// shows some small delays in every window; a standing queue shows none.
+#[derive(Debug)]
+pub struct DelayWindow {
+    state: Mutex<DelayState>,
+}
+
 #[derive(Debug)]
 struct DelayState {
     window_start: Instant,
@@ -70,11 +86,51 @@ struct DelayState {
     last_min: Duration,
 }
 
+impl Default for DelayWindow {
+    fn default() -> DelayWindow {
+        DelayWindow {
+            state: Mutex::new(DelayState {
+                window_start: Instant::now(),
+                window_min: None,
+                last_min: Duration::ZERO,
+            }),
+        }
+    }
+}
+
+impl DelayWindow {
+    pub fn record(&self, delay: Duration) {
+        let mut d = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        d.window_min = Some(d.window_min.map_or(delay, |m| m.min(delay)));
+    }
+
+    /// The smallest delay of the last full window. `waiting`: work is outstanding, so a window
+    /// without any sample means nothing came back at all (stuck), not that nothing was sent.
+    pub fn standing(&self, waiting: bool) -> Duration {
+        let mut d = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = d.window_start.elapsed();
+        if elapsed >= DELAY_WINDOW {
+            d.last_min = match d.window_min {
+                Some(min) => min,
+                None if waiting => elapsed,
+                None => Duration::ZERO,
+            };
+            d.window_min = None;
+            d.window_start = Instant::now();
+        }
+        d.last_min
+    }
+}
+
 pub struct OrderSink {
     producer: FutureProducer,
     topic: String,
     in_flight: Arc<AtomicUsize>,
-    delay: Mutex<DelayState>,
+    kafka_delay: DelayWindow,
+    /// Time from writing a command to its verdict on `events`, recorded by the hub.
+    engine_delay: Arc<DelayWindow>,
+    /// Commands waiting for their verdict (the hub's request map).
+    awaiting_verdict: Arc<AtomicUsize>,
     limits: Limits,
 }
 
@@ -93,16 +149,20 @@ impl Drop for Permit {
 }
 
 impl OrderSink {
-    pub fn new(producer: FutureProducer, topic: String, limits: Limits) -> OrderSink {
+    pub fn new(
+        producer: FutureProducer,
+        topic: String,
+        limits: Limits,
+        engine_delay: Arc<DelayWindow>,
+        awaiting_verdict: Arc<AtomicUsize>,
+    ) -> OrderSink {
         OrderSink {
             producer,
             topic,
             in_flight: Arc::new(AtomicUsize::new(0)),
-            delay: Mutex::new(DelayState {
-                window_start: Instant::now(),
-                window_min: None,
-                last_min: Duration::ZERO,
-            }),
+            kafka_delay: DelayWindow::default(),
+            engine_delay,
+            awaiting_verdict,
             limits,
         }
     }
@@ -134,33 +194,26 @@ impl OrderSink {
             if queued >= self.limits.producer_queue_new_max {
                 return Err(Shed::ProducerQueue(queued));
             }
-            let delay = self.queue_delay(in_flight > 0);
+            let delay = self.kafka_delay.standing(in_flight > 0);
             if delay > Duration::from_millis(self.limits.queue_delay_target_ms) {
                 return Err(Shed::QueueDelay(delay.as_millis() as u64));
+            }
+            let awaiting = self.awaiting_verdict.load(Ordering::Relaxed);
+            if awaiting >= self.limits.awaiting_verdict_new_max {
+                return Err(Shed::AwaitingVerdict(awaiting));
+            }
+            // Only observed verdicts count: a verdict that never comes (an engine that is down)
+            // is bounded by `awaiting_verdict_new_max` instead.
+            let engine = self.engine_delay.standing(false);
+            if engine > Duration::from_millis(self.limits.engine_delay_target_ms) {
+                return Err(Shed::EngineDelay(engine.as_millis() as u64));
             }
         }
         Ok(permit)
     }
 
-    fn queue_delay(&self, waiting: bool) -> Duration {
-        let mut d = self.delay.lock().unwrap_or_else(|p| p.into_inner());
-        let elapsed = d.window_start.elapsed();
-        if elapsed >= DELAY_WINDOW {
-            d.last_min = match d.window_min {
-                Some(min) => min,
-                // Nothing acknowledged for a whole window while commands wait: Kafka is stuck.
-                None if waiting => elapsed,
-                None => Duration::ZERO,
-            };
-            d.window_min = None;
-            d.window_start = Instant::now();
-        }
-        d.last_min
-    }
-
     fn record_delay(&self, delay: Duration) {
-        let mut d = self.delay.lock().unwrap_or_else(|p| p.into_inner());
-        d.window_min = Some(d.window_min.map_or(delay, |m| m.min(delay)));
+        self.kafka_delay.record(delay);
         metrics::histogram!("gateway_kafka_ack_seconds").record(delay.as_secs_f64());
     }
 
@@ -195,5 +248,30 @@ impl OrderSink {
         }
         drop(permit);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standing_delay_is_the_smallest_of_the_last_full_window() {
+        let w = DelayWindow::default();
+        w.record(Duration::from_millis(300));
+        w.record(Duration::from_millis(120));
+        std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
+        assert_eq!(w.standing(false), Duration::from_millis(120));
+        std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
+        assert_eq!(
+            w.standing(false),
+            Duration::ZERO,
+            "no sample, nothing waiting"
+        );
+        std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
+        assert!(
+            w.standing(true) >= DELAY_WINDOW,
+            "no sample while work waits: stuck"
+        );
     }
 }

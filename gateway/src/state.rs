@@ -74,13 +74,21 @@ impl Shared {
     ) -> Result<Shared, GatewayError> {
         let limits = &config.limits;
         let pairs = Arc::clone(&config.pairs);
+        let hub = Arc::new(Hub::new(
+            Arc::clone(&pairs),
+            limits.book_depth,
+            limits.request_map_max,
+        ));
+        let (engine_delay, awaiting_verdict) = hub.verdict_signals();
         Ok(Shared {
-            hub: Arc::new(Hub::new(
-                Arc::clone(&pairs),
-                limits.book_depth,
-                limits.request_map_max,
-            )),
-            sink: OrderSink::new(producer, config.orders_topic.clone(), limits.clone()),
+            hub,
+            sink: OrderSink::new(
+                producer,
+                config.orders_topic.clone(),
+                limits.clone(),
+                engine_delay,
+                awaiting_verdict,
+            ),
             ids: CommandIds::new(config.gateway_id, now_s)?,
             auth: Authenticator::new(pool.clone(), limits.login_window_ms),
             account_limiter: RateLimiter::keyed(quota(

@@ -246,6 +246,42 @@ async fn under_forced_overload_new_orders_are_shed_but_cancels_are_admitted() {
     stack.stop().await;
 }
 
+/// No engine runs here, so no verdict ever comes back: once `awaiting_verdict_new_max` commands
+/// wait for one, the engine is the bottleneck and new orders are shed, cancels still admitted.
+#[tokio::test]
+async fn a_backlog_at_the_engine_sheds_new_orders_but_admits_cancels() {
+    let limits = Limits {
+        awaiting_verdict_new_max: 2,
+        ..Limits::default()
+    };
+    let Some(stack) = start(limits, 1).await else {
+        return;
+    };
+    let mut c = stack.logged_in(0).await;
+    for price in ["100", "101"] {
+        let r = c
+            .request("place", place_params("BTC-EUR", "buy", price, "0.5"))
+            .await;
+        assert_eq!(r["result"]["status"], "received", "{r}");
+    }
+    let r = c
+        .request("place", place_params("BTC-EUR", "buy", "102", "0.5"))
+        .await;
+    assert_eq!(error_code(&r), "overloaded", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for the matching engine"),
+        "{r}"
+    );
+    let r = c
+        .request("cancel", json!({"pair": "BTC-EUR", "order_id": 1}))
+        .await;
+    assert_eq!(r["result"]["status"], "received", "{r}");
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn a_client_that_never_reads_is_disconnected_while_another_keeps_trading() {
     let limits = Limits {
