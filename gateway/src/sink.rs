@@ -73,7 +73,9 @@ pub enum SendError {
 }
 
 /// CoDel's signal: the smallest delay seen in the last full window. A queue that only bursts
-/// shows some small delays in every window; a standing queue shows none.
+/// shows some small delays in every window; a standing queue shows none. A window with fewer
+/// than `DELAY_SAMPLES_MIN` samples says nothing: under light traffic one slow answer (a cold
+/// start, say) is not a standing queue and must not shed the next order.
 #[derive(Debug)]
 pub struct DelayWindow {
     state: Mutex<DelayState>,
@@ -83,8 +85,11 @@ pub struct DelayWindow {
 struct DelayState {
     window_start: Instant,
     window_min: Option<Duration>,
+    window_samples: u32,
     last_min: Duration,
 }
+
+const DELAY_SAMPLES_MIN: u32 = 16;
 
 impl Default for DelayWindow {
     fn default() -> DelayWindow {
@@ -92,6 +97,7 @@ impl Default for DelayWindow {
             state: Mutex::new(DelayState {
                 window_start: Instant::now(),
                 window_min: None,
+                window_samples: 0,
                 last_min: Duration::ZERO,
             }),
         }
@@ -102,6 +108,7 @@ impl DelayWindow {
     pub fn record(&self, delay: Duration) {
         let mut d = self.state.lock().unwrap_or_else(|p| p.into_inner());
         d.window_min = Some(d.window_min.map_or(delay, |m| m.min(delay)));
+        d.window_samples = d.window_samples.saturating_add(1);
     }
 
     /// The smallest delay of the last full window. `waiting`: work is outstanding, so a window
@@ -111,11 +118,13 @@ impl DelayWindow {
         let elapsed = d.window_start.elapsed();
         if elapsed >= DELAY_WINDOW {
             d.last_min = match d.window_min {
-                Some(min) => min,
+                Some(min) if d.window_samples >= DELAY_SAMPLES_MIN => min,
+                Some(_) => Duration::ZERO,
                 None if waiting => elapsed,
                 None => Duration::ZERO,
             };
             d.window_min = None;
+            d.window_samples = 0;
             d.window_start = Instant::now();
         }
         d.last_min
@@ -258,10 +267,19 @@ mod tests {
     #[test]
     fn a_standing_delay_is_the_smallest_of_the_last_full_window() {
         let w = DelayWindow::default();
-        w.record(Duration::from_millis(300));
+        for _ in 0..DELAY_SAMPLES_MIN {
+            w.record(Duration::from_millis(300));
+        }
         w.record(Duration::from_millis(120));
         std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
         assert_eq!(w.standing(false), Duration::from_millis(120));
+        w.record(Duration::from_millis(900));
+        std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
+        assert_eq!(
+            w.standing(false),
+            Duration::ZERO,
+            "one slow answer is not a queue"
+        );
         std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
         assert_eq!(
             w.standing(false),

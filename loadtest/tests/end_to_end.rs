@@ -12,20 +12,7 @@ const CONNECTIONS: usize = 12;
 
 /// The stack's addresses, or `None` (skip) when unset; in CI a missing stack fails.
 fn stack_env() -> Option<(String, String)> {
-    let get = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
-    match (get("KAFKA_BROKERS"), get("DATABASE_URL")) {
-        (Some(b), Some(d)) => Some((b, d)),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
-            "KAFKA_BROKERS and DATABASE_URL must be set in CI: run scripts/stack up and \
-             eval \"$(scripts/stack env)\""
-        ),
-        _ => {
-            eprintln!(
-                "skipped: KAFKA_BROKERS/DATABASE_URL unset (scripts/stack up; eval \"$(scripts/stack env)\")"
-            );
-            None
-        }
-    }
+    infra::stack_for_tests("loadtest end to end").map(|s| (s.brokers, s.database_url))
 }
 
 fn unique(prefix: &str) -> String {

@@ -22,30 +22,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
 
-pub struct Stack {
-    pub brokers: String,
-    pub database_url: String,
-}
+pub type Stack = infra::StackAddrs;
 
 /// The stack from the environment; `None` (after printing why) when unset outside CI.
 pub fn stack(test: &str) -> Option<Stack> {
-    let brokers = std::env::var(infra::KAFKA_BROKERS_ENV).ok();
-    let db = std::env::var(infra::DATABASE_URL_ENV).ok();
-    match (brokers, db) {
-        (Some(brokers), Some(database_url)) => Some(Stack {
-            brokers,
-            database_url,
-        }),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
-            "{test}: KAFKA_BROKERS and DATABASE_URL must be set in CI (scripts/stack up; eval \"$(scripts/stack env)\")"
-        ),
-        _ => {
-            eprintln!(
-                "skip {test}: KAFKA_BROKERS/DATABASE_URL unset; run scripts/stack up and eval \"$(scripts/stack env)\""
-            );
-            None
-        }
-    }
+    infra::stack_for_tests(test)
 }
 
 pub fn registry() -> PairRegistry {

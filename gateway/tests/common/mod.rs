@@ -25,33 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
-pub struct Env {
-    pub brokers: String,
-    pub database_url: String,
-}
+pub type Env = infra::StackAddrs;
 
 /// The stack's addresses, or `None` (skip) when they are not set; in CI a missing stack fails.
 pub fn env() -> Option<Env> {
-    let brokers = std::env::var("KAFKA_BROKERS")
-        .ok()
-        .filter(|s| !s.is_empty());
-    let database_url = std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty());
-    match (brokers, database_url) {
-        (Some(brokers), Some(database_url)) => Some(Env {
-            brokers,
-            database_url,
-        }),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
-            "KAFKA_BROKERS and DATABASE_URL must be set in CI: run scripts/stack up and \
-             eval \"$(scripts/stack env)\""
-        ),
-        _ => {
-            eprintln!(
-                "skipped: KAFKA_BROKERS/DATABASE_URL unset (scripts/stack up; eval \"$(scripts/stack env)\")"
-            );
-            None
-        }
-    }
+    infra::stack_for_tests("gateway integration test")
 }
 
 pub fn unique(prefix: &str) -> String {
