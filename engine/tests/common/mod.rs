@@ -179,17 +179,7 @@ impl World {
         let topic = self.events_topic.clone();
         let partitions = self.registry.len();
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer =
-                infra::kafka::client_config(&brokers, "engine-test", infra::kafka::Role::Consumer)
-                    .set("group.id", format!("reader_{}", unique("r")))
-                    .create()
-                    .expect("consumer");
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..partitions {
-                tpl.add_partition_offset(&topic, p as i32, Offset::Beginning)
-                    .expect("tpl");
-            }
-            consumer.assign(&tpl).expect("assign");
+            let consumer = reader_from_beginning(&brokers, &topic, 0..partitions as i32);
             let started = Instant::now();
             let mut out = Vec::new();
             while out.len() < count && started.elapsed() < timeout {
@@ -324,18 +314,11 @@ impl World {
         let brokers = self.stack.brokers.clone();
         let topic = self.orders_topic.clone();
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer =
-                infra::kafka::client_config(&brokers, "engine-test", infra::kafka::Role::Consumer)
-                    .set("group.id", format!("reader_{}", unique("o")))
-                    .create()
-                    .expect("consumer");
+            let consumer =
+                reader_from_beginning(&brokers, &topic, pair_id as i32..pair_id as i32 + 1);
             let (_, high) = consumer
                 .fetch_watermarks(&topic, pair_id as i32, Duration::from_secs(5))
                 .expect("watermarks");
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, pair_id as i32, Offset::Beginning)
-                .expect("tpl");
-            consumer.assign(&tpl).expect("assign");
             let mut out = Vec::new();
             let started = Instant::now();
             while out.last().is_none_or(|r: &RawRecord| r.offset + 1 < high) {
@@ -370,17 +353,7 @@ impl World {
         let topic = self.events_topic.clone();
         let partitions = self.registry.len();
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer =
-                infra::kafka::client_config(&brokers, "engine-test", infra::kafka::Role::Consumer)
-                    .set("group.id", format!("reader_{}", unique_id()))
-                    .create()
-                    .expect("consumer");
-            let mut tpl = TopicPartitionList::new();
-            for p in 0..partitions {
-                tpl.add_partition_offset(&topic, p as i32, Offset::Beginning)
-                    .expect("tpl");
-            }
-            consumer.assign(&tpl).expect("assign");
+            let consumer = reader_from_beginning(&brokers, &topic, 0..partitions as i32);
             let started = Instant::now();
             let mut seen = std::collections::HashSet::new();
             let mut out = Vec::new();
@@ -403,8 +376,24 @@ impl World {
     }
 }
 
-fn unique_id() -> String {
-    unique("x")
+/// A consumer assigned to `partitions` of `topic` from their first record.
+fn reader_from_beginning(
+    brokers: &str,
+    topic: &str,
+    partitions: std::ops::Range<i32>,
+) -> BaseConsumer {
+    let consumer: BaseConsumer =
+        infra::kafka::client_config(brokers, "engine-test", infra::kafka::Role::Consumer)
+            .set("group.id", format!("reader_{}", unique("r")))
+            .create()
+            .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    consumer
 }
 
 /// Proves exactly-once against a fresh replay of each pair's whole `orders` partition through
