@@ -68,12 +68,14 @@ impl ConsumerContext for EngineContext {
                     Some(e) if self.group_mode => e.position_assignment(tpl),
                     _ => false,
                 };
+                // Split before assigning: the first fetch must land in the pairs' own queues.
+                let queues = engine.as_ref().map(|e| e.split_queues(tpl));
                 if let Err(err) = base.assign(tpl) {
                     tracing::warn!(error = %err, "cannot take the assigned partitions");
                     return;
                 }
-                if let Some(e) = engine {
-                    e.on_assigned(tpl, positioned);
+                if let (Some(e), Some(queues)) = (engine, queues) {
+                    e.start_pairs(queues, positioned);
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -162,13 +164,14 @@ impl Engine {
                 source,
             })?;
         }
+        let queues = self.split_queues(&tpl);
         self.consumer
             .assign(&tpl)
             .map_err(|source| EngineError::Kafka {
                 what: "assign the pairs' partitions",
                 source,
             })?;
-        self.on_assigned(&tpl, true);
+        self.start_pairs(queues, true);
         Ok(())
     }
 
@@ -181,15 +184,15 @@ impl Engine {
             })
     }
 
-    /// Serves the main consumer queue (rebalances, errors) until shutdown. Every owned
-    /// partition has its own queue, so a message here is a stray prefetch from before the split;
-    /// dropping it is safe because the pair's actor detects the gap and re-reads from its offset.
+    /// Serves the main consumer queue (rebalances, errors) until shutdown. Every partition's
+    /// queue is split before it is assigned, so no record should arrive here. If one does, it is
+    /// dropped: the pair's actor sees the gap at its next record and re-reads from its offset.
     pub(crate) async fn serve_main_queue(&self) {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 msg = self.consumer.recv() => match msg {
-                    Ok(msg) => tracing::debug!(
+                    Ok(msg) => tracing::warn!(
                         partition = msg.partition(),
                         offset = msg.offset(),
                         "record on the main queue dropped; its pair re-reads it"
@@ -261,7 +264,11 @@ impl Engine {
         }
     }
 
-    fn on_assigned(self: &Arc<Self>, tpl: &TopicPartitionList, positioned: bool) {
+    /// Gives every pair of the assignment its own queue. Called *before* the assignment takes
+    /// effect: librdkafka then never forwards the partition's records to the main queue (the
+    /// application-set forwarding survives the fetch start), so no prefetch is stranded there.
+    fn split_queues(&self, tpl: &TopicPartitionList) -> Vec<(PairSpec, PairQueue)> {
+        let mut queues = Vec::new();
         for elem in tpl.elements_for_topic(&self.config.orders_topic) {
             let Some(spec) = u32::try_from(elem.partition())
                 .ok()
@@ -274,13 +281,22 @@ impl Engine {
                 );
                 continue;
             };
-            let Some(queue) = self
+            match self
                 .consumer
                 .split_partition_queue(&self.config.orders_topic, elem.partition())
-            else {
-                tracing::error!(pair = %spec.symbol, "cannot split the pair's partition queue");
-                continue;
-            };
+            {
+                Some(queue) => queues.push((spec, queue)),
+                None => {
+                    tracing::error!(pair = %spec.symbol, "cannot split the pair's partition queue");
+                }
+            }
+        }
+        queues
+    }
+
+    /// Spawns a supervised actor for each newly owned pair.
+    fn start_pairs(self: &Arc<Self>, queues: Vec<(PairSpec, PairQueue)>, positioned: bool) {
+        for (spec, queue) in queues {
             let stop = self.shutdown.child_token();
             let progress = Arc::new(AtomicI64::new(-1));
             let supervisor = tokio::spawn(supervise(

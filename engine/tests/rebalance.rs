@@ -68,3 +68,27 @@ async fn a_second_engine_joining_mid_stream_changes_no_outcome() {
     engine_a.await.unwrap().unwrap();
     verify_against_replay(&world, &specs, PER_PAIR).await;
 }
+
+/// A brand-new group whose pairs already have a backlog: the first fetch can land before the
+/// partition queues are split, and every pair must still apply its whole backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fresh_group_applies_the_backlog_of_every_pair() {
+    infra::telemetry::init_tracing_with_default("warn");
+    let Some(stack) = stack("rebalance_backlog") else {
+        return;
+    };
+    let world = World::new(stack, "backlog").await;
+    let specs: Vec<_> = world.registry.iter().take(PAIRS).cloned().collect();
+    let mut want = std::collections::HashMap::new();
+    for spec in &specs {
+        let mut w = Workload::new(spec.clone(), 5);
+        let payloads: Vec<Vec<u8>> = (0..200).map(|i| w.next_record(i + 1).encode()).collect();
+        world.produce_raw(spec.id, &payloads).await;
+        want.insert(spec.id, 199);
+    }
+    let (stop, engine) = spawn_engine(world.config());
+    world.wait_applied(&want, Duration::from_secs(30)).await;
+    stop.cancel();
+    engine.await.unwrap().unwrap();
+    world.drop_schema().await;
+}
