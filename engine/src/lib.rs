@@ -178,10 +178,10 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
 /// How long shutdown waits for librdkafka to close the consumer.
 const CONSUMER_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// Drops the engine (and so closes its Kafka consumer) on a side thread, waiting at most `wait`.
-/// Everything is durable and flushed by now; what is left is librdkafka's consumer close, which
-/// can block for a long time once partition queues were split. Waiting for it on an async worker
-/// (or in the runtime's drop) would hang a SIGTERM past Fargate's stop timeout.
+/// Drops the engine (and so closes its Kafka consumer, leaving the group) on a side thread,
+/// waiting at most `wait`. Everything is durable and flushed by now. The close normally takes
+/// milliseconds; the bound is there because a librdkafka close that blocks on an unreachable
+/// broker must not hold a SIGTERM past Fargate's stop timeout.
 async fn close_bounded(engine: Arc<engine::Engine>, wait: Duration) {
     let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
