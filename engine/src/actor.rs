@@ -221,6 +221,8 @@ impl Actor {
         let is_probe = msg
             .headers()
             .is_some_and(|h| h.iter().any(|h| h.key == infra::kafka::PROBE_HEADER));
+        #[cfg(feature = "fault-injection")]
+        crate::fault::maybe_panic(&self.spec.symbol, offset, msg.headers());
         let kafka_ts_ns = msg.timestamp().to_millis().map_or(0, |ms| {
             u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000)
         });

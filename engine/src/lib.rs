@@ -18,6 +18,8 @@
 
 mod actor;
 mod engine;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod record;
 pub mod rows;
 pub mod store;

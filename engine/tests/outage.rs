@@ -10,30 +10,9 @@ use std::time::{Duration, Instant};
 use common::proxy::{CutProxy, upstream, via};
 use common::*;
 use engine::workload::Workload;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PAIRS: usize = 2;
 const PER_PHASE: usize = 300;
-
-/// The engine's `/metrics` text.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: engine\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
-}
-
-/// The value of the sample `name{pair="<pair>"}`.
-fn sample(text: &str, name: &str, pair: &str) -> Option<f64> {
-    let prefix = format!("{name}{{pair=\"{pair}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_engine_waits_out_a_postgres_outage_and_resumes_exactly_once() {
@@ -58,10 +37,7 @@ async fn the_engine_waits_out_a_postgres_outage_and_resumes_exactly_once() {
     };
 
     let proxy = CutProxy::start(upstream(&world.database_url)).await;
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let metrics_addr = free_local_addr();
     let mut config = world.config();
     config.database_url = via(&world.database_url, proxy.addr);
     config.static_pairs = Some(specs.iter().map(|s| s.symbol.clone()).collect());

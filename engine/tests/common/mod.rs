@@ -517,3 +517,34 @@ pub async fn verify_against_replay(world: &World, specs: &[protocol::PairSpec], 
         );
     }
 }
+
+/// The engine's `/metrics` text (plain HTTP/1.0, no client library needed).
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: engine\r\n\r\n")
+        .await
+        .expect("metrics request");
+    let mut body = String::new();
+    stream
+        .read_to_string(&mut body)
+        .await
+        .expect("metrics response");
+    body
+}
+
+/// The value of the sample `name{pair="<pair>"}` in a scrape, if present.
+pub fn sample(text: &str, name: &str, pair: &str) -> Option<f64> {
+    let prefix = format!("{name}{{pair=\"{pair}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A free local port for the engine's metrics endpoint.
+pub fn free_local_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+}
