@@ -72,6 +72,8 @@ struct Pending {
 
 /// The records one batch consumed and what the book decided for them.
 struct Batch {
+    /// When the first record was read.
+    started: Instant,
     first_offset: i64,
     last_offset: i64,
     /// Records consumed, probes included.
@@ -84,6 +86,7 @@ struct Batch {
 impl Batch {
     fn new() -> Batch {
         Batch {
+            started: Instant::now(),
             first_offset: -1,
             last_offset: -1,
             consumed: 0,
@@ -236,6 +239,11 @@ impl Actor {
         );
         if batch.consumed == 0 {
             batch.first_offset = offset;
+            batch.started = Instant::now();
+        }
+        if kafka_ts_ns > 0 {
+            let age_ns = wall_clock_ns().saturating_sub(kafka_ts_ns);
+            metrics::histogram!(m::RECORD_AGE_SECONDS).record(age_ns as f64 / 1e9);
         }
         batch.last_offset = offset;
         batch.consumed += 1;
@@ -295,6 +303,7 @@ impl Actor {
     /// Persists the batch (one transaction), then hands its events to the producer.
     async fn commit_batch(&mut self, batch: Batch) -> Result<(), ActorError> {
         self.await_pending().await?;
+        metrics::histogram!(m::BATCH_WAIT_SECONDS).record(batch.started.elapsed().as_secs_f64());
         let first_seq = batch
             .records
             .iter()
@@ -469,6 +478,12 @@ impl Actor {
         );
         Ok(())
     }
+}
+
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// The offset the batch expects next.

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 pub const COMMANDS_TOTAL: &str = "engine_commands_total";
 pub const BATCH_RECORDS: &str = "engine_batch_records";
 pub const PERSIST_SECONDS: &str = "engine_persist_seconds";
+pub const RECORD_AGE_SECONDS: &str = "engine_record_age_seconds";
+pub const BATCH_WAIT_SECONDS: &str = "engine_batch_wait_seconds";
 pub const CONSUMER_LAG_RECORDS: &str = "engine_consumer_lag_records";
 pub const PAUSED: &str = "engine_paused";
 pub const ACTOR_RESTARTS_TOTAL: &str = "engine_actor_restarts_total";
@@ -32,6 +34,16 @@ pub fn describe() {
         PERSIST_SECONDS,
         Unit::Seconds,
         "duration of one batch's PostgreSQL transaction"
+    );
+    describe_histogram!(
+        RECORD_AGE_SECONDS,
+        Unit::Seconds,
+        "from an orders record's Kafka timestamp (the gateway's produce call) to its actor reading it"
+    );
+    describe_histogram!(
+        BATCH_WAIT_SECONDS,
+        Unit::Seconds,
+        "from a batch's first record read to the start of its transaction (linger, previous batch's acks)"
     );
     describe_gauge!(
         CONSUMER_LAG_RECORDS,

@@ -456,32 +456,56 @@ async fn write_loop(
     heartbeat.tick().await;
     let mut book_seqs: HashMap<PairId, u64> = HashMap::new();
     loop {
-        let message = tokio::select! {
+        // A keep-alive frame of our own, or the first queued item.
+        let (mut own, mut next) = tokio::select! {
             biased;
             _ = done.cancelled() => return,
-            next = out.next() => match next {
-                Next::Text(text) => Message::Text(text.into()),
-                Next::Market(pair, pending) => {
-                    match market_text(&shared, pair, pending, &mut book_seqs) {
-                        Some(text) => Message::Text(text.into()),
-                        None => continue,
-                    }
-                }
-                Next::Close(why) => {
-                    close(&mut sink, why, write_timeout).await;
-                    return;
-                }
-            },
-            _ = ping.tick() => Message::Ping(Vec::new().into()),
+            next = out.next() => (None, Some(next)),
+            _ = ping.tick() => (Some(Message::Ping(Vec::new().into())), None),
             _ = heartbeat.tick() => {
                 if !out.wants_heartbeat.load(Ordering::Relaxed) {
                     continue;
                 }
                 let push = Push::Heartbeat { ts_ms: now_ms() };
-                Message::Text(serde_json::to_string(&push).expect("pushes serialize").into())
+                let text = serde_json::to_string(&push).expect("pushes serialize");
+                (Some(Message::Text(text.into())), None)
             }
         };
-        match tokio::time::timeout(write_timeout, sink.send(message)).await {
+        // Everything already queued goes out with one flush (one write to the socket), so a
+        // busy connection costs a system call per burst, not per frame.
+        let mut closing = None;
+        let written = tokio::time::timeout(write_timeout, async {
+            if let Some(message) = own.take() {
+                sink.feed(message).await?;
+            }
+            let mut fed = 0;
+            while let Some(item) = next.take() {
+                let message = match item {
+                    Next::Text(text) => Message::Text(text.into()),
+                    Next::Market(pair, pending) => {
+                        match market_text(&shared, pair, pending, &mut book_seqs) {
+                            Some(text) => Message::Text(text.into()),
+                            None => {
+                                next = out.try_next();
+                                continue;
+                            }
+                        }
+                    }
+                    Next::Close(why) => {
+                        closing = Some(why);
+                        break;
+                    }
+                };
+                sink.feed(message).await?;
+                fed += 1;
+                if fed < WRITE_BURST_MAX {
+                    next = out.try_next();
+                }
+            }
+            sink.flush().await
+        })
+        .await;
+        match written {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {
@@ -492,8 +516,15 @@ async fn write_loop(
                 return;
             }
         }
+        if let Some(why) = closing {
+            close(&mut sink, why, write_timeout).await;
+            return;
+        }
     }
 }
+
+/// Frames written before one flush, so one busy connection cannot hog its worker.
+const WRITE_BURST_MAX: usize = 256;
 
 async fn close(sink: &mut SplitSink<WebSocket, Message>, why: Closing, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, async {

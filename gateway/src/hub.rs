@@ -340,7 +340,9 @@ impl Hub {
     fn route_private(&self, record: &EventRecord, updates: Vec<(AccountId, OrderUpdate)>) {
         let origin = record.command_id.and_then(|id| self.take_request(id));
         if let Some(r) = &origin {
-            self.engine_delay.record(r.at.elapsed());
+            let delay = r.at.elapsed();
+            self.engine_delay.record(delay);
+            metrics::histogram!("gateway_verdict_seconds").record(delay.as_secs_f64());
         }
         for (account, mut update) in updates {
             let Some(outs) = self.accounts.get(&account) else {
@@ -495,6 +497,12 @@ fn private_updates(spec: &PairSpec, events: &[&Event]) -> Vec<(AccountId, OrderU
     out
 }
 
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Reads every partition of the events topic from the beginning until `shutdown`.
 pub async fn consume_events(
     hub: Arc<Hub>,
@@ -559,6 +567,13 @@ pub async fn consume_events(
             }
         };
         let partition = message.partition();
+        // Only live records: a replay's ages say nothing about the path.
+        if behind.is_empty()
+            && let Some(ms) = message.timestamp().to_millis()
+            && let Some(age_ms) = now_millis().checked_sub(ms)
+        {
+            metrics::histogram!("gateway_events_age_seconds").record(age_ms as f64 / 1e3);
+        }
         match message.payload().map(EventRecord::decode) {
             Some(Ok(record)) => hub.apply(partition as PairId, record),
             Some(Err(e)) => {

@@ -19,6 +19,7 @@ pub mod sink;
 mod state;
 pub mod validate;
 
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -138,6 +139,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway,
     let app = http::router(Arc::clone(&shared), metrics);
     tracing::info!(%addr, gateway_id = shared.config.gateway_id, "gateway listening");
     let task = tokio::spawn(async move {
+        // Small frames go out at once: with Nagle on, a push could wait for the client's delayed
+        // ACK (tens of milliseconds) whenever an earlier frame is unacknowledged.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+            }
+        });
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await

@@ -246,23 +246,29 @@ impl Outbound {
     /// pushes, then market data.
     pub async fn next(&self) -> Next {
         loop {
-            {
-                let mut s = self.state();
-                if let Some(why) = s.close.take() {
-                    return Next::Close(why);
-                }
-                if let Some(text) = s.queue.pop_front() {
-                    return Next::Text(text);
-                }
-                if let Some(key) = s.market_order.pop_front()
-                    && let Some(pending) = s.market.remove(&key)
-                {
-                    return Next::Market(key.1, pending);
-                }
+            if let Some(next) = self.try_next() {
+                return next;
             }
             // One consumer: notify_one keeps a permit when nobody waits, so no wake-up is lost.
             self.notify.notified().await;
         }
+    }
+
+    /// The next thing to write if one is queued now, without waiting.
+    pub fn try_next(&self) -> Option<Next> {
+        let mut s = self.state();
+        if let Some(why) = s.close.take() {
+            return Some(Next::Close(why));
+        }
+        if let Some(text) = s.queue.pop_front() {
+            return Some(Next::Text(text));
+        }
+        while let Some(key) = s.market_order.pop_front() {
+            if let Some(pending) = s.market.remove(&key) {
+                return Some(Next::Market(key.1, pending));
+            }
+        }
+        None
     }
 
     pub fn set_wants_heartbeat(&self) {

@@ -76,7 +76,10 @@ pub fn client_config_with_env(
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
         .set("client.id", client_id)
-        .set("socket.keepalive.enable", "true");
+        .set("socket.keepalive.enable", "true")
+        // librdkafka leaves Nagle on by default: a small request then waits for the broker's
+        // delayed ACK (tens of milliseconds) whenever another is in flight on the connection.
+        .set("socket.nagle.disable", "true");
     match role {
         Role::Producer => {
             // Idempotence + acks=all: a retried batch is written once, and an ack means the

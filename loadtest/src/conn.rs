@@ -55,7 +55,8 @@ pub async fn connect(
     let key_id = account.key_id.clone();
     let attempt = async {
         let (mut ws, _) =
-            tokio_tungstenite::connect_async(url)
+            // Nagle off, like the gateway: each command goes out when it is due.
+            tokio_tungstenite::connect_async_with_config(url, None, true)
                 .await
                 .map_err(|e| ConnError::Connect {
                     url: url.to_owned(),
