@@ -5,12 +5,14 @@
 //! ends the actor (its book was mutated by a batch that did not commit, so it must never be
 //! reused); the supervisor restarts it from PostgreSQL.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use engine_core::OrderBook;
+use futures_util::FutureExt;
 use protocol::records::{EventRecord, RECORD_VERSION};
 use protocol::{Command, Event, PairSpec};
 use rdkafka::Message;
@@ -60,6 +62,13 @@ pub enum ActorError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// How often a pair stores its position in Kafka (for lag tools; PostgreSQL holds the truth).
+const ADVISORY_COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+/// Batches whose events may await Kafka's acknowledgement while the next ones commit: the
+/// pair does not stall on each batch's publish, and what is in flight stays bounded.
+const PENDING_BATCHES_MAX: usize = 4;
+
 /// How long a pair with events in flight waits for a record before confirming them alone.
 const IDLE_CONFIRM: Duration = Duration::from_millis(200);
 
@@ -107,8 +116,11 @@ pub(crate) struct Actor {
     last_offset: i64,
     /// Last `orders` offset whose events Kafka acknowledged.
     published_offset: i64,
-    pending: Option<Pending>,
+    /// Batches whose events are handed to the producer, oldest first.
+    pending: VecDeque<Pending>,
     events: Vec<Event>,
+    /// When the position was last stored in Kafka.
+    advised_at: Instant,
     labels: [(&'static str, String); 1],
 }
 
@@ -151,8 +163,9 @@ pub(crate) async fn run(
         spec,
         queue,
         stop,
-        pending: None,
+        pending: VecDeque::new(),
         events: Vec::new(),
+        advised_at: Instant::now(),
         labels,
     };
     actor.progress();
@@ -173,7 +186,7 @@ impl Actor {
             let mut batch = Batch::new();
             // Wait for the first record of a batch (or the end).
             let queue = Arc::clone(&self.queue);
-            let idle = self.pending.is_some();
+            let idle = !self.pending.is_empty();
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return Ok(()),
@@ -302,7 +315,10 @@ impl Actor {
 
     /// Persists the batch (one transaction), then hands its events to the producer.
     async fn commit_batch(&mut self, batch: Batch) -> Result<(), ActorError> {
-        self.await_pending().await?;
+        self.reap_published()?;
+        while self.pending.len() >= PENDING_BATCHES_MAX {
+            self.await_oldest().await?;
+        }
         metrics::histogram!(m::BATCH_WAIT_SECONDS).record(batch.started.elapsed().as_secs_f64());
         let first_seq = batch
             .records
@@ -344,12 +360,17 @@ impl Actor {
         self.last_offset = batch.last_offset;
         self.progress();
         let deliveries = self.produce(&outbox, ranges).await?;
-        self.pending = Some(Pending {
+        self.pending.push_back(Pending {
             last_offset: batch.last_offset,
             deliveries,
         });
-        self.engine
-            .commit_advisory(partition_of(&self.spec), self.last_offset + 1);
+        // Advisory only (lag dashboards), so at most once per interval: a commit per batch
+        // would be a broker request and a __consumer_offsets append per batch.
+        if self.advised_at.elapsed() >= ADVISORY_COMMIT_EVERY {
+            self.advised_at = Instant::now();
+            self.engine
+                .commit_advisory(partition_of(&self.spec), self.last_offset + 1);
+        }
         Ok(())
     }
 
@@ -396,26 +417,37 @@ impl Actor {
         Ok(deliveries)
     }
 
-    /// Waits for the previous batch's acknowledgements; records its offset as published.
-    async fn await_pending(&mut self) -> Result<(), ActorError> {
-        let Some(pending) = self.pending.take() else {
+    /// Takes the acknowledgements that already arrived, oldest batch first, without waiting;
+    /// advances the published offset past every batch fully acknowledged.
+    fn reap_published(&mut self) -> Result<(), ActorError> {
+        while let Some(front) = self.pending.front_mut() {
+            let mut done = 0;
+            for delivery in &mut front.deliveries {
+                match delivery.now_or_never() {
+                    None => break,
+                    Some(result) => {
+                        delivered(&self.spec, result)?;
+                        done += 1;
+                    }
+                }
+            }
+            front.deliveries.drain(..done);
+            if !front.deliveries.is_empty() {
+                break;
+            }
+            self.published_offset = self.published_offset.max(front.last_offset);
+            self.pending.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest batch's acknowledgements; records its offset as published.
+    async fn await_oldest(&mut self) -> Result<(), ActorError> {
+        let Some(pending) = self.pending.pop_front() else {
             return Ok(());
         };
         for delivery in pending.deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((source, _))) => {
-                    return Err(ActorError::Publish {
-                        pair: self.spec.symbol.clone(),
-                        source,
-                    });
-                }
-                Err(_) => {
-                    return Err(ActorError::DeliveryCancelled {
-                        pair: self.spec.symbol.clone(),
-                    });
-                }
-            }
+            delivered(&self.spec, delivery.await)?;
         }
         self.published_offset = self.published_offset.max(pending.last_offset);
         Ok(())
@@ -444,7 +476,7 @@ impl Actor {
             "republished events from the outbox"
         );
         metrics::counter!(m::PUBLISH_REPLAYED_RECORDS_TOTAL, &self.labels).increment(count);
-        self.pending = Some(Pending {
+        self.pending.push_back(Pending {
             last_offset,
             deliveries,
         });
@@ -453,10 +485,12 @@ impl Actor {
 
     /// Awaits the in-flight events and records them as published without a new batch.
     async fn confirm_published(&mut self) -> Result<(), ActorError> {
-        if self.pending.is_none() {
+        if self.pending.is_empty() {
             return Ok(());
         }
-        self.await_pending().await?;
+        while !self.pending.is_empty() {
+            self.await_oldest().await?;
+        }
         store::mark_published(
             &self.engine.pool,
             self.spec.id,
@@ -484,6 +518,24 @@ fn wall_clock_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The outcome of one event record's delivery.
+/// (`Err(_)`: the producer dropped it, cancelled.)
+fn delivered<E>(
+    spec: &PairSpec,
+    result: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, E>,
+) -> Result<(), ActorError> {
+    match result {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((source, _))) => Err(ActorError::Publish {
+            pair: spec.symbol.clone(),
+            source,
+        }),
+        Err(_) => Err(ActorError::DeliveryCancelled {
+            pair: spec.symbol.clone(),
+        }),
+    }
 }
 
 /// The offset the batch expects next.
