@@ -116,6 +116,8 @@ pub(crate) struct Actor {
     last_offset: i64,
     /// Last `orders` offset whose events Kafka acknowledged.
     published_offset: i64,
+    /// Outbox rows starting at or below this offset are pruned (-1: unknown, prune them all).
+    pruned_offset: i64,
     /// Batches whose events are handed to the producer, oldest first.
     pending: VecDeque<Pending>,
     events: Vec<Event>,
@@ -160,6 +162,7 @@ pub(crate) async fn run(
         book: recovered.book,
         last_offset: recovered.last_offset,
         published_offset: recovered.published_offset,
+        pruned_offset: -1,
         spec,
         queue,
         stop,
@@ -346,9 +349,11 @@ impl Actor {
             last_seq: self.book.last_seq(),
             last_trade_id: self.book.last_trade_id(),
             published_offset: self.published_offset,
+            pruned_offset: self.pruned_offset,
             rows: &row_changes,
             records: &outbox,
         };
+        let write_published = write.published_offset;
         let started = Instant::now();
         store::persist(&self.engine.pool, &write).await?;
         metrics::histogram!(m::PERSIST_SECONDS).record(started.elapsed().as_secs_f64());
@@ -358,6 +363,7 @@ impl Actor {
             metrics::counter!(m::POISON_RECORDS_TOTAL, &self.labels).increment(batch.poison);
         }
         self.last_offset = batch.last_offset;
+        self.pruned_offset = write_published;
         self.progress();
         let deliveries = self.produce(&outbox, ranges).await?;
         self.pending.push_back(Pending {

@@ -163,6 +163,9 @@ pub struct BatchWrite<'a> {
     pub last_seq: u64,
     pub last_trade_id: u64,
     pub published_offset: i64,
+    /// Outbox rows starting at or below this offset are already pruned: the prune scans only
+    /// the range past it, never the dead index entries of earlier prunes.
+    pub pruned_offset: i64,
     pub rows: &'a RowChanges,
     /// The batch's EventRecords, newline-separated JSON.
     pub records: &'a [u8],
@@ -231,6 +234,7 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
         .bind(&tr.taker_account)
         .bind(&tr.offset)
         .bind(&tr.ts_ns)
+        .bind(w.pruned_offset)
         .fetch_one(pool)
         .await?;
     let fenced: i64 = row.try_get(0)?;
@@ -305,7 +309,8 @@ WITH fence AS (
   SELECT $1, $7, $2, $8, $3, $9 WHERE EXISTS (SELECT 1 FROM fence)
   RETURNING 1
 ), pruned AS (
-  DELETE FROM event_log WHERE pair_id = $1 AND last_offset <= $5 AND EXISTS (SELECT 1 FROM fence)
+  DELETE FROM event_log WHERE pair_id = $1 AND first_offset > $45 AND first_offset <= $5
+    AND last_offset <= $5 AND EXISTS (SELECT 1 FROM fence)
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM upd),

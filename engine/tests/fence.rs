@@ -59,6 +59,7 @@ fn batch<'a>(expected_offset: i64, rows: &'a RowChanges, records: &'a [u8]) -> B
         last_seq: 2,
         last_trade_id: 0,
         published_offset: -1,
+        pruned_offset: -1,
         rows,
         records,
     }
