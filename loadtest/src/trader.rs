@@ -127,18 +127,21 @@ impl Trader {
     /// from the drawn one when there is no free own order to cancel or amend (a limit order
     /// instead) or when `live_max` orders already rest (a cancel instead).
     pub fn build(&mut self, slot: Slot, now: Instant) -> (String, Kind) {
+        let free = match slot.kind {
+            Kind::Cancel | Kind::Amend => self.free_order(),
+            Kind::Limit if self.live.len() >= self.live_max => self.free_order(),
+            _ => None,
+        };
         let kind = match slot.kind {
-            Kind::Cancel | Kind::Amend if self.free_order().is_none() => Kind::Limit,
-            Kind::Limit if self.live.len() >= self.live_max && self.free_order().is_some() => {
-                Kind::Cancel
-            }
+            Kind::Cancel | Kind::Amend if free.is_none() => Kind::Limit,
+            Kind::Limit if free.is_some() => Kind::Cancel,
             k => k,
         };
         let t_s = now.saturating_duration_since(self.t0).as_secs_f64();
         let (body, target) = match kind {
             Kind::Limit | Kind::Marketable => (self.place(kind, t_s), None),
             Kind::Cancel => {
-                let i = self.free_order().expect("checked above");
+                let i = free.expect("checked above");
                 let o = &mut self.live[i];
                 o.busy = true;
                 let body = RequestBody::Cancel(Cancel {
@@ -149,7 +152,7 @@ impl Trader {
                 (body, Some(o.order_id))
             }
             Kind::Amend => {
-                let i = self.free_order().expect("checked above");
+                let i = free.expect("checked above");
                 self.live[i].busy = true;
                 (self.amend(i, t_s), Some(self.live[i].order_id))
             }
@@ -169,8 +172,18 @@ impl Trader {
         (request_json(id, &body), kind)
     }
 
-    /// A random resting order with no cancel or amend in flight.
+    /// A random resting order with no cancel or amend in flight. A few random probes find one
+    /// almost always (few orders are busy at a time); the counted scan is the fallback.
     fn free_order(&mut self) -> Option<usize> {
+        if self.live.is_empty() {
+            return None;
+        }
+        for _ in 0..8 {
+            let i = self.rng.below(self.live.len() as u64) as usize;
+            if !self.live[i].busy {
+                return Some(i);
+            }
+        }
         let free = self.live.iter().filter(|o| !o.busy).count();
         if free == 0 {
             return None;
