@@ -12,6 +12,8 @@ use tracing_subscriber::EnvFilter;
 pub enum TelemetryError {
     #[error("cannot install the Prometheus recorder: {0}")]
     Prometheus(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("cannot start the metrics upkeep thread: {0}")]
+    Upkeep(#[source] std::io::Error),
 }
 
 /// Installs the global tracing subscriber. Call once, first thing in `main`.
@@ -35,9 +37,27 @@ pub fn init_tracing_with_default(default_filter: &str) {
 
 /// Installs the global metrics recorder and returns a handle that renders the Prometheus text
 /// format, for a service that serves `/metrics` from its own HTTP server.
+///
+/// Also starts the recorder's upkeep on a small thread of its own: without it, every histogram
+/// sample is kept until the next scrape, so an unscraped process grows without bound (tens of
+/// MiB a minute at 1.6M commands/min).
 pub fn install_prometheus_recorder() -> Result<PrometheusHandle, TelemetryError> {
-    Ok(PrometheusBuilder::new().install_recorder()?)
+    let handle = PrometheusBuilder::new().install_recorder()?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            }
+        })
+        .map_err(TelemetryError::Upkeep)?;
+    Ok(handle)
 }
+
+/// How often histogram samples are folded into their summaries.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the global metrics recorder with its own HTTP listener serving `/metrics` on `addr`.
 /// Must be called inside a tokio runtime.
