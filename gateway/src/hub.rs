@@ -152,6 +152,20 @@ impl Hub {
         (Arc::clone(&self.engine_delay), Arc::clone(&self.awaiting))
     }
 
+    /// Starts the replica from a PostgreSQL snapshot instead of an empty book.
+    pub fn load_snapshot(&self, snap: &crate::snapshot::Snapshot) {
+        for (pair, book) in &snap.pairs {
+            if self.pairs.get(*pair).is_none() {
+                continue;
+            }
+            let mut state = self.book(*pair);
+            state.last_seq = book.last_seq;
+            state.bids = book.bids.iter().copied().collect();
+            state.asks = book.asks.iter().copied().collect();
+            state.best = state.best();
+        }
+    }
+
     /// Whether the replica has read every record that existed when the gateway started.
     pub fn caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Relaxed)
@@ -497,53 +511,94 @@ fn private_updates(spec: &PairSpec, events: &[&Event]) -> Vec<(AccountId, OrderU
     out
 }
 
+/// (partition, first offset to read, high watermark) for every partition. Blocking calls.
+fn replica_starts(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partitions: usize,
+    start: ReplicaStart,
+) -> Result<Vec<(i32, i64, i64)>, rdkafka::error::KafkaError> {
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let mut out = Vec::with_capacity(partitions);
+    for p in 0..partitions as i32 {
+        let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
+        out.push((p, low, high));
+    }
+    let ReplicaStart::At(taken_at_ms) = start else {
+        return Ok(out);
+    };
+    let rewind_ms = i64::try_from(REPLICA_REWIND.as_millis()).unwrap_or(i64::MAX);
+    let mut query = TopicPartitionList::new();
+    for (p, _, _) in &out {
+        query.add_partition_offset(
+            topic,
+            *p,
+            Offset::Offset(taken_at_ms.saturating_sub(rewind_ms)),
+        )?;
+    }
+    let found = consumer.offsets_for_times(query, TIMEOUT)?;
+    for (p, from, high) in &mut out {
+        // No record at or after that time: nothing the snapshot lacks was there when we asked,
+        // so start at the end as it was before asking.
+        *from = match found.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o.clamp(*from, *high),
+            _ => *high,
+        };
+    }
+    Ok(out)
+}
+
 fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Reads every partition of the events topic from the beginning until `shutdown`.
+/// Where the replica starts reading `events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaStart {
+    /// From the first retained record, onto an empty book.
+    Beginning,
+    /// Onto a PostgreSQL snapshot taken at this time (ms since the epoch): from the first record
+    /// produced `REPLICA_REWIND` before it; what the snapshot already holds is dropped by seq.
+    At(i64),
+}
+
+/// How far before the snapshot's time the replica starts reading, for clock skew between the
+/// engine's host and the database's.
+pub const REPLICA_REWIND: Duration = Duration::from_secs(10);
+
+/// Reads every partition of the events topic from `start` until `shutdown`.
 pub async fn consume_events(
     hub: Arc<Hub>,
     consumer: StreamConsumer,
+    start: ReplicaStart,
     topic: String,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let partitions = hub.pairs.len();
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        let p = i32::try_from(p).expect("partition fits i32");
-        assignment
-            .add_partition_offset(&topic, p, Offset::Beginning)
-            .map_err(GatewayError::Kafka)?;
-    }
-    consumer.assign(&assignment).map_err(GatewayError::Kafka)?;
     let consumer = Arc::new(consumer);
-    // The end of each partition when we started: the replica is complete once past all of them.
-    let mut behind: HashMap<i32, i64> = HashMap::new();
-    {
+    // Each partition's retained range now, and where to start in it.
+    let starts = {
         let consumer = Arc::clone(&consumer);
         let topic = topic.clone();
-        let highs = tokio::task::spawn_blocking(move || {
-            (0..partitions as i32)
-                .map(|p| {
-                    consumer
-                        .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                        .map(|(low, high)| (p, low, high))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| GatewayError::Task(e.to_string()))?
-        .map_err(GatewayError::Kafka)?;
-        behind.extend(
-            highs
-                .into_iter()
-                .filter(|(_, low, high)| high > low)
-                .map(|(p, _, high)| (p, high)),
-        );
+        tokio::task::spawn_blocking(move || replica_starts(&consumer, &topic, partitions, start))
+            .await
+            .map_err(|e| GatewayError::Task(e.to_string()))?
+            .map_err(GatewayError::Kafka)?
+    };
+    let mut assignment = TopicPartitionList::new();
+    // The end of each partition when we started: the replica is complete once past all of them.
+    let mut behind: HashMap<i32, i64> = HashMap::new();
+    for (p, from, high) in starts {
+        assignment
+            .add_partition_offset(&topic, p, Offset::Offset(from))
+            .map_err(GatewayError::Kafka)?;
+        if high > from {
+            behind.insert(p, high);
+        }
     }
+    consumer.assign(&assignment).map_err(GatewayError::Kafka)?;
     if behind.is_empty() {
         hub.caught_up.store(true, Ordering::Relaxed);
     }

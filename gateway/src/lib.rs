@@ -16,6 +16,7 @@ pub mod ids;
 pub mod outbound;
 pub mod provision;
 pub mod sink;
+pub mod snapshot;
 mod state;
 pub mod validate;
 
@@ -130,9 +131,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway,
     )?);
 
     let events_stop = CancellationToken::new();
+    let start = match snapshot::load(&shared.pool).await {
+        Ok(snap) => {
+            shared.hub.load_snapshot(&snap);
+            tracing::info!(
+                pairs = snap.pairs.len(),
+                "book replica loaded from PostgreSQL; reading events from shortly before it"
+            );
+            hub::ReplicaStart::At(snap.taken_at_ms)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the books from PostgreSQL; replaying the whole events topic instead");
+            hub::ReplicaStart::Beginning
+        }
+    };
     let events = tokio::spawn(hub::consume_events(
         Arc::clone(&shared.hub),
         consumer,
+        start,
         shared.config.events_topic.clone(),
         events_stop.clone(),
     ));

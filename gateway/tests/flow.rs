@@ -103,6 +103,31 @@ async fn two_accounts_cross_and_a_third_sees_the_book_and_the_trade() {
     // The rejected cancel took a sequence number without changing the book.
     assert_eq!(snap["seq"].as_u64().unwrap(), last_seq + 1);
 
+    // A gateway started now builds its book from PostgreSQL, not from the whole events topic:
+    // with every event record deleted (as retention would), it still has the book.
+    stack.delete_all_events().await;
+    let (second, second_stop) = stack.another_gateway(2).await;
+    let mut late = Client::connect(second.local_addr()).await;
+    late.request("subscribe", json!({"channel": "book", "pair": "BTC-EUR"}))
+        .await;
+    let snap = late.push_where(|v| v["channel"] == "book").await;
+    assert_eq!(snap["type"], "snapshot");
+    assert_eq!(snap["asks"], json!([["100.00", "0.30000000"]]), "{snap}");
+    let snap_seq = snap["seq"].as_u64().unwrap();
+    assert_eq!(snap_seq, last_seq + 1);
+    // ...and goes on from there with live events.
+    let mut buyer = Client::connect(second.local_addr()).await;
+    assert!(buyer.login(&stack.creds[2]).await.get("result").is_some());
+    buyer
+        .request("place", place_params("BTC-EUR", "buy", "100.00", "0.1"))
+        .await;
+    let update = late.push_where(|v| v["channel"] == "book").await;
+    assert_eq!(update["type"], "update", "{update}");
+    assert_eq!(update["prev_seq"].as_u64().unwrap(), snap_seq);
+    assert_eq!(update["asks"][0], json!(["100.00", "0.20000000"]));
+    second_stop.cancel();
+    second.join().await.unwrap();
+
     engine_stop.cancel();
     let _ = engine.await;
     stack.stop().await;

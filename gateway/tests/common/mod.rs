@@ -166,6 +166,37 @@ impl Stack {
         }
     }
 
+    /// Another gateway on the same topics and schema (a restart, or a second ECS task).
+    pub async fn another_gateway(&self, gateway_id: u8) -> (Gateway, CancellationToken) {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            brokers: self.env.brokers.clone(),
+            database_url: self.db_url.clone(),
+            pairs: Arc::clone(&self.pairs),
+            orders_topic: self.orders_topic.clone(),
+            events_topic: self.events_topic.clone(),
+            gateway_id,
+            limits: Limits::default(),
+        };
+        let shutdown = CancellationToken::new();
+        let gw = gateway::run(config, shutdown.clone()).await.unwrap();
+        (gw, shutdown)
+    }
+
+    /// Deletes every record of the `events` topic (what retention does to old records).
+    pub async fn delete_all_events(&self) {
+        let admin = infra::kafka::admin_client(&self.env.brokers).unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.pairs.len() as i32 {
+            tpl.add_partition_offset(&self.events_topic, p, Offset::End)
+                .unwrap();
+        }
+        admin
+            .delete_records(&tpl, &rdkafka::admin::AdminOptions::new())
+            .await
+            .expect("delete records");
+    }
+
     pub fn orders_consumer(&self) -> StreamConsumer {
         let consumer: StreamConsumer =
             infra::kafka::client_config(&self.env.brokers, "gw-test", infra::kafka::Role::Consumer)
