@@ -504,6 +504,10 @@ impl Actor {
             self.published_offset,
         )
         .await?;
+        // Idle or stopping: the throttled advisory position catches up too.
+        self.advised_at = Instant::now();
+        self.engine
+            .commit_advisory(partition_of(&self.spec), self.last_offset + 1);
         Ok(())
     }
 
