@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use engine_core::OrderBook;
 use futures_util::FutureExt;
-use protocol::records::{EventRecord, RECORD_VERSION};
+use protocol::records::{EVENTS_PAYLOAD_MAX, EventRecord, RECORD_VERSION, pack_lines};
 use protocol::{Command, Event, PairSpec};
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
@@ -386,7 +386,9 @@ impl Actor {
         }
     }
 
-    /// Hands the records to the producer; waits (bounded queue) when its queue is full.
+    /// Hands the records to the producer, packed into as few Kafka records as the payload limit
+    /// allows (the same buffer always packs the same way, so a republished payload is
+    /// byte-identical); waits (bounded queue) when the producer's queue is full.
     async fn produce(
         &mut self,
         buf: &[u8],
@@ -394,8 +396,9 @@ impl Actor {
     ) -> Result<Vec<DeliveryFuture>, ActorError> {
         let topic = self.engine.config.events_topic.as_str();
         let partition = partition_of(&self.spec);
-        let mut deliveries = Vec::with_capacity(ranges.len());
-        for range in ranges {
+        let payloads = pack_lines(&ranges, EVENTS_PAYLOAD_MAX);
+        let mut deliveries = Vec::with_capacity(payloads.len());
+        for range in payloads {
             let mut record = FutureRecord::to(topic)
                 .partition(partition)
                 .key(self.spec.symbol.as_str())

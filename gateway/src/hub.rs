@@ -629,11 +629,19 @@ pub async fn consume_events(
         {
             metrics::histogram!("gateway_events_age_seconds").record(age_ms as f64 / 1e3);
         }
-        match message.payload().map(EventRecord::decode) {
-            Some(Ok(record)) => hub.apply(partition as PairId, record),
-            Some(Err(e)) => {
-                tracing::warn!(partition, offset = message.offset(), error = %e, "undecodable event record skipped");
-                metrics::counter!("gateway_events_undecodable_total").increment(1);
+        match message.payload() {
+            // One Kafka record carries one or more EventRecords (newline-separated lines); a bad
+            // line is skipped alone.
+            Some(payload) => {
+                for line in EventRecord::decode_all(payload) {
+                    match line {
+                        Ok(record) => hub.apply(partition as PairId, record),
+                        Err(e) => {
+                            tracing::warn!(partition, offset = message.offset(), error = %e, "undecodable event record skipped");
+                            metrics::counter!("gateway_events_undecodable_total").increment(1);
+                        }
+                    }
+                }
             }
             None => {
                 metrics::counter!("gateway_events_undecodable_total").increment(1);

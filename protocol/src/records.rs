@@ -4,9 +4,14 @@
 //!   the command's pair, keyed by the pair symbol.
 //! - `events`: one [`EventRecord`] per consumed `orders` record, produced by the engine after the
 //!   results are durable in PostgreSQL, to the same partition number, keyed by the pair symbol.
+//!   A batch's EventRecords travel packed: one Kafka record holds consecutive EventRecords as
+//!   newline-separated JSON lines, at most [`EVENTS_PAYLOAD_MAX`] bytes ([`pack_lines`]); a
+//!   consumer reads them with [`EventRecord::decode_all`]. A payload of one line is one record.
 //!
 //! Payloads are JSON so the logs can be read and audited with ordinary tools. Trace context
 //! travels in the record headers (W3C `traceparent`), never in the payload.
+
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
@@ -70,7 +75,36 @@ impl OrderRecord {
     }
 }
 
+/// The largest `events` payload the engine packs (Kafka's default limit is 1 MiB); a single
+/// EventRecord longer than this travels alone.
+pub const EVENTS_PAYLOAD_MAX: usize = 256 * 1024;
+
+/// Groups consecutive lines of a buffer into payloads of at most `max` bytes. `lines` are the
+/// byte ranges of newline-separated lines, in order, each next to the last with one `\n`
+/// between; each payload spans whole lines and the newlines between them. Deterministic, so the
+/// same buffer always packs into the same payloads.
+pub fn pack_lines(lines: &[Range<usize>], max: usize) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for line in lines {
+        match out.last_mut() {
+            Some(last) if line.end - last.start <= max => last.end = line.end,
+            _ => out.push(line.clone()),
+        }
+    }
+    out
+}
+
 impl EventRecord {
+    /// Every EventRecord of one `events` payload (newline-separated JSON lines), in order.
+    pub fn decode_all(
+        payload: &[u8],
+    ) -> impl Iterator<Item = Result<EventRecord, DecodeError>> + '_ {
+        payload
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(EventRecord::decode)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an EventRecord always serializes")
     }
@@ -112,6 +146,51 @@ mod tests {
         let text = std::str::from_utf8(&bytes).unwrap();
         assert!(text.contains(r#""type":"place""#), "{text}");
         assert_eq!(OrderRecord::decode(&bytes).unwrap(), rec);
+    }
+
+    #[test]
+    fn packed_lines_stay_whole_and_under_the_limit() {
+        let lines: Vec<&[u8]> = vec![b"aaaa", b"bb", b"cccccccccc", b"d", b"eeeeeee"];
+        let buf = lines.join(&b'\n');
+        let mut ranges = Vec::new();
+        let mut at = 0;
+        for l in &lines {
+            ranges.push(at..at + l.len());
+            at += l.len() + 1;
+        }
+        let packed = pack_lines(&ranges, 8);
+        let payloads: Vec<&[u8]> = packed.iter().map(|r| &buf[r.clone()]).collect();
+        assert_eq!(
+            payloads,
+            vec![&b"aaaa\nbb"[..], b"cccccccccc", b"d", b"eeeeeee"],
+            "whole lines, at most 8 bytes unless one line is longer"
+        );
+        assert_eq!(pack_lines(&ranges, 1 << 20), vec![0..buf.len()]);
+        assert!(pack_lines(&[], 8).is_empty());
+    }
+
+    #[test]
+    fn a_packed_payload_decodes_to_its_records_in_order() {
+        let recs: Vec<EventRecord> = (0..3)
+            .map(|i| EventRecord {
+                v: RECORD_VERSION,
+                pair: "BTC-EUR".into(),
+                orders_offset: i,
+                command_id: Some(i as u64),
+                account_id: None,
+                events: Vec::new(),
+            })
+            .collect();
+        let payload = recs
+            .iter()
+            .map(EventRecord::encode)
+            .collect::<Vec<_>>()
+            .join(&b'\n');
+        let back: Vec<EventRecord> = EventRecord::decode_all(&payload)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, recs);
+        assert_eq!(EventRecord::decode_all(&recs[0].encode()).count(), 1);
     }
 
     #[test]

@@ -186,9 +186,9 @@ impl World {
             let mut out = Vec::new();
             while out.len() < count && started.elapsed() < timeout {
                 if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
-                    let rec = EventRecord::decode(msg.payload().expect("payload"))
-                        .expect("event record decodes");
-                    out.push(rec);
+                    for rec in EventRecord::decode_all(msg.payload().expect("payload")) {
+                        out.push(rec.expect("event record decodes"));
+                    }
                 }
             }
             out
@@ -364,10 +364,11 @@ impl World {
                 && (seen.len() < unique || quiet_since.elapsed() < Duration::from_secs(1))
             {
                 if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
-                    let rec =
-                        EventRecord::decode(msg.payload().expect("payload")).expect("decodes");
-                    seen.insert((rec.pair.clone(), rec.orders_offset));
-                    out.push(rec);
+                    for rec in EventRecord::decode_all(msg.payload().expect("payload")) {
+                        let rec = rec.expect("decodes");
+                        seen.insert((rec.pair.clone(), rec.orders_offset));
+                        out.push(rec);
+                    }
                     quiet_since = Instant::now();
                 }
             }
