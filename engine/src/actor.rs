@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use engine_core::OrderBook;
 use futures_util::FutureExt;
-use protocol::records::{EVENTS_PAYLOAD_MAX, EventRecord, RECORD_VERSION, pack_lines};
+use protocol::records::{EVENTS_PAYLOAD_MAX, EventRecord, RECORD_VERSION, line_ranges, pack_lines};
 use protocol::{Command, Event, PairSpec};
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
@@ -339,7 +339,7 @@ impl Actor {
             });
         let book = &self.book;
         let row_changes = rows::derive(applied, |id| book.get(id))?;
-        let (outbox, ranges) = encode(&batch.records);
+        let (outbox, ranges) = EventRecord::encode_lines(&batch.records);
         let write = BatchWrite {
             pair_id: self.spec.id,
             expected_offset: self.last_offset,
@@ -353,7 +353,6 @@ impl Actor {
             rows: &row_changes,
             records: &outbox,
         };
-        let write_published = write.published_offset;
         let started = Instant::now();
         store::persist(&self.engine.pool, &write).await?;
         metrics::histogram!(m::PERSIST_SECONDS).record(started.elapsed().as_secs_f64());
@@ -363,7 +362,7 @@ impl Actor {
             metrics::counter!(m::POISON_RECORDS_TOTAL, &self.labels).increment(batch.poison);
         }
         self.last_offset = batch.last_offset;
-        self.pruned_offset = write_published;
+        self.pruned_offset = self.published_offset;
         self.progress();
         let deliveries = self.produce(&outbox, ranges).await?;
         self.pending.push_back(Pending {
@@ -473,7 +472,7 @@ impl Actor {
         let mut deliveries = Vec::new();
         let mut count = 0u64;
         for (_, records) in &rows {
-            let ranges = split_lines(records);
+            let ranges = line_ranges(records);
             count += ranges.len() as u64;
             deliveries.extend(self.produce(records, ranges).await?);
         }
@@ -557,63 +556,5 @@ fn batch_next(batch: &Batch, last_durable: i64) -> i64 {
         last_durable + 1
     } else {
         batch.last_offset + 1
-    }
-}
-
-/// Newline-separated JSON of the records, and each record's byte range in it.
-fn encode(records: &[EventRecord]) -> (Vec<u8>, Vec<Range<usize>>) {
-    let mut buf = Vec::with_capacity(records.len() * 256);
-    let mut ranges = Vec::with_capacity(records.len());
-    for r in records {
-        if !buf.is_empty() {
-            buf.push(b'\n');
-        }
-        let start = buf.len();
-        serde_json::to_writer(&mut buf, r).expect("an EventRecord always serializes");
-        ranges.push(start..buf.len());
-    }
-    (buf, ranges)
-}
-
-/// Byte ranges of the non-empty lines of an outbox row (JSON never contains a raw newline).
-fn split_lines(buf: &[u8]) -> Vec<Range<usize>> {
-    let mut ranges = Vec::new();
-    let mut start = 0;
-    for (i, b) in buf.iter().enumerate() {
-        if *b == b'\n' {
-            if i > start {
-                ranges.push(start..i);
-            }
-            start = i + 1;
-        }
-    }
-    if buf.len() > start {
-        ranges.push(start..buf.len());
-    }
-    ranges
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outbox_lines_round_trip() {
-        let records: Vec<EventRecord> = (0..3)
-            .map(|i| EventRecord {
-                v: RECORD_VERSION,
-                pair: "BTC-EUR".into(),
-                orders_offset: i,
-                command_id: Some(i as u64),
-                account_id: None,
-                events: Vec::new(),
-            })
-            .collect();
-        let (buf, ranges) = encode(&records);
-        assert_eq!(split_lines(&buf), ranges);
-        for (r, range) in records.iter().zip(ranges) {
-            assert_eq!(&EventRecord::decode(&buf[range]).unwrap(), r);
-        }
-        assert!(split_lines(b"").is_empty());
     }
 }

@@ -548,12 +548,6 @@ fn replica_starts(
     Ok(out)
 }
 
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Where the replica starts reading `events`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicaStart {
@@ -625,7 +619,7 @@ pub async fn consume_events(
         // Only live records: a replay's ages say nothing about the path.
         if behind.is_empty()
             && let Some(ms) = message.timestamp().to_millis()
-            && let Some(age_ms) = now_millis().checked_sub(ms)
+            && let Some(age_ms) = crate::now_ms().checked_sub(u64::try_from(ms).unwrap_or(u64::MAX))
         {
             metrics::histogram!("gateway_events_age_seconds").record(age_ms as f64 / 1e3);
         }

@@ -94,7 +94,42 @@ pub fn pack_lines(lines: &[Range<usize>], max: usize) -> Vec<Range<usize>> {
     out
 }
 
+/// Byte ranges of the non-empty lines of a newline-separated buffer (JSON never contains a raw
+/// newline).
+pub fn line_ranges(buf: &[u8]) -> Vec<Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    for (i, b) in buf.iter().enumerate() {
+        if *b == b'\n' {
+            if i > start {
+                ranges.push(start..i);
+            }
+            start = i + 1;
+        }
+    }
+    if buf.len() > start {
+        ranges.push(start..buf.len());
+    }
+    ranges
+}
+
 impl EventRecord {
+    /// The records as newline-separated JSON lines (an outbox row, a packed payload's source),
+    /// and each record's byte range in it.
+    pub fn encode_lines(records: &[EventRecord]) -> (Vec<u8>, Vec<Range<usize>>) {
+        let mut buf = Vec::with_capacity(records.len() * 256);
+        let mut ranges = Vec::with_capacity(records.len());
+        for r in records {
+            if !buf.is_empty() {
+                buf.push(b'\n');
+            }
+            let start = buf.len();
+            serde_json::to_writer(&mut buf, r).expect("an EventRecord always serializes");
+            ranges.push(start..buf.len());
+        }
+        (buf, ranges)
+    }
+
     /// Every EventRecord of one `events` payload (newline-separated JSON lines), in order.
     pub fn decode_all(
         payload: &[u8],
@@ -170,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn a_packed_payload_decodes_to_its_records_in_order() {
+    fn encoded_lines_split_pack_and_decode_back_in_order() {
         let recs: Vec<EventRecord> = (0..3)
             .map(|i| EventRecord {
                 v: RECORD_VERSION,
@@ -181,16 +216,19 @@ mod tests {
                 events: Vec::new(),
             })
             .collect();
-        let payload = recs
-            .iter()
-            .map(EventRecord::encode)
-            .collect::<Vec<_>>()
-            .join(&b'\n');
-        let back: Vec<EventRecord> = EventRecord::decode_all(&payload)
+        let (buf, ranges) = EventRecord::encode_lines(&recs);
+        assert_eq!(line_ranges(&buf), ranges);
+        for (r, range) in recs.iter().zip(&ranges) {
+            assert_eq!(&EventRecord::decode(&buf[range.clone()]).unwrap(), r);
+        }
+        let packed = pack_lines(&ranges, EVENTS_PAYLOAD_MAX);
+        assert_eq!(packed, vec![0..buf.len()]);
+        let back: Vec<EventRecord> = EventRecord::decode_all(&buf[packed[0].clone()])
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(back, recs);
         assert_eq!(EventRecord::decode_all(&recs[0].encode()).count(), 1);
+        assert!(line_ranges(b"").is_empty());
     }
 
     #[test]
