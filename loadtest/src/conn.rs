@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::accounts::Account;
@@ -54,9 +55,12 @@ pub async fn connect(
 ) -> Result<Ws, ConnError> {
     let key_id = account.key_id.clone();
     let attempt = async {
+        // A small read buffer: tungstenite zeroes all its spare capacity before every read, and
+        // with the 128 KiB default that was the load generator's largest single cost.
+        let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
         let (mut ws, _) =
             // Nagle off, like the gateway: each command goes out when it is due.
-            tokio_tungstenite::connect_async_with_config(url, None, true)
+            tokio_tungstenite::connect_async_with_config(url, Some(config), true)
                 .await
                 .map_err(|e| ConnError::Connect {
                     url: url.to_owned(),
