@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use engine_core::OrderBook;
 use futures_util::FutureExt;
-use protocol::records::{EVENTS_PAYLOAD_MAX, EventRecord, RECORD_VERSION, line_ranges, pack_lines};
+use protocol::records::{
+    EVENTS_PAYLOAD_MAX, EventRecord, RECORD_VERSION, command_lines, line_ranges, pack_lines,
+};
 use protocol::{Command, Event, PairSpec};
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
@@ -201,7 +203,8 @@ impl Actor {
                 }
             }
             let deadline = tokio::time::Instant::now() + linger;
-            while batch.consumed < batch_max as u64 {
+            // Bounded in commands (a record may pack many) and in records (probes answer none).
+            while batch.records.len() < batch_max && batch.consumed < batch_max as u64 {
                 tokio::select! {
                     biased;
                     _ = self.stop.cancelled() => break,
@@ -245,14 +248,6 @@ impl Actor {
         let kafka_ts_ns = msg.timestamp().to_millis().map_or(0, |ms| {
             u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000)
         });
-        self.events.clear();
-        let outcome = apply_record(
-            &mut self.book,
-            msg.payload(),
-            is_probe,
-            kafka_ts_ns,
-            &mut self.events,
-        );
         if batch.consumed == 0 {
             batch.first_offset = offset;
             batch.started = Instant::now();
@@ -263,20 +258,30 @@ impl Actor {
         }
         batch.last_offset = offset;
         batch.consumed += 1;
-        if let Outcome::Answered {
-            command_id,
-            account_id,
-            command,
-            poison,
-        } = outcome
-        {
+        if is_probe {
+            return Ok(());
+        }
+        // A gateway packs the commands of a pair that arrive together into one record; each
+        // line is one command, applied in order, and gets its own answer.
+        for line in command_lines(msg.payload()) {
+            self.events.clear();
+            let outcome = apply_record(&mut self.book, line, false, kafka_ts_ns, &mut self.events);
+            let Outcome::Answered {
+                command_id,
+                account_id,
+                command,
+                poison,
+            } = outcome
+            else {
+                continue;
+            };
             if let Some(reason) = poison {
                 batch.poison += 1;
                 tracing::warn!(
                     pair = %self.spec.symbol,
                     offset,
                     reason = reason.code(),
-                    "poison record answered with a rejection"
+                    "poison command answered with a rejection"
                 );
             }
             batch.records.push(EventRecord {
@@ -356,8 +361,10 @@ impl Actor {
         let started = Instant::now();
         store::persist(&self.engine.pool, &write).await?;
         metrics::histogram!(m::PERSIST_SECONDS).record(started.elapsed().as_secs_f64());
+        let commands = batch.records.len() as u64;
         metrics::histogram!(m::BATCH_RECORDS).record(batch.consumed as f64);
-        metrics::counter!(m::COMMANDS_TOTAL, &self.labels).increment(batch.consumed);
+        metrics::histogram!(m::BATCH_COMMANDS).record(commands as f64);
+        metrics::counter!(m::COMMANDS_TOTAL, &self.labels).increment(commands);
         if batch.poison > 0 {
             metrics::counter!(m::POISON_RECORDS_TOTAL, &self.labels).increment(batch.poison);
         }

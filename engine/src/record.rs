@@ -1,4 +1,6 @@
-//! One `orders` record in, its decision out: decoding, poison handling and the core call.
+//! One `orders` command line in, its decision out: decoding, poison handling and the core call.
+//! A Kafka record holds one or more command lines ([`protocol::records::command_lines`]); the
+//! engine applies them in order, each with this function.
 //!
 //! Public so that a test (or an audit tool) can replay an `orders` partition through
 //! `engine-core` exactly as the engine does, and compare.
@@ -7,7 +9,7 @@ use engine_core::OrderBook;
 use protocol::records::{OrderRecord, RECORD_VERSION};
 use protocol::{AccountId, Command, CommandKind, Event, RejectReason};
 
-/// What the engine made of one record.
+/// What the engine made of one command line.
 #[derive(Debug)]
 pub enum Outcome {
     /// A command (or a poison record turned into a Rejected event): answered with events.
@@ -23,8 +25,8 @@ pub enum Outcome {
     Skipped,
 }
 
-/// Decodes `payload` and applies it to `book`, appending the decided events to `out`.
-/// `kafka_ts_ns` (the record's log timestamp) stamps the Rejected event of a record too broken
+/// Decodes one command line and applies it to `book`, appending the decided events to `out`.
+/// `kafka_ts_ns` (the record's log timestamp) stamps the Rejected event of a line too broken
 /// to carry its own timestamp, so a replay of the log still yields the same events.
 pub fn apply_record(
     book: &mut OrderBook,

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 pub const COMMANDS_TOTAL: &str = "engine_commands_total";
 pub const BATCH_RECORDS: &str = "engine_batch_records";
+pub const BATCH_COMMANDS: &str = "engine_batch_commands";
 pub const PERSIST_SECONDS: &str = "engine_persist_seconds";
 pub const RECORD_AGE_SECONDS: &str = "engine_record_age_seconds";
 pub const BATCH_WAIT_SECONDS: &str = "engine_batch_wait_seconds";
@@ -27,9 +28,18 @@ pub fn describe() {
     describe_counter!(
         COMMANDS_TOTAL,
         Unit::Count,
-        "orders records applied, per pair"
+        "orders command lines applied and committed, per pair"
     );
-    describe_histogram!(BATCH_RECORDS, Unit::Count, "records per persisted batch");
+    describe_histogram!(
+        BATCH_RECORDS,
+        Unit::Count,
+        "orders records per persisted batch"
+    );
+    describe_histogram!(
+        BATCH_COMMANDS,
+        Unit::Count,
+        "command lines per persisted batch"
+    );
     describe_histogram!(
         PERSIST_SECONDS,
         Unit::Seconds,

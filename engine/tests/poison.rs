@@ -1,5 +1,6 @@
 //! Poison records: garbage bytes and a record for another pair become Rejected events with their
-//! offset; the pair goes on, other pairs are unaffected.
+//! offset; the pair goes on, other pairs are unaffected. In a record that packs several commands,
+//! a garbage line is rejected alone and the lines around it are applied.
 
 mod common;
 
@@ -23,6 +24,12 @@ async fn poison_records_are_rejected_and_the_pair_continues() {
                 wrong_pair.encode(),
                 b"{\"v\":1}".to_vec(),
                 limit(3, "BTC-EUR", 903, 2, Side::Buy, 5_000_000, 50_000_000).encode(),
+                [
+                    limit(5, "BTC-EUR", 905, 4, Side::Sell, 6_000_000, 10_000_000).encode(),
+                    b"garbage".to_vec(),
+                    limit(6, "BTC-EUR", 906, 4, Side::Sell, 6_100_000, 10_000_000).encode(),
+                ]
+                .join(&b'\n'),
             ],
         )
         .await;
@@ -34,13 +41,35 @@ async fn poison_records_are_rejected_and_the_pair_continues() {
     config.static_pairs = Some(vec!["BTC-EUR".into(), "ETH-EUR".into()]);
     let (stop, engine) = spawn_engine(config);
     world
-        .wait_applied(&HashMap::from([(0, 4), (1, 0)]), Duration::from_secs(30))
+        .wait_applied(&HashMap::from([(0, 5), (1, 0)]), Duration::from_secs(30))
         .await;
-    let events = world.read_events(6, Duration::from_secs(30)).await;
-    assert_eq!(events.len(), 6, "{events:#?}");
+    let events = world.read_events(9, Duration::from_secs(30)).await;
+    assert_eq!(events.len(), 9, "{events:#?}");
+    let packed: Vec<_> = events.iter().filter(|r| r.orders_offset == 5).collect();
+    let answers: Vec<_> = packed
+        .iter()
+        .map(|r| (r.command_id, r.events[0].body.clone()))
+        .collect();
+    assert!(
+        matches!(
+            answers.as_slice(),
+            [
+                (Some(5), EventBody::Accepted { .. }),
+                (
+                    None,
+                    EventBody::Rejected {
+                        reason: RejectReason::MalformedRecord,
+                        ..
+                    }
+                ),
+                (Some(6), EventBody::Accepted { .. }),
+            ]
+        ),
+        "{answers:#?}"
+    );
     let btc: HashMap<i64, _> = events
         .iter()
-        .filter(|r| r.pair == "BTC-EUR")
+        .filter(|r| r.pair == "BTC-EUR" && r.orders_offset != 5)
         .map(|r| (r.orders_offset, r))
         .collect();
     let reason = |offset: i64| match &btc[&offset].events[0].body {

@@ -57,7 +57,8 @@ pub struct Limits {
     /// Hard bound on unacknowledged commands; above it even cancels are shed.
     #[arg(long, env = "GW_INFLIGHT_HARD_MAX", default_value_t = Limits::DEFAULT.inflight_hard_max)]
     pub inflight_hard_max: usize,
-    /// Records in the Kafka producer's local queue above which new orders are shed.
+    /// Records in the Kafka producer's local queue (each packs one or more commands) above which
+    /// new orders are shed.
     #[arg(long, env = "GW_PRODUCER_QUEUE_NEW_MAX", default_value_t = Limits::DEFAULT.producer_queue_new_max)]
     pub producer_queue_new_max: usize,
     /// When the smallest Kafka acknowledgement delay over the last 100 ms exceeds this, a queue

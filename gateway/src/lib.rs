@@ -182,6 +182,10 @@ async fn drain(shared: &Arc<Shared>) {
     while shared.connection_count() > 0 && started.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Commands of closed connections may still wait for their record's flush task.
+    while !shared.sink.all_handed_to_producer() && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let producer = shared.sink.producer().clone();
     let left = limit
         .saturating_sub(started.elapsed())

@@ -1,9 +1,14 @@
 //! Kafka record envelopes.
 //!
-//! - `orders`: one [`OrderRecord`] per client command, produced by a gateway to the partition of
-//!   the command's pair, keyed by the pair symbol.
-//! - `events`: one [`EventRecord`] per consumed `orders` record, produced by the engine after the
-//!   results are durable in PostgreSQL, to the same partition number, keyed by the pair symbol.
+//! - `orders`: [`OrderRecord`]s, one per client command, produced by a gateway to the partition
+//!   of the command's pair, keyed by the pair symbol. A gateway packs the commands of one pair
+//!   that arrive together into one Kafka record: newline-separated JSON lines, at most
+//!   [`ORDERS_PAYLOAD_MAX`] bytes, in arrival order. The engine applies the lines in order
+//!   ([`command_lines`]); a payload of one line is one command, so any producer may write one
+//!   command per record.
+//! - `events`: one [`EventRecord`] per command line consumed from `orders`, produced by the
+//!   engine after the results are durable in PostgreSQL, to the same partition number, keyed by
+//!   the pair symbol.
 //!   A batch's EventRecords travel packed: one Kafka record holds consecutive EventRecords as
 //!   newline-separated JSON lines, at most [`EVENTS_PAYLOAD_MAX`] bytes ([`pack_lines`]); a
 //!   consumer reads them with [`EventRecord::decode_all`]. A payload of one line is one record.
@@ -73,6 +78,23 @@ impl OrderRecord {
             source,
         })
     }
+}
+
+/// The largest `orders` payload a gateway packs; a single command longer than this (it cannot
+/// be: the gateway's message limit is far lower) would travel alone.
+pub const ORDERS_PAYLOAD_MAX: usize = 64 * 1024;
+
+/// The command lines of one `orders` payload, in order. A record without any line (no payload,
+/// or only newlines) is answered as one malformed command, so every record gets an answer.
+pub fn command_lines(payload: Option<&[u8]>) -> Vec<Option<&[u8]>> {
+    let Some(payload) = payload else {
+        return vec![None];
+    };
+    let lines: Vec<Option<&[u8]>> = line_ranges(payload)
+        .into_iter()
+        .map(|r| Some(&payload[r]))
+        .collect();
+    if lines.is_empty() { vec![None] } else { lines }
 }
 
 /// The largest `events` payload the engine packs (Kafka's default limit is 1 MiB); a single
@@ -181,6 +203,18 @@ mod tests {
         let text = std::str::from_utf8(&bytes).unwrap();
         assert!(text.contains(r#""type":"place""#), "{text}");
         assert_eq!(OrderRecord::decode(&bytes).unwrap(), rec);
+    }
+
+    #[test]
+    fn an_orders_payload_is_one_or_more_command_lines() {
+        assert_eq!(command_lines(None), vec![None]);
+        assert_eq!(command_lines(Some(b"")), vec![None]);
+        assert_eq!(command_lines(Some(b"\n\n")), vec![None]);
+        assert_eq!(command_lines(Some(b"{}")), vec![Some(&b"{}"[..])]);
+        assert_eq!(
+            command_lines(Some(b"a\nbb\n\nccc\n")),
+            vec![Some(&b"a"[..]), Some(&b"bb"[..]), Some(&b"ccc"[..])]
+        );
     }
 
     #[test]

@@ -405,14 +405,16 @@ fn reader_from_beginning(
 pub async fn verify_against_replay(world: &World, specs: &[protocol::PairSpec], per_pair: usize) {
     use engine::record::apply_record;
     use engine_core::OrderBook;
+    use protocol::records::command_lines;
     use protocol::{Event, EventBody};
     let events = world
         .read_all_events(specs.len() * per_pair, Duration::from_secs(60))
         .await;
-    // Dedupe by (pair, offset); a duplicate must be the same answer.
-    let mut answers: HashMap<(String, i64), &EventRecord> = HashMap::new();
+    // Dedupe by (pair, offset, command): a record may pack several commands, each answered by
+    // its own EventRecord; a duplicate must be the same answer.
+    let mut answers: HashMap<(String, i64, Option<u64>), &EventRecord> = HashMap::new();
     for r in &events {
-        if let Some(prev) = answers.insert((r.pair.clone(), r.orders_offset), r) {
+        if let Some(prev) = answers.insert((r.pair.clone(), r.orders_offset, r.command_id), r) {
             assert_eq!(prev, r, "a republished answer differs from the first");
         }
     }
@@ -421,44 +423,44 @@ pub async fn verify_against_replay(world: &World, specs: &[protocol::PairSpec], 
         let mut replay_trades = Vec::new();
         let mut next_seq = 1;
         for raw in world.read_orders(spec.id).await {
-            let mut out: Vec<Event> = Vec::new();
-            apply_record(
-                &mut book,
-                raw.payload.as_deref(),
-                raw.probe,
-                raw.ts_ns,
-                &mut out,
-            );
             if raw.probe {
                 continue;
             }
-            let got = answers
-                .get(&(spec.symbol.clone(), raw.offset))
-                .unwrap_or_else(|| panic!("{} offset {} unanswered", spec.symbol, raw.offset));
-            assert_eq!(
-                got.events, out,
-                "{} offset {}: published != replay",
-                spec.symbol, raw.offset
-            );
-            for e in &out {
-                assert_eq!(e.seq, next_seq, "{}: seq gap or repeat", spec.symbol);
-                next_seq += 1;
-                if let EventBody::Trade {
-                    trade_id,
-                    price,
-                    qty,
-                    maker_order_id,
-                    taker_order_id,
-                    ..
-                } = &e.body
-                {
-                    replay_trades.push((
-                        *trade_id as i64,
-                        price.0,
-                        qty.0,
-                        maker_order_id.0 as i64,
-                        taker_order_id.0 as i64,
-                    ));
+            for line in command_lines(raw.payload.as_deref()) {
+                let mut out: Vec<Event> = Vec::new();
+                let outcome = apply_record(&mut book, line, false, raw.ts_ns, &mut out);
+                let command_id = match outcome {
+                    engine::record::Outcome::Answered { command_id, .. } => command_id,
+                    engine::record::Outcome::Skipped => unreachable!("only probes are skipped"),
+                };
+                let got = answers
+                    .get(&(spec.symbol.clone(), raw.offset, command_id))
+                    .unwrap_or_else(|| panic!("{} offset {} unanswered", spec.symbol, raw.offset));
+                assert_eq!(
+                    got.events, out,
+                    "{} offset {}: published != replay",
+                    spec.symbol, raw.offset
+                );
+                for e in &out {
+                    assert_eq!(e.seq, next_seq, "{}: seq gap or repeat", spec.symbol);
+                    next_seq += 1;
+                    if let EventBody::Trade {
+                        trade_id,
+                        price,
+                        qty,
+                        maker_order_id,
+                        taker_order_id,
+                        ..
+                    } = &e.body
+                    {
+                        replay_trades.push((
+                            *trade_id as i64,
+                            price.0,
+                            qty.0,
+                            maker_order_id.0 as i64,
+                            taker_order_id.0 as i64,
+                        ));
+                    }
                 }
             }
         }
