@@ -16,7 +16,9 @@ pub enum Mode {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "loadtest",
-    about = "Open-loop WebSocket load generator for the trading gateway"
+    about = "Open-loop WebSocket load generator for the trading gateway",
+    // The last of a repeated flag wins, so `scripts/run`'s defaults yield to flags after `--`.
+    args_override_self = true
 )]
 pub struct Config {
     /// Gateway WebSocket URL.
