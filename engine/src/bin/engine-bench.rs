@@ -36,6 +36,10 @@ struct Cli {
     batch_max_records: usize,
     #[arg(long, default_value_t = 2)]
     batch_linger_ms: u64,
+    /// Commands per `orders` record, as a gateway packs a pair's concurrent commands (1: one
+    /// record per command, the engine's worst case).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pack: u64,
     /// Keep the bench schema and topics afterwards (for inspection).
     #[arg(long)]
     keep: bool,
@@ -73,10 +77,11 @@ async fn main() -> Result<()> {
 
     let per_pair = cli.orders / registry.len();
     let preload_started = Instant::now();
-    preload(&cli.brokers, &orders_topic, &registry, per_pair).await?;
+    let pack = cli.pack as usize;
+    preload(&cli.brokers, &orders_topic, &registry, per_pair, pack).await?;
     let total = per_pair * registry.len();
     println!(
-        "preloaded {total} orders ({per_pair} per pair, {} pairs) in {:.1} s",
+        "preloaded {total} orders ({per_pair} per pair, {} pairs, {pack} per record) in {:.1} s",
         registry.len(),
         preload_started.elapsed().as_secs_f64()
     );
@@ -95,7 +100,7 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let engine = tokio::spawn(engine::run(config, shutdown.clone()));
     let mut done_at: HashMap<i32, f64> = HashMap::new();
-    let target = per_pair as i64 - 1;
+    let target = per_pair.div_ceil(pack) as i64 - 1;
     while done_at.len() < registry.len() {
         if started.elapsed() > Duration::from_secs(900) {
             bail!("engine did not drain within 15 minutes");
@@ -146,6 +151,7 @@ async fn preload(
     topic: &str,
     registry: &protocol::PairRegistry,
     per_pair: usize,
+    pack: usize,
 ) -> Result<()> {
     let producer: FutureProducer =
         infra::kafka::client_config(brokers, "engine-bench", infra::kafka::Role::Producer)
@@ -155,9 +161,12 @@ async fn preload(
         .map(|s| (s.id as i32, s.symbol.clone(), Workload::new(s.clone(), 1)))
         .collect();
     let mut inflight = Vec::with_capacity(100_000);
-    for i in 0..per_pair {
+    for first in (0..per_pair).step_by(pack) {
         for (partition, symbol, w) in &mut gens {
-            let payload = w.next_record(1_700_000_000_000_000_000 + i as u64).encode();
+            let lines: Vec<Vec<u8>> = (first..(first + pack).min(per_pair))
+                .map(|i| w.next_record(1_700_000_000_000_000_000 + i as u64).encode())
+                .collect();
+            let payload = lines.join(&b'\n');
             let mut record = FutureRecord::to(topic)
                 .partition(*partition)
                 .key(symbol.as_str())
