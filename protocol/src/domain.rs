@@ -299,7 +299,9 @@ pub struct Event {
     pub body: EventBody,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Serialized with the `type` tag first; read by a streaming `Deserialize` (`event_de`) that
+/// accepts the same JSON without serde's buffering of internally tagged enums.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventBody {
     /// A place command passed validation; trades and book changes may follow.

@@ -8,6 +8,7 @@
 //! Nothing here does I/O; reading the registry file is the caller's job.
 
 pub mod domain;
+mod event_de;
 pub mod pairs;
 pub mod records;
 pub mod ws;
