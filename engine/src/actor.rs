@@ -265,16 +265,12 @@ impl Actor {
         // line is one command, applied in order, and gets its own answer.
         for line in command_lines(msg.payload()) {
             self.events.clear();
-            let outcome = apply_record(&mut self.book, line, false, kafka_ts_ns, &mut self.events);
-            let Outcome::Answered {
+            let Outcome {
                 command_id,
                 account_id,
                 command,
                 poison,
-            } = outcome
-            else {
-                continue;
-            };
+            } = apply_record(&mut self.book, line, kafka_ts_ns, &mut self.events);
             if let Some(reason) = poison {
                 batch.poison += 1;
                 tracing::warn!(

@@ -9,20 +9,17 @@ use engine_core::OrderBook;
 use protocol::records::{OrderRecord, RECORD_VERSION};
 use protocol::{AccountId, Command, CommandKind, Event, RejectReason};
 
-/// What the engine made of one command line.
+/// What the engine made of one command line (or of a poison line turned into a Rejected
+/// event). Readiness probes (`infra::kafka::PROBE_HEADER`) never get here: the caller skips
+/// their whole record.
 #[derive(Debug)]
-pub enum Outcome {
-    /// A command (or a poison record turned into a Rejected event): answered with events.
-    Answered {
-        command_id: Option<u64>,
-        account_id: Option<AccountId>,
-        /// The decoded command, when there was one for this pair.
-        command: Option<Command>,
-        /// Why the record was poison, if it was.
-        poison: Option<RejectReason>,
-    },
-    /// A readiness probe from the stack tooling (`infra::kafka::PROBE_HEADER`): not a command.
-    Skipped,
+pub struct Outcome {
+    pub command_id: Option<u64>,
+    pub account_id: Option<AccountId>,
+    /// The decoded command, when there was one for this pair.
+    pub command: Option<Command>,
+    /// Why the line was poison, if it was.
+    pub poison: Option<RejectReason>,
 }
 
 /// Decodes one command line and applies it to `book`, appending the decided events to `out`.
@@ -31,13 +28,9 @@ pub enum Outcome {
 pub fn apply_record(
     book: &mut OrderBook,
     payload: Option<&[u8]>,
-    is_probe: bool,
     kafka_ts_ns: u64,
     out: &mut Vec<Event>,
 ) -> Outcome {
-    if is_probe {
-        return Outcome::Skipped;
-    }
     let record = match payload.map(OrderRecord::decode) {
         Some(Ok(r)) if r.v == RECORD_VERSION => r,
         _ => {
@@ -49,7 +42,7 @@ pub fn apply_record(
                 kafka_ts_ns,
                 out,
             );
-            return Outcome::Answered {
+            return Outcome {
                 command_id: None,
                 account_id: None,
                 command: None,
@@ -72,7 +65,7 @@ pub fn apply_record(
             record.ts_ns,
             out,
         );
-        return Outcome::Answered {
+        return Outcome {
             command_id: Some(record.command_id),
             account_id: Some(account_id),
             command: None,
@@ -80,7 +73,7 @@ pub fn apply_record(
         };
     }
     book.apply(&record.command, record.ts_ns, out);
-    Outcome::Answered {
+    Outcome {
         command_id: Some(record.command_id),
         account_id: Some(account_id),
         command: Some(record.command),

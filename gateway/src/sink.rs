@@ -247,7 +247,7 @@ impl OrderSink {
     /// commands join the record), then packs everything queued for the partition into one
     /// record of newline-separated lines, in arrival order. Each waiter gets its record's
     /// acknowledgement. Per record, not per command, the producer, the broker and the engine
-    /// pay their fixed costs; at 1.6M commands/min that is a record per ~10 commands.
+    /// pay their fixed costs; at 1.6M commands/min a record holds ~18 commands on average.
     pub async fn send(
         &self,
         permit: Permit,

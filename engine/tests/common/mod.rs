@@ -428,11 +428,7 @@ pub async fn verify_against_replay(world: &World, specs: &[protocol::PairSpec], 
             }
             for line in command_lines(raw.payload.as_deref()) {
                 let mut out: Vec<Event> = Vec::new();
-                let outcome = apply_record(&mut book, line, false, raw.ts_ns, &mut out);
-                let command_id = match outcome {
-                    engine::record::Outcome::Answered { command_id, .. } => command_id,
-                    engine::record::Outcome::Skipped => unreachable!("only probes are skipped"),
-                };
+                let command_id = apply_record(&mut book, line, raw.ts_ns, &mut out).command_id;
                 let got = answers
                     .get(&(spec.symbol.clone(), raw.offset, command_id))
                     .unwrap_or_else(|| panic!("{} offset {} unanswered", spec.symbol, raw.offset));
