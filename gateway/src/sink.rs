@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use protocol::PairSpec;
-use protocol::records::{ORDERS_PAYLOAD_MAX, OrderRecord, pack_lines};
+use protocol::records::{ORDERS_PAYLOAD_MAX, OrderRecord, pack_lines, push_line};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::oneshot;
@@ -299,12 +299,7 @@ struct Packing {
 
 impl Packing {
     fn push(&mut self, record: &OrderRecord, done: oneshot::Sender<Result<(), SendError>>) {
-        if !self.buf.is_empty() {
-            self.buf.push(b'\n');
-        }
-        let start = self.buf.len();
-        serde_json::to_writer(&mut self.buf, record).expect("an OrderRecord always serializes");
-        self.lines.push(start..self.buf.len());
+        push_line(&mut self.buf, &mut self.lines, record);
         self.waiting.push(done);
     }
 }

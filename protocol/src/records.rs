@@ -116,6 +116,17 @@ pub fn pack_lines(lines: &[Range<usize>], max: usize) -> Vec<Range<usize>> {
     out
 }
 
+/// Appends `value` as one JSON line to `buf` (after a newline when `buf` holds lines already)
+/// and its byte range to `lines`: the layout [`pack_lines`] expects.
+pub fn push_line<T: Serialize>(buf: &mut Vec<u8>, lines: &mut Vec<Range<usize>>, value: &T) {
+    if !buf.is_empty() {
+        buf.push(b'\n');
+    }
+    let start = buf.len();
+    serde_json::to_writer(&mut *buf, value).expect("records always serialize");
+    lines.push(start..buf.len());
+}
+
 /// Byte ranges of the non-empty lines of a newline-separated buffer (JSON never contains a raw
 /// newline).
 pub fn line_ranges(buf: &[u8]) -> Vec<Range<usize>> {
@@ -142,12 +153,7 @@ impl EventRecord {
         let mut buf = Vec::with_capacity(records.len() * 256);
         let mut ranges = Vec::with_capacity(records.len());
         for r in records {
-            if !buf.is_empty() {
-                buf.push(b'\n');
-            }
-            let start = buf.len();
-            serde_json::to_writer(&mut buf, r).expect("an EventRecord always serializes");
-            ranges.push(start..buf.len());
+            push_line(&mut buf, &mut ranges, r);
         }
         (buf, ranges)
     }
