@@ -572,14 +572,29 @@ pub async fn consume_events(
 ) -> Result<(), GatewayError> {
     let partitions = hub.pairs.len();
     let consumer = Arc::new(consumer);
-    // Each partition's retained range now, and where to start in it.
-    let starts = {
+    // Each partition's retained range now, and where to start in it. A topic created moments
+    // ago may not have its partitions' leaders known yet: retry until it answers, because a
+    // gateway without its events task would take orders and never answer them.
+    let mut backoff = Duration::from_millis(100);
+    let starts = loop {
         let consumer = Arc::clone(&consumer);
         let topic = topic.clone();
-        tokio::task::spawn_blocking(move || replica_starts(&consumer, &topic, partitions, start))
-            .await
-            .map_err(|e| GatewayError::Task(e.to_string()))?
-            .map_err(GatewayError::Kafka)?
+        let found = tokio::task::spawn_blocking(move || {
+            replica_starts(&consumer, &topic, partitions, start)
+        })
+        .await
+        .map_err(|e| GatewayError::Task(e.to_string()))?;
+        match found {
+            Ok(starts) => break starts,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot find where to start reading the events topic; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
     };
     let mut assignment = TopicPartitionList::new();
     // The end of each partition when we started: the replica is complete once past all of them.

@@ -145,13 +145,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway,
             hub::ReplicaStart::Beginning
         }
     };
-    let events = tokio::spawn(hub::consume_events(
+    let reading = hub::consume_events(
         Arc::clone(&shared.hub),
         consumer,
         start,
         shared.config.events_topic.clone(),
         events_stop.clone(),
-    ));
+    );
+    let events = tokio::spawn(async move {
+        let read = reading.await;
+        if let Err(e) = &read {
+            tracing::error!(error = %e, "the events task stopped: no verdict or market data will reach clients");
+        }
+        read
+    });
     let app = http::router(Arc::clone(&shared), metrics);
     tracing::info!(%addr, gateway_id = shared.config.gateway_id, "gateway listening");
     let task = tokio::spawn(async move {
