@@ -1,20 +1,26 @@
 //! One pair's matching actor: consume a batch from the pair's partition queue, apply it to the
-//! book, persist it in one transaction, then publish its events.
+//! book and publish its events at once; commit it to PostgreSQL once Kafka holds those events.
 //!
-//! The actor owns its `OrderBook`; nothing on this path is shared with other pairs. Any error
-//! ends the actor (its book was mutated by a batch that did not commit, so it must never be
-//! reused); the supervisor restarts it from PostgreSQL.
+//! Two halves run in the actor's one task. The matcher owns the `OrderBook`: it applies a batch,
+//! derives its row changes, hands its events to the producer and passes the batch on. The
+//! committer waits for Kafka's acknowledgement of a batch's events, then writes it, together with
+//! any later batches already waiting, in one fenced transaction. So a client's answer never waits
+//! for PostgreSQL, and `pair_offsets.last_offset` never runs ahead of the `events` topic: after a
+//! crash, the records past it are applied again to the same book and give the same events (same
+//! `seq`, same content), which consumers drop as duplicates.
+//!
+//! Nothing on this path is shared with other pairs. Any error ends the actor (its book holds
+//! batches that did not commit, so it must never be reused); the supervisor restarts it from
+//! PostgreSQL.
 
-use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use engine_core::OrderBook;
-use futures_util::FutureExt;
 use protocol::records::{
-    EVENTS_PAYLOAD_MAX, EventRecord, RECORD_VERSION, command_lines, line_ranges, pack_lines,
+    EVENTS_PAYLOAD_MAX, EventRecord, RECORD_VERSION, command_lines, pack_lines,
 };
 use protocol::{Command, Event, PairSpec};
 use rdkafka::Message;
@@ -22,11 +28,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, PairQueue};
 use crate::record::{Outcome, apply_record};
-use crate::rows::{self, Applied, RowsError};
+use crate::rows::{self, Applied, RowChanges, RowsError};
 use crate::store::{self, BatchWrite, StoreError};
 use crate::telemetry as m;
 
@@ -67,25 +74,17 @@ pub enum ActorError {
 /// How often a pair stores its position in Kafka (for lag tools; PostgreSQL holds the truth).
 const ADVISORY_COMMIT_EVERY: Duration = Duration::from_secs(1);
 
-/// Batches whose events may await Kafka's acknowledgement while the next ones commit: the
-/// pair does not stall on each batch's publish, and what is in flight stays bounded.
-const PENDING_BATCHES_MAX: usize = 4;
+/// Batches published but not yet committed: how far the matcher may run ahead of PostgreSQL
+/// (and so at most what a restart applies again). When full, the matcher waits.
+const STAGED_BATCHES_MAX: usize = 16;
 
-/// How long a pair with events in flight waits for a record before confirming them alone.
-const IDLE_CONFIRM: Duration = Duration::from_millis(200);
-
-/// Events handed to the producer whose acknowledgements are not awaited yet.
-struct Pending {
-    /// Last `orders` offset the records answer.
-    last_offset: i64,
-    deliveries: Vec<DeliveryFuture>,
-}
+/// A commit absorbs at most this many waiting batches.
+const COMMIT_BATCHES_MAX: usize = 16;
 
 /// The records one batch consumed and what the book decided for them.
 struct Batch {
     /// When the first record was read.
     started: Instant,
-    first_offset: i64,
     last_offset: i64,
     /// Records consumed, probes included.
     consumed: u64,
@@ -98,7 +97,6 @@ impl Batch {
     fn new() -> Batch {
         Batch {
             started: Instant::now(),
-            first_offset: -1,
             last_offset: -1,
             consumed: 0,
             poison: 0,
@@ -108,21 +106,38 @@ impl Batch {
     }
 }
 
-pub(crate) struct Actor {
+/// A batch whose events are in the producer's hands, waiting to be committed.
+struct Staged {
+    last_offset: i64,
+    last_seq: u64,
+    last_trade_id: u64,
+    commands: u64,
+    rows: RowChanges,
+    deliveries: Vec<DeliveryFuture>,
+    /// When its events were handed to the producer.
+    published: Instant,
+}
+
+/// The half that owns the book: applies batches and publishes their events.
+struct Matcher {
     engine: Arc<Engine>,
     spec: PairSpec,
     queue: Arc<PairQueue>,
     stop: CancellationToken,
     book: OrderBook,
+    /// Last `orders` offset applied to the book (committed or not).
+    applied_offset: i64,
+    events: Vec<Event>,
+    staged: mpsc::Sender<Staged>,
+    labels: [(&'static str, String); 1],
+}
+
+/// The half that owns the durable position: commits published batches in order.
+struct Committer {
+    engine: Arc<Engine>,
+    spec: PairSpec,
     /// Last `orders` offset durable in PostgreSQL.
     last_offset: i64,
-    /// Last `orders` offset whose events Kafka acknowledged.
-    published_offset: i64,
-    /// Outbox rows starting at or below this offset are pruned (-1: unknown, prune them all).
-    pruned_offset: i64,
-    /// Batches whose events are handed to the producer, oldest first.
-    pending: VecDeque<Pending>,
-    events: Vec<Event>,
     /// When the position was last stored in Kafka.
     advised_at: Instant,
     labels: [(&'static str, String); 1],
@@ -159,48 +174,48 @@ pub(crate) async fn run(
         open_orders = recovered.book.len(),
         "pair actor started"
     );
-    let mut actor = Actor {
-        engine,
-        book: recovered.book,
-        last_offset: recovered.last_offset,
-        published_offset: recovered.published_offset,
-        pruned_offset: -1,
-        spec,
+    let (staged, waiting) = mpsc::channel(STAGED_BATCHES_MAX);
+    let matcher = Matcher {
+        engine: Arc::clone(&engine),
+        spec: spec.clone(),
         queue,
         stop,
-        pending: VecDeque::new(),
+        applied_offset: recovered.last_offset,
+        book: recovered.book,
         events: Vec::new(),
+        staged,
+        labels: labels.clone(),
+    };
+    let committer = Committer {
+        engine,
+        spec,
+        last_offset: recovered.last_offset,
         advised_at: Instant::now(),
         labels,
     };
-    actor.progress();
-    actor.republish().await?;
-    actor.run_batches().await?;
-    actor.finish().await
+    committer.progress();
+    // The matcher ends on stop and drops its sender; the committer then commits what is left.
+    // An error in either ends both.
+    tokio::try_join!(matcher.run(), committer.run(waiting))?;
+    Ok(())
 }
 
 fn partition_of(spec: &PairSpec) -> i32 {
     i32::try_from(spec.id).expect("pair ids are partition numbers")
 }
 
-impl Actor {
-    async fn run_batches(&mut self) -> Result<(), ActorError> {
+impl Matcher {
+    async fn run(mut self) -> Result<(), ActorError> {
         let batch_max = self.engine.config.batch_records_max.max(1);
         let linger = self.engine.config.batch_linger;
         loop {
             let mut batch = Batch::new();
             // Wait for the first record of a batch (or the end).
             let queue = Arc::clone(&self.queue);
-            let idle = !self.pending.is_empty();
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return Ok(()),
                 msg = queue.recv() => self.take(&mut batch, msg).await?,
-                // Idle with events in flight: confirm them so a restart republishes nothing.
-                _ = tokio::time::sleep(IDLE_CONFIRM), if idle => {
-                    self.confirm_published().await?;
-                    continue;
-                }
             }
             let deadline = tokio::time::Instant::now() + linger;
             // Bounded in commands (a record may pack many) and in records (probes answer none).
@@ -213,7 +228,7 @@ impl Actor {
                 }
             }
             if batch.consumed > 0 {
-                self.commit_batch(batch).await?;
+                self.publish_batch(batch).await?;
             }
         }
     }
@@ -232,7 +247,7 @@ impl Actor {
             }
         };
         let offset = msg.offset();
-        let expected = batch_next(batch, self.last_offset);
+        let expected = batch_next(batch, self.applied_offset);
         if offset < expected {
             // Re-delivery of a record already applied: harmless, skip.
             return Ok(());
@@ -249,7 +264,6 @@ impl Actor {
             u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000)
         });
         if batch.consumed == 0 {
-            batch.first_offset = offset;
             batch.started = Instant::now();
         }
         if kafka_ts_ns > 0 {
@@ -317,18 +331,9 @@ impl Actor {
         }
     }
 
-    /// Persists the batch (one transaction), then hands its events to the producer.
-    async fn commit_batch(&mut self, batch: Batch) -> Result<(), ActorError> {
-        self.reap_published()?;
-        while self.pending.len() >= PENDING_BATCHES_MAX {
-            self.await_oldest().await?;
-        }
-        metrics::histogram!(m::BATCH_WAIT_SECONDS).record(batch.started.elapsed().as_secs_f64());
-        let first_seq = batch
-            .records
-            .iter()
-            .find_map(|r| r.events.first().map(|e| e.seq))
-            .unwrap_or(self.book.last_seq() + 1);
+    /// Derives the batch's rows, hands its events to the producer, and passes it to the
+    /// committer (waiting while `STAGED_BATCHES_MAX` batches are uncommitted).
+    async fn publish_batch(&mut self, batch: Batch) -> Result<(), ActorError> {
         let applied = batch
             .records
             .iter()
@@ -339,58 +344,34 @@ impl Actor {
                 events: &r.events,
             });
         let book = &self.book;
-        let row_changes = rows::derive(applied, |id| book.get(id))?;
-        let (outbox, ranges) = EventRecord::encode_lines(&batch.records);
-        let write = BatchWrite {
-            pair_id: self.spec.id,
-            expected_offset: self.last_offset,
-            first_offset: batch.first_offset,
-            last_offset: batch.last_offset,
-            first_seq,
-            last_seq: self.book.last_seq(),
-            last_trade_id: self.book.last_trade_id(),
-            published_offset: self.published_offset,
-            pruned_offset: self.pruned_offset,
-            rows: &row_changes,
-            records: &outbox,
-        };
-        let started = Instant::now();
-        store::persist(&self.engine.pool, &write).await?;
-        metrics::histogram!(m::PERSIST_SECONDS).record(started.elapsed().as_secs_f64());
-        let commands = batch.records.len() as u64;
+        let rows = rows::derive(applied, |id| book.get(id))?;
+        let (buf, ranges) = EventRecord::encode_lines(&batch.records);
+        let deliveries = self.produce(&buf, ranges).await?;
+        metrics::histogram!(m::BATCH_WAIT_SECONDS).record(batch.started.elapsed().as_secs_f64());
         metrics::histogram!(m::BATCH_RECORDS).record(batch.consumed as f64);
-        metrics::histogram!(m::BATCH_COMMANDS).record(commands as f64);
-        metrics::counter!(m::COMMANDS_TOTAL, &self.labels).increment(commands);
+        metrics::histogram!(m::BATCH_COMMANDS).record(batch.records.len() as f64);
         if batch.poison > 0 {
             metrics::counter!(m::POISON_RECORDS_TOTAL, &self.labels).increment(batch.poison);
         }
-        self.last_offset = batch.last_offset;
-        self.pruned_offset = self.published_offset;
-        self.progress();
-        let deliveries = self.produce(&outbox, ranges).await?;
-        self.pending.push_back(Pending {
+        self.applied_offset = batch.last_offset;
+        let staged = Staged {
             last_offset: batch.last_offset,
+            last_seq: self.book.last_seq(),
+            last_trade_id: self.book.last_trade_id(),
+            commands: batch.records.len() as u64,
+            rows,
             deliveries,
-        });
-        // Advisory only (lag dashboards), so at most once per interval: a commit per batch
-        // would be a broker request and a __consumer_offsets append per batch.
-        if self.advised_at.elapsed() >= ADVISORY_COMMIT_EVERY {
-            self.advised_at = Instant::now();
-            self.engine
-                .commit_advisory(partition_of(&self.spec), self.last_offset + 1);
+            published: Instant::now(),
+        };
+        // Err: the committer is gone, and its error ends this task.
+        if self.staged.send(staged).await.is_err() {
+            std::future::pending::<()>().await;
         }
         Ok(())
     }
 
-    fn progress(&self) {
-        if let Some(p) = self.engine.progress(self.spec.id) {
-            p.store(self.last_offset + 1, Ordering::Relaxed);
-        }
-    }
-
     /// Hands the records to the producer, packed into as few Kafka records as the payload limit
-    /// allows (the same buffer always packs the same way, so a republished payload is
-    /// byte-identical); waits (bounded queue) when the producer's queue is full.
+    /// allows; waits (bounded queue) when the producer's queue is full.
     async fn produce(
         &mut self,
         buf: &[u8],
@@ -427,106 +408,104 @@ impl Actor {
         }
         Ok(deliveries)
     }
+}
 
-    /// Takes the acknowledgements that already arrived, oldest batch first, without waiting;
-    /// advances the published offset past every batch fully acknowledged.
-    fn reap_published(&mut self) -> Result<(), ActorError> {
-        while let Some(front) = self.pending.front_mut() {
-            let mut done = 0;
-            for delivery in &mut front.deliveries {
-                match delivery.now_or_never() {
-                    None => break,
-                    Some(result) => {
-                        delivered(&self.spec, result)?;
-                        done += 1;
-                    }
-                }
+impl Committer {
+    /// Commits staged batches in order until the matcher is gone and nothing is left.
+    async fn run(mut self, mut waiting: mpsc::Receiver<Staged>) -> Result<(), ActorError> {
+        while let Some(first) = waiting.recv().await {
+            self.acknowledged(first.deliveries).await?;
+            let mut commit = Commit {
+                last_offset: first.last_offset,
+                last_seq: first.last_seq,
+                last_trade_id: first.last_trade_id,
+                commands: first.commands,
+                rows: first.rows,
+                published: first.published,
+                batches: 1,
+            };
+            // Batches that arrived meanwhile join this transaction: one commit (and one fsync)
+            // for all of them.
+            while commit.batches < COMMIT_BATCHES_MAX {
+                let Ok(next) = waiting.try_recv() else {
+                    break;
+                };
+                self.acknowledged(next.deliveries).await?;
+                commit.last_offset = next.last_offset;
+                commit.last_seq = next.last_seq;
+                commit.last_trade_id = next.last_trade_id;
+                commit.commands += next.commands;
+                commit.rows.absorb(next.rows);
+                commit.batches += 1;
             }
-            front.deliveries.drain(..done);
-            if !front.deliveries.is_empty() {
-                break;
-            }
-            self.published_offset = self.published_offset.max(front.last_offset);
-            self.pending.pop_front();
+            self.commit(commit).await?;
         }
-        Ok(())
-    }
-
-    /// Waits for the oldest batch's acknowledgements; records its offset as published.
-    async fn await_oldest(&mut self) -> Result<(), ActorError> {
-        let Some(pending) = self.pending.pop_front() else {
-            return Ok(());
-        };
-        for delivery in pending.deliveries {
-            delivered(&self.spec, delivery.await)?;
-        }
-        self.published_offset = self.published_offset.max(pending.last_offset);
-        Ok(())
-    }
-
-    /// Republishes what the outbox holds past the published offset (a crash between commit and
-    /// acknowledgement). Consumers drop the duplicates by seq.
-    async fn republish(&mut self) -> Result<(), ActorError> {
-        let rows =
-            store::unpublished(&self.engine.pool, self.spec.id, self.published_offset).await?;
-        let Some(last_offset) = rows.last().map(|(offset, _)| *offset) else {
-            return Ok(());
-        };
-        let mut deliveries = Vec::new();
-        let mut count = 0u64;
-        for (_, records) in &rows {
-            let ranges = line_ranges(records);
-            count += ranges.len() as u64;
-            deliveries.extend(self.produce(records, ranges).await?);
-        }
-        tracing::info!(
-            pair = %self.spec.symbol,
-            from_offset = self.published_offset + 1,
-            to_offset = last_offset,
-            records = count,
-            "republished events from the outbox"
-        );
-        metrics::counter!(m::PUBLISH_REPLAYED_RECORDS_TOTAL, &self.labels).increment(count);
-        self.pending.push_back(Pending {
-            last_offset,
-            deliveries,
-        });
-        Ok(())
-    }
-
-    /// Awaits the in-flight events and records them as published without a new batch.
-    async fn confirm_published(&mut self) -> Result<(), ActorError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        while !self.pending.is_empty() {
-            self.await_oldest().await?;
-        }
-        store::mark_published(
-            &self.engine.pool,
-            self.spec.id,
-            self.last_offset,
-            self.published_offset,
-        )
-        .await?;
-        // Idle or stopping: the throttled advisory position catches up too.
-        self.advised_at = Instant::now();
-        self.engine
-            .commit_advisory(partition_of(&self.spec), self.last_offset + 1);
-        Ok(())
-    }
-
-    /// On stop: wait for the last acknowledgements so the next owner republishes nothing.
-    async fn finish(mut self) -> Result<(), ActorError> {
-        self.confirm_published().await?;
+        // Stopping: the throttled advisory position catches up.
+        self.advise();
         tracing::info!(
             pair = %self.spec.symbol,
             last_offset = self.last_offset,
-            last_seq = self.book.last_seq(),
             "pair actor stopped after its last commit"
         );
         Ok(())
     }
+
+    /// Waits until Kafka holds every record of a batch's events.
+    async fn acknowledged(&self, deliveries: Vec<DeliveryFuture>) -> Result<(), ActorError> {
+        for delivery in deliveries {
+            delivered(&self.spec, delivery.await)?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, c: Commit) -> Result<(), ActorError> {
+        let write = BatchWrite {
+            pair_id: self.spec.id,
+            expected_offset: self.last_offset,
+            last_offset: c.last_offset,
+            last_seq: c.last_seq,
+            last_trade_id: c.last_trade_id,
+            rows: &c.rows,
+        };
+        let started = Instant::now();
+        store::persist(&self.engine.pool, &write).await?;
+        metrics::histogram!(m::PERSIST_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::COMMIT_LAG_SECONDS).record(c.published.elapsed().as_secs_f64());
+        metrics::histogram!(m::COMMIT_BATCHES).record(c.batches as f64);
+        metrics::counter!(m::COMMANDS_TOTAL, &self.labels).increment(c.commands);
+        self.last_offset = c.last_offset;
+        self.progress();
+        // Advisory only (lag dashboards), so at most once per interval: a commit per batch
+        // would be a broker request and a __consumer_offsets append per batch.
+        if self.advised_at.elapsed() >= ADVISORY_COMMIT_EVERY {
+            self.advise();
+        }
+        Ok(())
+    }
+
+    fn advise(&mut self) {
+        self.advised_at = Instant::now();
+        self.engine
+            .commit_advisory(partition_of(&self.spec), self.last_offset + 1);
+    }
+
+    fn progress(&self) {
+        if let Some(p) = self.engine.progress(self.spec.id) {
+            p.store(self.last_offset + 1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One transaction's worth of staged batches, absorbed into one.
+struct Commit {
+    last_offset: i64,
+    last_seq: u64,
+    last_trade_id: u64,
+    commands: u64,
+    rows: RowChanges,
+    /// When the first batch's events were handed to the producer.
+    published: Instant,
+    batches: usize,
 }
 
 fn wall_clock_ns() -> u64 {

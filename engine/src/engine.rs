@@ -224,7 +224,7 @@ impl Engine {
         let flushed =
             tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
         if !matches!(flushed, Ok(Ok(()))) {
-            tracing::warn!("events producer did not flush within 10 s; the outbox republishes");
+            tracing::warn!("events producer did not flush within 10 s");
         }
     }
 

@@ -2,10 +2,12 @@
 //! the `events` topic.
 //!
 //! ```text
-//! orders[i] --split queue--> actor(pair i): decode, book.apply, batch
-//!                               |  one transaction: orders, trades, outbox row, offset (fenced)
+//! orders[i] --split queue--> actor(pair i): decode, book.apply, batch --> events[i] (idempotent
+//!                               |                                          producer)
+//!                               |  once Kafka acknowledged the batch's events:
 //!                               v
-//!                           PostgreSQL --after commit--> events[i] (idempotent producer)
+//!                           PostgreSQL: one transaction per batch (or several waiting ones):
+//!                           orders, trades, offset (fenced)
 //! ```
 //!
 //! - [`run`] is the whole process; the `engine` binary only parses flags and calls it.

@@ -113,6 +113,61 @@ pub struct RowChanges {
     pub trades: Vec<TradeRow>,
 }
 
+impl RowChanges {
+    /// Appends the changes of the batch that came after this one, as if the two were one batch
+    /// (one statement may touch a row only once): an order both touch keeps one row in the later
+    /// state, still an insert if it was accepted in the earlier batch.
+    pub fn absorb(&mut self, later: RowChanges) {
+        let mut rows: Vec<OrderRow> = self
+            .inserts
+            .drain(..)
+            .chain(self.updates.drain(..))
+            .collect();
+        let mut at: HashMap<OrderId, usize> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.order_id, i))
+            .collect();
+        for row in later.inserts.into_iter().chain(later.updates) {
+            match at.get(&row.order_id) {
+                Some(&i) => {
+                    let earlier = std::mem::replace(&mut rows[i], row);
+                    let merged = &mut rows[i];
+                    // A later insert of the same id is a reused id: the newest order wins, as
+                    // the upsert would have it. Otherwise the later row is the absolute state,
+                    // with "unchanged" columns taken from the earlier one.
+                    if merged.new.is_none() {
+                        merged.new = earlier.new;
+                        merged.price = merged.price.or(earlier.price);
+                        merged.priority_seq = merged.priority_seq.or(earlier.priority_seq);
+                    }
+                }
+                None => {
+                    at.insert(row.order_id, rows.len());
+                    rows.push(row);
+                }
+            }
+        }
+        for row in rows {
+            if row.new.is_some() {
+                self.inserts.push(row);
+            } else {
+                self.updates.push(row);
+            }
+        }
+        self.trades.extend(later.trades);
+    }
+
+    /// Order rows and trades this holds.
+    pub fn len(&self) -> usize {
+        self.inserts.len() + self.updates.len() + self.trades.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// An order reached an impossible state: an event stream the core cannot have produced.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RowsError {
@@ -381,10 +436,15 @@ mod tests {
 
     /// Applies commands, one record each, and derives the batch's rows.
     fn run(book: &mut OrderBook, commands: &[Command]) -> RowChanges {
+        run_from(book, commands, 0)
+    }
+
+    /// `run`, for commands that follow `first` earlier ones in the log (their timestamps too).
+    fn run_from(book: &mut OrderBook, commands: &[Command], first: usize) -> RowChanges {
         let mut events: Vec<Vec<Event>> = Vec::new();
         for (i, c) in commands.iter().enumerate() {
             let mut out = Vec::new();
-            book.apply(c, 1000 + i as u64, &mut out);
+            book.apply(c, 1000 + (first + i) as u64, &mut out);
             events.push(out);
         }
         let applied = commands
@@ -397,6 +457,74 @@ mod tests {
                 events: e,
             });
         derive(applied, |id| book.get(id)).unwrap()
+    }
+
+    /// Two batches absorbed into one must write what the two would have written in turn.
+    #[test]
+    fn absorbing_a_later_batch_equals_deriving_both_as_one() {
+        let commands = [
+            place(1, 10, Side::Sell, 100, 5),
+            place(2, 20, Side::Buy, 90, 4),
+            place(3, 30, Side::Buy, 100, 2),
+            Command::Amend(AmendOrder {
+                account_id: AccountId(20),
+                target: OrderRef::Id(OrderId(2)),
+                new_price: Some(Price(95)),
+                new_qty: None,
+            }),
+            place(4, 40, Side::Buy, 100, 3),
+            Command::Cancel(CancelOrder {
+                account_id: AccountId(20),
+                target: OrderRef::Id(OrderId(2)),
+            }),
+            place(5, 50, Side::Sell, 120, 1),
+        ];
+        for split in 0..=commands.len() {
+            let mut whole_book = OrderBook::new(spec());
+            let whole = run(&mut whole_book, &commands);
+            let mut book = OrderBook::new(spec());
+            let mut first = run(&mut book, &commands[..split]);
+            let second = run_from(&mut book, &commands[split..], split);
+            first.absorb(second);
+            let key = |rows: &[OrderRow]| {
+                let mut v = rows.to_vec();
+                v.sort_by_key(|r| r.order_id);
+                v
+            };
+            assert_eq!(key(&first.inserts), key(&whole.inserts), "split at {split}");
+            assert_eq!(key(&first.updates), key(&whole.updates), "split at {split}");
+            assert_eq!(first.trades.len(), whole.trades.len(), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn an_update_absorbed_keeps_the_unchanged_columns_of_the_earlier_row() {
+        let mut book = OrderBook::new(spec());
+        run(&mut book, &[place(1, 10, Side::Sell, 100, 5)]);
+        // Order 1 existed before: amended (new price) in one batch, partly filled in the next.
+        let mut first = run(
+            &mut book,
+            &[Command::Amend(AmendOrder {
+                account_id: AccountId(10),
+                target: OrderRef::Id(OrderId(1)),
+                new_price: Some(Price(101)),
+                new_qty: None,
+            })],
+        );
+        let second = run(&mut book, &[place(2, 20, Side::Buy, 101, 2)]);
+        first.absorb(second);
+        let row = first
+            .updates
+            .iter()
+            .find(|r| r.order_id == OrderId(1))
+            .unwrap();
+        assert_eq!(row.price, Some(Price(101)));
+        assert_eq!(
+            (row.qty, row.filled_qty, row.status),
+            (5, 2, OrderStatus::Open)
+        );
+        assert_eq!(first.inserts.len(), 1);
+        assert_eq!(first.trades.len(), 1);
     }
 
     #[test]

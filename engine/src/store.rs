@@ -49,8 +49,6 @@ pub struct Recovered {
     pub book: OrderBook,
     /// Last `orders` offset applied; -1 before the first.
     pub last_offset: i64,
-    /// Last `orders` offset whose events Kafka acknowledged.
-    pub published_offset: i64,
 }
 
 /// Creates the pair's offsets row if it is missing; refuses a row naming another symbol.
@@ -97,8 +95,7 @@ pub async fn recover(pool: &PgPool, spec: &PairSpec) -> Result<Recovered, StoreE
     ensure_pair(pool, spec).await?;
     let pair_id = spec.id;
     let row = sqlx::query(
-        "SELECT last_offset, last_seq, last_trade_id, published_offset FROM pair_offsets \
-         WHERE pair_id = $1",
+        "SELECT last_offset, last_seq, last_trade_id FROM pair_offsets WHERE pair_id = $1",
     )
     .bind(pair_id_i32(pair_id))
     .fetch_one(pool)
@@ -106,7 +103,6 @@ pub async fn recover(pool: &PgPool, spec: &PairSpec) -> Result<Recovered, StoreE
     let last_offset: i64 = row.try_get(0)?;
     let last_seq: i64 = row.try_get(1)?;
     let last_trade_id: i64 = row.try_get(2)?;
-    let published_offset: i64 = row.try_get(3)?;
     let rows = sqlx::query(
         "SELECT order_id, account_id, client_order_id, side, price, qty, filled_qty, stp, \
          priority_seq FROM orders WHERE pair_id = $1 AND status = 'open'",
@@ -145,11 +141,7 @@ pub async fn recover(pool: &PgPool, spec: &PairSpec) -> Result<Recovered, StoreE
     };
     let book = OrderBook::restore(spec.clone(), state)
         .map_err(|source| StoreError::Restore { pair_id, source })?;
-    Ok(Recovered {
-        book,
-        last_offset,
-        published_offset,
-    })
+    Ok(Recovered { book, last_offset })
 }
 
 /// Everything one batch writes.
@@ -157,28 +149,20 @@ pub struct BatchWrite<'a> {
     pub pair_id: u32,
     /// The pair's `last_offset` this batch was applied on top of (the fence).
     pub expected_offset: i64,
-    pub first_offset: i64,
     pub last_offset: i64,
-    pub first_seq: u64,
     pub last_seq: u64,
     pub last_trade_id: u64,
-    pub published_offset: i64,
-    /// Outbox rows starting at or below this offset are already pruned: the prune scans only
-    /// the range past it, never the dead index entries of earlier prunes.
-    pub pruned_offset: i64,
     pub rows: &'a RowChanges,
-    /// The batch's EventRecords, newline-separated JSON.
-    pub records: &'a [u8],
 }
 
-/// Writes one batch atomically, in ONE statement (one round trip, its own transaction).
+/// Writes one batch (or several consecutive ones, absorbed) atomically, in ONE statement: one
+/// round trip, its own transaction.
 ///
 /// Every data-modifying part is conditioned on the fence: the `pair_offsets` update matches only
 /// while `last_offset` is still the one this batch was applied on top of. A second owner blocks
 /// on that row lock, then (READ COMMITTED re-check) finds the offset moved, matches nothing, and
-/// so writes nothing at all. The parts never touch the same row twice: `rows::derive` splits
-/// inserts from updates and collapses each order to its final state, and the outbox row inserted
-/// lies past the pruned range.
+/// so writes nothing at all. The parts never touch the same row twice: `rows::derive` (and
+/// `RowChanges::absorb`) split inserts from updates and collapse each order to its final state.
 pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError> {
     let ins = InsertColumns::new(&w.rows.inserts);
     let mut upd = OrderColumns::with_capacity(w.rows.updates.len());
@@ -191,12 +175,8 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
         .bind(w.last_offset)
         .bind(w.last_seq as i64)
         .bind(w.last_trade_id as i64)
-        .bind(w.published_offset)
         .bind(w.expected_offset)
-        .bind(w.first_offset)
-        .bind(w.first_seq as i64)
-        .bind(w.records)
-        // orders inserted ($10..$25)
+        // orders inserted ($6..$21)
         .bind(&ins.base.order_id)
         .bind(&ins.account)
         .bind(&ins.client_id)
@@ -213,7 +193,7 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
         .bind(&ins.created)
         .bind(&ins.base.updated_seq)
         .bind(&ins.base.ts_ns)
-        // orders updated ($26..$33)
+        // orders updated ($22..$29)
         .bind(&upd.order_id)
         .bind(&upd.price)
         .bind(&upd.qty)
@@ -222,7 +202,7 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
         .bind(&upd.priority_seq)
         .bind(&upd.updated_seq)
         .bind(&upd.ts_ns)
-        // trades ($34..$44)
+        // trades ($30..$40)
         .bind(&tr.trade_id)
         .bind(&tr.seq)
         .bind(&tr.price)
@@ -234,7 +214,6 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
         .bind(&tr.taker_account)
         .bind(&tr.offset)
         .bind(&tr.ts_ns)
-        .bind(w.pruned_offset)
         .fetch_one(pool)
         .await?;
     let fenced: i64 = row.try_get(0)?;
@@ -259,12 +238,11 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
 
 /// The batch write. ON CONFLICT on orders: order ids are unique system-wide by contract; should
 /// a gateway ever reuse one, the newest order wins rather than the pair stalling on a batch it
-/// can never commit. The outbox only keeps what Kafka has not acknowledged yet.
+/// can never commit.
 const PERSIST_SQL: &str = "\
 WITH fence AS (
-  UPDATE pair_offsets SET last_offset = $2, last_seq = $3, last_trade_id = $4,
-    published_offset = GREATEST(published_offset, $5), updated_at = now()
-  WHERE pair_id = $1 AND last_offset = $6
+  UPDATE pair_offsets SET last_offset = $2, last_seq = $3, last_trade_id = $4, updated_at = now()
+  WHERE pair_id = $1 AND last_offset = $5
   RETURNING pair_id
 ), ins AS (
   INSERT INTO orders (order_id, pair_id, account_id, client_order_id, side, order_type, tif,
@@ -272,9 +250,9 @@ WITH fence AS (
   SELECT u.order_id, $1, u.account_id, u.client_order_id, u.side, u.order_type, u.tif,
     u.post_only, u.stp, u.price, u.qty, u.filled_qty, u.status, u.priority_seq, u.created_seq,
     u.updated_seq, u.ts_ns
-  FROM UNNEST($10::bigint[], $11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[],
-    $16::bool[], $17::text[], $18::bigint[], $19::bigint[], $20::bigint[], $21::text[],
-    $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[])
+  FROM UNNEST($6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[],
+    $12::bool[], $13::text[], $14::bigint[], $15::bigint[], $16::bigint[], $17::text[],
+    $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[])
     AS u(order_id, account_id, client_order_id, side, order_type, tif, post_only, stp, price,
     qty, filled_qty, status, priority_seq, created_seq, updated_seq, ts_ns)
   WHERE EXISTS (SELECT 1 FROM fence)
@@ -291,31 +269,22 @@ WITH fence AS (
     filled_qty = u.filled_qty, status = u.status,
     priority_seq = COALESCE(u.priority_seq, o.priority_seq),
     updated_seq = u.updated_seq, ts_ns = u.ts_ns
-  FROM UNNEST($26::bigint[], $27::bigint[], $28::bigint[], $29::bigint[], $30::text[],
-    $31::bigint[], $32::bigint[], $33::bigint[])
+  FROM UNNEST($22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[], $26::text[],
+    $27::bigint[], $28::bigint[], $29::bigint[])
     AS u(order_id, price, qty, filled_qty, status, priority_seq, updated_seq, ts_ns)
   WHERE o.order_id = u.order_id AND EXISTS (SELECT 1 FROM fence)
   RETURNING 1
 ), tr AS (
   INSERT INTO trades (pair_id, trade_id, seq, price, qty, taker_side, maker_order_id,
     maker_account_id, taker_order_id, taker_account_id, orders_offset, ts_ns)
-  SELECT $1, u.* FROM UNNEST($34::bigint[], $35::bigint[], $36::bigint[], $37::bigint[],
-    $38::text[], $39::bigint[], $40::bigint[], $41::bigint[], $42::bigint[], $43::bigint[],
-    $44::bigint[]) AS u
+  SELECT $1, u.* FROM UNNEST($30::bigint[], $31::bigint[], $32::bigint[], $33::bigint[],
+    $34::text[], $35::bigint[], $36::bigint[], $37::bigint[], $38::bigint[], $39::bigint[],
+    $40::bigint[]) AS u
   WHERE EXISTS (SELECT 1 FROM fence)
-  RETURNING 1
-), outbox AS (
-  INSERT INTO event_log (pair_id, first_offset, last_offset, first_seq, last_seq, records)
-  SELECT $1, $7, $2, $8, $3, $9 WHERE EXISTS (SELECT 1 FROM fence)
-  RETURNING 1
-), pruned AS (
-  DELETE FROM event_log WHERE pair_id = $1 AND first_offset > $45 AND first_offset <= $5
-    AND last_offset <= $5 AND EXISTS (SELECT 1 FROM fence)
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM upd),
-  (SELECT count(*) FROM ins) + (SELECT count(*) FROM tr) + (SELECT count(*) FROM outbox)
-    + (SELECT count(*) FROM pruned)";
+  (SELECT count(*) FROM ins) + (SELECT count(*) FROM tr)";
 
 /// Columns of newly accepted orders.
 struct InsertColumns {
@@ -436,60 +405,6 @@ impl OrderColumns {
         self.updated_seq.push(r.updated_seq as i64);
         self.ts_ns.push(r.ts_ns as i64);
     }
-}
-
-/// Records that Kafka acknowledged the events up to `published_offset` and prunes the outbox,
-/// when no batch follows to carry it (idle pair, shutdown). Fenced like a batch.
-pub async fn mark_published(
-    pool: &PgPool,
-    pair_id: u32,
-    expected_offset: i64,
-    published_offset: i64,
-) -> Result<(), StoreError> {
-    let pair = pair_id_i32(pair_id);
-    let mut tx = pool.begin().await?;
-    let done = sqlx::query(
-        "UPDATE pair_offsets SET published_offset = GREATEST(published_offset, $2), \
-         updated_at = now() WHERE pair_id = $1 AND last_offset = $3",
-    )
-    .bind(pair)
-    .bind(published_offset)
-    .bind(expected_offset)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() != 1 {
-        tx.rollback().await?;
-        return Err(StoreError::Fenced {
-            pair_id,
-            expected: expected_offset,
-        });
-    }
-    sqlx::query("DELETE FROM event_log WHERE pair_id = $1 AND last_offset <= $2")
-        .bind(pair)
-        .bind(published_offset)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Outbox rows not yet acknowledged by Kafka, oldest first: (last_offset, records).
-pub async fn unpublished(
-    pool: &PgPool,
-    pair_id: u32,
-    published_offset: i64,
-) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT last_offset, records FROM event_log WHERE pair_id = $1 AND last_offset > $2 \
-         ORDER BY first_offset",
-    )
-    .bind(pair_id_i32(pair_id))
-    .bind(published_offset)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect()
 }
 
 fn pair_id_i32(id: u32) -> i32 {

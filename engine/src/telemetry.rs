@@ -20,7 +20,8 @@ pub const CONSUMER_LAG_RECORDS: &str = "engine_consumer_lag_records";
 pub const PAUSED: &str = "engine_paused";
 pub const ACTOR_RESTARTS_TOTAL: &str = "engine_actor_restarts_total";
 pub const POISON_RECORDS_TOTAL: &str = "engine_poison_records_total";
-pub const PUBLISH_REPLAYED_RECORDS_TOTAL: &str = "engine_publish_replayed_records_total";
+pub const COMMIT_LAG_SECONDS: &str = "engine_commit_lag_seconds";
+pub const COMMIT_BATCHES: &str = "engine_commit_batches";
 
 /// Registers every metric's description with the installed recorder.
 pub fn describe() {
@@ -43,7 +44,7 @@ pub fn describe() {
     describe_histogram!(
         PERSIST_SECONDS,
         Unit::Seconds,
-        "duration of one batch's PostgreSQL transaction"
+        "duration of one commit's PostgreSQL transaction (one or more batches)"
     );
     describe_histogram!(
         RECORD_AGE_SECONDS,
@@ -53,7 +54,7 @@ pub fn describe() {
     describe_histogram!(
         BATCH_WAIT_SECONDS,
         Unit::Seconds,
-        "from a batch's first record read to the start of its transaction (linger, previous batch's acks)"
+        "from a batch's first record read to its events handed to the producer (linger, matching, a full staging queue)"
     );
     describe_gauge!(
         CONSUMER_LAG_RECORDS,
@@ -74,10 +75,15 @@ pub fn describe() {
         Unit::Count,
         "records rejected as malformed_record or wrong_pair, per pair"
     );
-    describe_counter!(
-        PUBLISH_REPLAYED_RECORDS_TOTAL,
+    describe_histogram!(
+        COMMIT_BATCHES,
         Unit::Count,
-        "EventRecords republished from the outbox on actor start, per pair"
+        "batches one PostgreSQL transaction commits (batches published meanwhile join it)"
+    );
+    describe_histogram!(
+        COMMIT_LAG_SECONDS,
+        Unit::Seconds,
+        "from a batch's events handed to the producer to its commit in PostgreSQL (Kafka ack, queue, transaction)"
     );
 }
 

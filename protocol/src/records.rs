@@ -147,7 +147,7 @@ pub fn line_ranges(buf: &[u8]) -> Vec<Range<usize>> {
 }
 
 impl EventRecord {
-    /// The records as newline-separated JSON lines (an outbox row, a packed payload's source),
+    /// The records as newline-separated JSON lines (a packed payload's source),
     /// and each record's byte range in it.
     pub fn encode_lines(records: &[EventRecord]) -> (Vec<u8>, Vec<Range<usize>>) {
         let mut buf = Vec::with_capacity(records.len() * 256);
