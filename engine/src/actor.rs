@@ -414,8 +414,9 @@ impl Committer {
     /// Commits staged batches in order until the matcher is gone and nothing is left.
     async fn run(mut self, mut waiting: mpsc::Receiver<Staged>) -> Result<(), ActorError> {
         while let Some(first) = waiting.recv().await {
-            self.acknowledged(first.deliveries).await?;
+            let events_offset = self.acknowledged(first.deliveries).await?;
             let mut commit = Commit {
+                events_offset,
                 last_offset: first.last_offset,
                 last_seq: first.last_seq,
                 last_trade_id: first.last_trade_id,
@@ -430,7 +431,8 @@ impl Committer {
                 let Ok(next) = waiting.try_recv() else {
                     break;
                 };
-                self.acknowledged(next.deliveries).await?;
+                let events_offset = self.acknowledged(next.deliveries).await?;
+                commit.events_offset = commit.events_offset.max(events_offset);
                 commit.last_offset = next.last_offset;
                 commit.last_seq = next.last_seq;
                 commit.last_trade_id = next.last_trade_id;
@@ -450,12 +452,14 @@ impl Committer {
         Ok(())
     }
 
-    /// Waits until Kafka holds every record of a batch's events.
-    async fn acknowledged(&self, deliveries: Vec<DeliveryFuture>) -> Result<(), ActorError> {
+    /// Waits until Kafka holds every record of a batch's events; returns the offset of the
+    /// last one (-1 when there was none).
+    async fn acknowledged(&self, deliveries: Vec<DeliveryFuture>) -> Result<i64, ActorError> {
+        let mut last = -1;
         for delivery in deliveries {
-            delivered(&self.spec, delivery.await)?;
+            last = last.max(delivered(&self.spec, delivery.await)?);
         }
-        Ok(())
+        Ok(last)
     }
 
     async fn commit(&mut self, c: Commit) -> Result<(), ActorError> {
@@ -465,6 +469,7 @@ impl Committer {
             last_offset: c.last_offset,
             last_seq: c.last_seq,
             last_trade_id: c.last_trade_id,
+            events_offset: c.events_offset,
             rows: &c.rows,
         };
         let started = Instant::now();
@@ -499,6 +504,8 @@ impl Committer {
 /// One transaction's worth of staged batches, absorbed into one.
 struct Commit {
     last_offset: i64,
+    /// Offset of the last `events` record of these batches (-1: none).
+    events_offset: i64,
     last_seq: u64,
     last_trade_id: u64,
     commands: u64,
@@ -514,14 +521,14 @@ fn wall_clock_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The outcome of one event record's delivery.
+/// The outcome of one event record's delivery: its offset.
 /// (`Err(_)`: the producer dropped it, cancelled.)
 fn delivered<E>(
     spec: &PairSpec,
     result: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, E>,
-) -> Result<(), ActorError> {
+) -> Result<i64, ActorError> {
     match result {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(delivery)) => Ok(delivery.offset),
         Ok(Err((source, _))) => Err(ActorError::Publish {
             pair: spec.symbol.clone(),
             source,

@@ -152,6 +152,8 @@ pub struct BatchWrite<'a> {
     pub last_offset: i64,
     pub last_seq: u64,
     pub last_trade_id: u64,
+    /// Offset of the last `events` record of these batches; -1 when they published none.
+    pub events_offset: i64,
     pub rows: &'a RowChanges,
 }
 
@@ -214,6 +216,7 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
         .bind(&tr.taker_account)
         .bind(&tr.offset)
         .bind(&tr.ts_ns)
+        .bind(w.events_offset)
         .fetch_one(pool)
         .await?;
     let fenced: i64 = row.try_get(0)?;
@@ -241,7 +244,8 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
 /// can never commit.
 const PERSIST_SQL: &str = "\
 WITH fence AS (
-  UPDATE pair_offsets SET last_offset = $2, last_seq = $3, last_trade_id = $4, updated_at = now()
+  UPDATE pair_offsets SET last_offset = $2, last_seq = $3, last_trade_id = $4,
+    events_offset = GREATEST(events_offset, $41), updated_at = now()
   WHERE pair_id = $1 AND last_offset = $5
   RETURNING pair_id
 ), ins AS (

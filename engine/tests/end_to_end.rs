@@ -97,5 +97,20 @@ async fn orders_for_several_pairs_become_events_and_rows() {
 
     stop.cancel();
     engine.await.unwrap().expect("engine drains and returns Ok");
+    // Drained: everything published is committed, and each pair's row names its last events
+    // record, where a reader that took the book from PostgreSQL continues.
+    for pair in [0u32, 1] {
+        let events_offset: i64 =
+            sqlx::query_scalar("SELECT events_offset FROM pair_offsets WHERE pair_id = $1")
+                .bind(pair as i32)
+                .fetch_one(&world.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            events_offset,
+            world.events_high(pair).await - 1,
+            "pair {pair}"
+        );
+    }
     world.drop_schema().await;
 }

@@ -55,6 +55,7 @@ fn batch(expected_offset: i64, rows: &RowChanges) -> BatchWrite<'_> {
         last_offset: expected_offset + 1,
         last_seq: 2,
         last_trade_id: 0,
+        events_offset: -1,
         rows,
     }
 }

@@ -516,7 +516,7 @@ fn replica_starts(
     consumer: &StreamConsumer,
     topic: &str,
     partitions: usize,
-    start: ReplicaStart,
+    start: &ReplicaStart,
 ) -> Result<Vec<(i32, i64, i64)>, rdkafka::error::KafkaError> {
     const TIMEOUT: Duration = Duration::from_secs(10);
     let mut out = Vec::with_capacity(partitions);
@@ -524,12 +524,26 @@ fn replica_starts(
         let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
         out.push((p, low, high));
     }
-    let ReplicaStart::At(taken_at_ms) = start else {
+    let ReplicaStart::At { taken_at_ms, after } = start else {
         return Ok(out);
     };
+    // Right after the record the snapshot's state ends with, where the engine stored it.
+    for (p, from, high) in &mut out {
+        if let Some(last) = after.get(&(*p as PairId)) {
+            *from = (last + 1).clamp(*from, *high);
+        }
+    }
+    let by_time: Vec<i32> = out
+        .iter()
+        .map(|(p, _, _)| *p)
+        .filter(|p| !after.contains_key(&(*p as PairId)))
+        .collect();
+    if by_time.is_empty() {
+        return Ok(out);
+    }
     let rewind_ms = i64::try_from(REPLICA_REWIND.as_millis()).unwrap_or(i64::MAX);
     let mut query = TopicPartitionList::new();
-    for (p, _, _) in &out {
+    for p in &by_time {
         query.add_partition_offset(
             topic,
             *p,
@@ -537,7 +551,7 @@ fn replica_starts(
         )?;
     }
     let found = consumer.offsets_for_times(query, TIMEOUT)?;
-    for (p, from, high) in &mut out {
+    for (p, from, high) in out.iter_mut().filter(|(p, _, _)| by_time.contains(p)) {
         // No record at or after that time: nothing the snapshot lacks was there when we asked,
         // so start at the end as it was before asking.
         *from = match found.find_partition(topic, *p).map(|e| e.offset()) {
@@ -549,17 +563,22 @@ fn replica_starts(
 }
 
 /// Where the replica starts reading `events`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicaStart {
     /// From the first retained record, onto an empty book.
     Beginning,
-    /// Onto a PostgreSQL snapshot taken at this time (ms since the epoch): from the first record
-    /// produced `REPLICA_REWIND` before it; what the snapshot already holds is dropped by seq.
-    At(i64),
+    /// Onto a PostgreSQL snapshot: each pair in `after` from the record after that offset (the
+    /// last one the snapshot's state covers); any other pair from the first record produced
+    /// `REPLICA_REWIND` before `taken_at_ms` (ms since the epoch). What the snapshot already
+    /// holds is dropped by seq.
+    At {
+        taken_at_ms: i64,
+        after: HashMap<PairId, i64>,
+    },
 }
 
-/// How far before the snapshot's time the replica starts reading, for clock skew between the
-/// engine's host and the database's.
+/// For a pair without a stored `events` offset: how far before the snapshot's time the replica
+/// starts reading, for clock skew between the engine's host and the database's.
 pub const REPLICA_REWIND: Duration = Duration::from_secs(10);
 
 /// Reads every partition of the events topic from `start` until `shutdown`.
@@ -579,8 +598,9 @@ pub async fn consume_events(
     let starts = loop {
         let consumer = Arc::clone(&consumer);
         let topic = topic.clone();
+        let start = start.clone();
         let found = tokio::task::spawn_blocking(move || {
-            replica_starts(&consumer, &topic, partitions, start)
+            replica_starts(&consumer, &topic, partitions, &start)
         })
         .await
         .map_err(|e| GatewayError::Task(e.to_string()))?;

@@ -138,7 +138,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway,
                 pairs = snap.pairs.len(),
                 "book replica loaded from PostgreSQL; reading events from shortly before it"
             );
-            hub::ReplicaStart::At(snap.taken_at_ms)
+            snap.replica_start()
         }
         Err(err) => {
             tracing::warn!(error = %err, "cannot read the books from PostgreSQL; replaying the whole events topic instead");

@@ -2,11 +2,13 @@
 //! PostgreSQL in one consistent snapshot, so the gateway does not replay the whole `events`
 //! topic when it starts (at 1.6M events/min, a day of retention is billions of records).
 //!
-//! The engine writes a batch's orders and its `last_seq` in one transaction, so one
-//! REPEATABLE READ snapshot sees a book exactly as of some `last_seq`. The events consumer then
-//! starts at the first record produced shortly before the snapshot's time and drops everything
-//! at or below each pair's `last_seq` (the replica's duplicate rule), so nothing after the
-//! snapshot is missed and nothing before it is applied twice.
+//! The engine writes a batch's orders, its `last_seq` and the offset of its last `events` record
+//! in one transaction, so one REPEATABLE READ snapshot sees a book exactly as of some `last_seq`,
+//! and where in `events` that state ends. The events consumer starts right after that record and
+//! drops everything at or below each pair's `last_seq` (the replica's duplicate rule), so nothing
+//! after the snapshot is missed and nothing before it is applied twice. A row written before the
+//! engine stored that offset falls back to the records produced shortly before the snapshot's
+//! time (under the old engine, events were produced only after their commit).
 
 use std::collections::HashMap;
 
@@ -17,6 +19,9 @@ use sqlx::{PgPool, Row};
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PairSnapshot {
     pub last_seq: u64,
+    /// Offset of the `events` record holding `last_seq`'s event; -1 when not stored (nothing
+    /// committed yet, or committed by an engine that did not store it).
+    pub events_offset: i64,
     pub bids: Vec<(i64, i64)>,
     pub asks: Vec<(i64, i64)>,
 }
@@ -40,13 +45,15 @@ pub async fn load(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
         .fetch_one(&mut *tx)
         .await?;
     let mut pairs: HashMap<PairId, PairSnapshot> = HashMap::new();
-    for row in sqlx::query("SELECT pair_id, last_seq FROM pair_offsets")
+    for row in sqlx::query("SELECT pair_id, last_seq, events_offset FROM pair_offsets")
         .fetch_all(&mut *tx)
         .await?
     {
         let pair: i32 = row.try_get(0)?;
         let last_seq: i64 = row.try_get(1)?;
-        pairs.entry(pair as PairId).or_default().last_seq = u64::try_from(last_seq).unwrap_or(0);
+        let snap = pairs.entry(pair as PairId).or_default();
+        snap.last_seq = u64::try_from(last_seq).unwrap_or(0);
+        snap.events_offset = row.try_get(2)?;
     }
     for row in sqlx::query(
         "SELECT pair_id, side, price, sum(qty - filled_qty)::bigint FROM orders \
@@ -69,4 +76,28 @@ pub async fn load(pool: &PgPool) -> Result<Snapshot, sqlx::Error> {
     }
     tx.commit().await?;
     Ok(Snapshot { taken_at_ms, pairs })
+}
+
+impl Snapshot {
+    /// Where the replica reads each pair's `events` partition from, on top of this snapshot.
+    pub fn replica_start(&self) -> crate::hub::ReplicaStart {
+        let after = self
+            .pairs
+            .iter()
+            .filter_map(|(pair, snap)| {
+                let after = match (snap.events_offset, snap.last_seq) {
+                    (offset, _) if offset >= 0 => offset,
+                    // Nothing committed: every record there is newer than the snapshot.
+                    (_, 0) => -1,
+                    // Committed by an engine that did not store the offset: by time.
+                    _ => return None,
+                };
+                Some((*pair, after))
+            })
+            .collect();
+        crate::hub::ReplicaStart::At {
+            taken_at_ms: self.taken_at_ms,
+            after,
+        }
+    }
 }

@@ -19,3 +19,8 @@ $$;
 
 DROP TABLE event_log;
 ALTER TABLE pair_offsets DROP COLUMN published_offset;
+
+-- Offset in the pair's `events` partition of the last record of the committed batches (Kafka
+-- acknowledged it before the commit); -1 until the first commit under this schema. A reader that
+-- took its book from PostgreSQL continues the stream right after it, whatever the clocks say.
+ALTER TABLE pair_offsets ADD COLUMN events_offset bigint NOT NULL DEFAULT -1;

@@ -310,6 +310,22 @@ pub struct RawRecord {
 }
 
 impl World {
+    /// The high watermark of the pair's `events` partition.
+    pub async fn events_high(&self, pair_id: u32) -> i64 {
+        let brokers = self.stack.brokers.clone();
+        let topic = self.events_topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer =
+                reader_from_beginning(&brokers, &topic, pair_id as i32..pair_id as i32 + 1);
+            consumer
+                .fetch_watermarks(&topic, pair_id as i32, Duration::from_secs(5))
+                .expect("watermarks")
+                .1
+        })
+        .await
+        .expect("watermarks task")
+    }
+
     /// Every record of the pair's `orders` partition, from the start to the high watermark.
     pub async fn read_orders(&self, pair_id: u32) -> Vec<RawRecord> {
         use rdkafka::message::Headers;
