@@ -163,7 +163,8 @@ async fn write_loop(
             let mut t = lock(&trader);
             for slot in slots.drain(..) {
                 let (text, kind) = t.build(slot, now);
-                recorder.sent(slot.phase, kind, kind != slot.kind);
+                let lag = now.saturating_duration_since(slot.scheduled);
+                recorder.sent(slot.phase, kind, kind != slot.kind, lag);
                 texts.push(text);
             }
         }

@@ -35,6 +35,8 @@ pub struct PhaseReport {
     pub fills: u64,
     pub ack_latency_ms: Percentiles,
     pub accept_latency_ms: Percentiles,
+    /// How late the generator itself wrote commands (included in both latencies).
+    pub send_lag_ms: Percentiles,
     pub sent_by_kind: BTreeMap<String, u64>,
     pub substituted: u64,
     /// Ramp steps: whether the step met the SLO and the shed budget.
@@ -65,6 +67,7 @@ impl PhaseReport {
             fills: p.fills,
             ack_latency_ms: Percentiles::of(&p.ack_us),
             accept_latency_ms: Percentiles::of(&p.accept_us),
+            send_lag_ms: Percentiles::of(&p.send_lag_us),
             sent_by_kind: p
                 .sent_by_kind
                 .iter()
@@ -209,6 +212,7 @@ impl Report {
         let _ = writeln!(s, "  trades              {} ({} fills)", m.trades, m.fills);
         let _ = writeln!(s, "  ack latency         {}", pct(&m.ack_latency_ms));
         let _ = writeln!(s, "  accept latency      {}", pct(&m.accept_latency_ms));
+        let _ = writeln!(s, "  generator send lag  {}", pct(&m.send_lag_ms));
         if !m.errors.is_empty() {
             let list: Vec<String> = m.errors.iter().map(|(c, n)| format!("{c} {n}")).collect();
             let _ = writeln!(s, "  errors by code      {}", list.join(", "));

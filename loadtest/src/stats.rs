@@ -168,6 +168,9 @@ pub struct PhaseStats {
     pub buckets: Buckets,
     pub ack_us: Histogram<u64>,
     pub accept_us: Histogram<u64>,
+    /// From a command's scheduled time to the generator writing it: the generator's own delay,
+    /// which both latencies include.
+    pub send_lag_us: Histogram<u64>,
     pub last_verdict: Option<Instant>,
     pub trades: u64,
     pub fills: u64,
@@ -188,6 +191,7 @@ impl PhaseStats {
             buckets: Buckets::default(),
             ack_us: latency_histogram(3),
             accept_us: latency_histogram(3),
+            send_lag_us: latency_histogram(3),
             last_verdict: None,
             trades: 0,
             fills: 0,
@@ -312,12 +316,14 @@ impl Recorder {
         g.second.not_sent += 1;
     }
 
-    /// A command was written, as `kind` (which differs from the drawn kind when `substituted`).
-    pub fn sent(&self, phase: usize, kind: Kind, substituted: bool) {
+    /// A command was written, as `kind` (which differs from the drawn kind when `substituted`),
+    /// `lag` after its scheduled time.
+    pub fn sent(&self, phase: usize, kind: Kind, substituted: bool, lag: Duration) {
         let mut g = self.lock();
         let p = &mut g.phases[phase];
         *p.sent_by_kind.entry(kind).or_default() += 1;
         p.substituted += u64::from(substituted);
+        p.send_lag_us.saturating_record(micros(lag));
     }
 
     pub fn observe(&self, obs: &Observation, now: Instant) {
