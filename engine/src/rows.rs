@@ -434,6 +434,16 @@ mod tests {
         })
     }
 
+    /// The account's order `id` moved to `price`.
+    fn amend_price(account: u64, id: u64, price: i64) -> Command {
+        Command::Amend(AmendOrder {
+            account_id: AccountId(account),
+            target: OrderRef::Id(OrderId(id)),
+            new_price: Some(Price(price)),
+            new_qty: None,
+        })
+    }
+
     /// Applies commands, one record each, and derives the batch's rows.
     fn run(book: &mut OrderBook, commands: &[Command]) -> RowChanges {
         run_from(book, commands, 0)
@@ -466,12 +476,7 @@ mod tests {
             place(1, 10, Side::Sell, 100, 5),
             place(2, 20, Side::Buy, 90, 4),
             place(3, 30, Side::Buy, 100, 2),
-            Command::Amend(AmendOrder {
-                account_id: AccountId(20),
-                target: OrderRef::Id(OrderId(2)),
-                new_price: Some(Price(95)),
-                new_qty: None,
-            }),
+            amend_price(20, 2, 95),
             place(4, 40, Side::Buy, 100, 3),
             Command::Cancel(CancelOrder {
                 account_id: AccountId(20),
@@ -502,15 +507,7 @@ mod tests {
         let mut book = OrderBook::new(spec());
         run(&mut book, &[place(1, 10, Side::Sell, 100, 5)]);
         // Order 1 existed before: amended (new price) in one batch, partly filled in the next.
-        let mut first = run(
-            &mut book,
-            &[Command::Amend(AmendOrder {
-                account_id: AccountId(10),
-                target: OrderRef::Id(OrderId(1)),
-                new_price: Some(Price(101)),
-                new_qty: None,
-            })],
-        );
+        let mut first = run(&mut book, &[amend_price(10, 1, 101)]);
         let second = run(&mut book, &[place(2, 20, Side::Buy, 101, 2)]);
         first.absorb(second);
         let row = first
@@ -581,12 +578,7 @@ mod tests {
             &[
                 place(3, 20, Side::Buy, 100, 2),
                 place(4, 20, Side::Buy, 100, 1),
-                Command::Amend(AmendOrder {
-                    account_id: AccountId(10),
-                    target: OrderRef::Id(OrderId(2)),
-                    new_price: Some(Price(102)),
-                    new_qty: None,
-                }),
+                amend_price(10, 2, 102),
                 Command::Cancel(CancelOrder {
                     account_id: AccountId(10),
                     target: OrderRef::Id(OrderId(2)),
