@@ -172,7 +172,52 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
         upd.push(r);
     }
     let tr = TradeColumns::new(&w.rows.trades);
-    let row = sqlx::query(PERSIST_SQL)
+    let row = match run_persist(pool, PERSIST_SQL, w, &ins, &upd, &tr).await {
+        Err(sqlx::Error::Database(e))
+            if e.code().as_deref() == Some("23505") && e.constraint() == Some("orders_pkey") =>
+        {
+            // An order id the table already holds: a gateway broke the id contract. The
+            // statement rolled back whole; write it again with the newest order winning, rather
+            // than stall the pair on a batch it can never commit.
+            tracing::warn!(
+                pair_id = w.pair_id,
+                error = %e,
+                "an order id was used twice; the newest order replaces the stored one"
+            );
+            run_persist(pool, PERSIST_UPSERT_SQL, w, &ins, &upd, &tr).await?
+        }
+        other => other?,
+    };
+    let fenced: i64 = row.try_get(0)?;
+    let updated: i64 = row.try_get(1)?;
+    if fenced != 1 {
+        return Err(StoreError::Fenced {
+            pair_id: w.pair_id,
+            expected: w.expected_offset,
+        });
+    }
+    if updated != w.rows.updates.len() as i64 {
+        // The book knew orders the table did not: the stored state and the book diverged.
+        tracing::error!(
+            pair_id = w.pair_id,
+            expected = w.rows.updates.len(),
+            updated,
+            "order updates matched fewer rows than the book changed"
+        );
+    }
+    Ok(())
+}
+
+/// Runs one form of the batch statement with the batch's values.
+async fn run_persist(
+    pool: &PgPool,
+    sql: &'static str,
+    w: &BatchWrite<'_>,
+    ins: &InsertColumns,
+    upd: &OrderColumns,
+    tr: &TradeColumns,
+) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
+    sqlx::query(sql)
         .bind(pair_id_i32(w.pair_id))
         .bind(w.last_offset)
         .bind(w.last_seq as i64)
@@ -218,31 +263,14 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
         .bind(&tr.ts_ns)
         .bind(w.events_offset)
         .fetch_one(pool)
-        .await?;
-    let fenced: i64 = row.try_get(0)?;
-    let updated: i64 = row.try_get(1)?;
-    if fenced != 1 {
-        return Err(StoreError::Fenced {
-            pair_id: w.pair_id,
-            expected: w.expected_offset,
-        });
-    }
-    if updated != w.rows.updates.len() as i64 {
-        // The book knew orders the table did not: the stored state and the book diverged.
-        tracing::error!(
-            pair_id = w.pair_id,
-            expected = w.rows.updates.len(),
-            updated,
-            "order updates matched fewer rows than the book changed"
-        );
-    }
-    Ok(())
+        .await
 }
 
-/// The batch write. ON CONFLICT on orders: order ids are unique system-wide by contract; should
-/// a gateway ever reuse one, the newest order wins rather than the pair stalling on a batch it
-/// can never commit.
-const PERSIST_SQL: &str = "\
+/// The batch statement, with `$conflict` as the orders insert's conflict clause.
+macro_rules! persist_sql {
+    ($conflict:literal) => {
+        concat!(
+            "\
 WITH fence AS (
   UPDATE pair_offsets SET last_offset = $2, last_seq = $3, last_trade_id = $4,
     events_offset = GREATEST(events_offset, $41), updated_at = now()
@@ -260,13 +288,9 @@ WITH fence AS (
     AS u(order_id, account_id, client_order_id, side, order_type, tif, post_only, stp, price,
     qty, filled_qty, status, priority_seq, created_seq, updated_seq, ts_ns)
   WHERE EXISTS (SELECT 1 FROM fence)
-  ON CONFLICT (order_id) DO UPDATE SET pair_id = EXCLUDED.pair_id,
-    account_id = EXCLUDED.account_id, client_order_id = EXCLUDED.client_order_id,
-    side = EXCLUDED.side, order_type = EXCLUDED.order_type, tif = EXCLUDED.tif,
-    post_only = EXCLUDED.post_only, stp = EXCLUDED.stp, price = EXCLUDED.price,
-    qty = EXCLUDED.qty, filled_qty = EXCLUDED.filled_qty, status = EXCLUDED.status,
-    priority_seq = EXCLUDED.priority_seq, created_seq = EXCLUDED.created_seq,
-    updated_seq = EXCLUDED.updated_seq, ts_ns = EXCLUDED.ts_ns
+",
+            $conflict,
+            "\
   RETURNING 1
 ), upd AS (
   UPDATE orders o SET price = COALESCE(u.price, o.price), qty = u.qty,
@@ -288,7 +312,28 @@ WITH fence AS (
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM upd),
-  (SELECT count(*) FROM ins) + (SELECT count(*) FROM tr)";
+  (SELECT count(*) FROM ins) + (SELECT count(*) FROM tr)"
+        )
+    };
+}
+
+/// The batch write. Order ids are unique system-wide by contract, so a plain insert: the
+/// speculative insertion behind ON CONFLICT costs an index search, a WAL record and a
+/// confirmation per row.
+const PERSIST_SQL: &str = persist_sql!("");
+
+/// The batch write when an inserted order id already exists: the newest order wins.
+const PERSIST_UPSERT_SQL: &str = persist_sql!(
+    "\
+  ON CONFLICT (order_id) DO UPDATE SET pair_id = EXCLUDED.pair_id,
+    account_id = EXCLUDED.account_id, client_order_id = EXCLUDED.client_order_id,
+    side = EXCLUDED.side, order_type = EXCLUDED.order_type, tif = EXCLUDED.tif,
+    post_only = EXCLUDED.post_only, stp = EXCLUDED.stp, price = EXCLUDED.price,
+    qty = EXCLUDED.qty, filled_qty = EXCLUDED.filled_qty, status = EXCLUDED.status,
+    priority_seq = EXCLUDED.priority_seq, created_seq = EXCLUDED.created_seq,
+    updated_seq = EXCLUDED.updated_seq, ts_ns = EXCLUDED.ts_ns
+"
+);
 
 /// Columns of newly accepted orders.
 struct InsertColumns {

@@ -104,3 +104,39 @@ async fn a_batch_on_a_stale_offset_is_refused_whole() {
     );
     world.drop_schema().await;
 }
+
+/// Order ids are unique by contract; a reused one must not stall the pair: the batch commits and
+/// the newest order replaces the stored one.
+#[tokio::test]
+async fn a_reused_order_id_commits_with_the_newest_order() {
+    let Some(stack) = common::stack("a_reused_order_id_commits_with_the_newest_order") else {
+        return;
+    };
+    let world = common::World::new(stack, "reuse").await;
+    let spec = world.registry.get(0).expect("pair 0").clone();
+    store::ensure_pair(&world.pool, &spec)
+        .await
+        .expect("pair row");
+    let first = RowChanges {
+        inserts: vec![resting(7, 1)],
+        ..RowChanges::default()
+    };
+    store::persist(&world.pool, &batch(-1, &first))
+        .await
+        .expect("first batch");
+    let again = RowChanges {
+        inserts: vec![resting(7, 2), resting(8, 2)],
+        ..RowChanges::default()
+    };
+    store::persist(&world.pool, &batch(0, &again))
+        .await
+        .expect("a batch reusing an order id still commits");
+    let owners: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT order_id, account_id FROM orders ORDER BY order_id")
+            .fetch_all(&world.pool)
+            .await
+            .expect("orders");
+    assert_eq!(owners, vec![(7, 2), (8, 2)]);
+    assert_eq!(counts(&world).await, (2, 0, 1));
+    world.drop_schema().await;
+}
