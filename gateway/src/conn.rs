@@ -116,7 +116,11 @@ impl Conn {
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
         let limits = self.shared.config.limits.clone();
         let idle = Duration::from_millis(limits.idle_timeout_ms);
-        let mut idle_deadline = Instant::now() + idle;
+        // One timer per idle period, not one per frame: a frame only notes the time, and the
+        // timer, when it fires, re-arms itself from the last frame's time.
+        let mut last_frame = Instant::now();
+        let idle_timer = tokio::time::sleep_until(last_frame + idle);
+        tokio::pin!(idle_timer);
         let shutdown = self.shared.shutdown.clone();
         let closing = self.out.closing().clone();
         loop {
@@ -132,12 +136,15 @@ impl Conn {
                 Some(text) = self.pending.next(), if !self.pending.is_empty() => {
                     self.out.push(text);
                 }
-                _ = tokio::time::sleep_until(idle_deadline) => {
-                    self.out.close(Closing::IdleTimeout);
-                    return;
+                _ = &mut idle_timer => {
+                    if last_frame.elapsed() >= idle {
+                        self.out.close(Closing::IdleTimeout);
+                        return;
+                    }
+                    idle_timer.as_mut().reset(last_frame + idle);
                 }
                 frame = stream.next(), if can_read => {
-                    idle_deadline = Instant::now() + idle;
+                    last_frame = Instant::now();
                     match frame {
                         None | Some(Ok(Message::Close(_))) => return,
                         Some(Err(e)) => {

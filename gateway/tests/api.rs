@@ -444,3 +444,36 @@ async fn provision_creates_thousands_of_working_keys_in_batches() {
     }
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_client_is_closed_at_the_idle_timeout_and_a_talking_one_is_not() {
+    let limits = Limits {
+        idle_timeout_ms: 600,
+        ..Limits::default()
+    };
+    let Some(stack) = start(limits, 1).await else {
+        return;
+    };
+    let mut silent = stack.client().await;
+    let mut talker = stack.client().await;
+    // The talker sends a frame every 200 ms for three idle periods: each frame defers the close.
+    for i in 0..9 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = talker.request("ping", serde_json::Value::Null).await;
+        assert!(r.get("error").is_none(), "ping {i}: {r}");
+    }
+    let (code, _, statuses) = tokio::time::timeout(Duration::from_secs(5), silent.until_closed())
+        .await
+        .expect("the silent client is closed");
+    assert_eq!(code, Some(close_code::IDLE_TIMEOUT));
+    assert_eq!(
+        statuses.last().map(|s| s["status"].clone()),
+        Some(json!("idle_timeout"))
+    );
+    // Then the talker goes quiet, and is closed the same way.
+    let (code, _, _) = tokio::time::timeout(Duration::from_secs(5), talker.until_closed())
+        .await
+        .expect("the talker, now silent, is closed");
+    assert_eq!(code, Some(close_code::IDLE_TIMEOUT));
+    stack.stop().await;
+}
