@@ -123,12 +123,17 @@ impl Conn {
         tokio::pin!(idle_timer);
         let shutdown = self.shared.shutdown.clone();
         let closing = self.out.closing().clone();
+        // Waited on once for the whole loop: a fresh `cancelled()` per round takes the token's
+        // locks several times per frame.
+        let closed = closing.cancelled();
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(closed, shutting_down);
         loop {
             let can_read = self.pending.len() < limits.pending_per_conn_max;
             tokio::select! {
                 biased;
-                _ = closing.cancelled() => return,
-                _ = shutdown.cancelled() => {
+                _ = &mut closed => return,
+                _ = &mut shutting_down => {
                     self.finish_pending(Duration::from_millis(limits.drain_timeout_ms / 2)).await;
                     self.out.close(Closing::ShuttingDown);
                     return;
@@ -461,12 +466,14 @@ async fn write_loop(
         tokio::time::interval(Duration::from_millis(limits.heartbeat_interval_ms.max(1)));
     ping.tick().await;
     heartbeat.tick().await;
+    let done = done.cancelled();
+    tokio::pin!(done);
     let mut book_seqs: HashMap<PairId, u64> = HashMap::new();
     loop {
         // A keep-alive frame of our own, or the first queued item.
         let (mut own, mut next) = tokio::select! {
             biased;
-            _ = done.cancelled() => return,
+            _ = &mut done => return,
             next = out.next() => (None, Some(next)),
             _ = ping.tick() => (Some(Message::Ping(Vec::new().into())), None),
             _ = heartbeat.tick() => {

@@ -632,9 +632,11 @@ pub async fn consume_events(
         hub.caught_up.store(true, Ordering::Relaxed);
     }
     let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    let stopping = shutdown.cancelled();
+    tokio::pin!(stopping);
     loop {
         let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = &mut stopping => return Ok(()),
             _ = sweep.tick() => {
                 hub.sweep_requests();
                 continue;

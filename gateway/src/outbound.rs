@@ -121,7 +121,10 @@ struct OutState {
     queue: VecDeque<String>,
     market: HashMap<(Channel, PairId), MarketPending>,
     market_order: VecDeque<(Channel, PairId)>,
+    /// The close the writer has yet to send.
     close: Option<Closing>,
+    /// Set by the first `close`, never cleared: nothing more is queued after it.
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -157,10 +160,12 @@ impl Outbound {
     /// Queues a response or private push. On overflow the connection is closed as a slow
     /// consumer and the message is not queued (the close tells the client why).
     pub fn push(&self, text: String) {
-        if self.closing.is_cancelled() {
+        // `close` marks the state under this lock before it cancels `closing`, so the state
+        // answers "closing?" without taking the token's own lock for every message.
+        let mut s = self.state();
+        if s.closed {
             return;
         }
-        let mut s = self.state();
         if s.queue.len() >= self.queue_max {
             drop(s);
             metrics::counter!("gateway_slow_consumers_total").increment(1);
@@ -174,10 +179,10 @@ impl Outbound {
 
     /// Merges market data into what is pending for its (channel, pair).
     pub fn push_market(&self, channel: Channel, pair: PairId, update: MarketUpdate) {
-        if self.closing.is_cancelled() {
+        let mut s = self.state();
+        if s.closed {
             return;
         }
-        let mut s = self.state();
         let key = (channel, pair);
         let conflated = match s.market.get_mut(&key) {
             Some(pending) => {
@@ -224,7 +229,8 @@ impl Outbound {
     /// Asks the writer to close the connection; the first reason wins.
     pub fn close(&self, why: Closing) {
         let mut s = self.state();
-        if s.close.is_none() && !self.closing.is_cancelled() {
+        if !s.closed {
+            s.closed = true;
             s.close = Some(why);
             metrics::counter!("gateway_disconnects_total", "reason" => why.reason()).increment(1);
         }

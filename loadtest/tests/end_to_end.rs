@@ -23,6 +23,28 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{}", std::process::id(), ns % 1_000_000_000_000)
 }
 
+/// One plain HTTP/1.1 GET: (status, body); (0, error) when the request fails.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(Ok(text)) => {
+            let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+            (status, body.unwrap_or_default())
+        }
+        Ok(Err(e)) => (0, e.to_string()),
+        Err(_) => (0, "timed out".to_owned()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_run_against_gateway_and_engine_loses_nothing() {
     let Some((brokers, database_url)) = stack_env() else {
@@ -80,6 +102,20 @@ async fn a_short_run_against_gateway_and_engine_loses_nothing() {
     .await
     .unwrap();
     let addr = gw.local_addr();
+    // As scripts/run does: no load before the gateway says it is ready (its events replica
+    // caught up), so a gateway that cannot answer fails here with its reason, not as lost orders.
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let (status, body) = http_get(addr, "/readyz").await;
+            if status == 200 {
+                return;
+            }
+            eprintln!("gateway not ready yet ({status}): {}", body.trim());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "the gateway never became ready within 60 s");
 
     let out = std::env::temp_dir().join(unique("loadtest_e2e"));
     std::fs::create_dir_all(&out).unwrap();
