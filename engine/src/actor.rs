@@ -69,6 +69,9 @@ pub enum ActorError {
     },
     #[error("blocking Kafka call failed to run: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[cfg(feature = "fault-injection")]
+    #[error("injected fault: the commit of pair {pair} through orders offset {last_offset} fails")]
+    InjectedCommitFailure { pair: String, last_offset: i64 },
 }
 
 /// How often a pair stores its position in Kafka (for lag tools; PostgreSQL holds the truth).
@@ -91,6 +94,9 @@ struct Batch {
     poison: u64,
     records: Vec<EventRecord>,
     commands: Vec<Option<Command>>,
+    /// Injected fault: the commit holding this batch fails.
+    #[cfg(feature = "fault-injection")]
+    fail_commit: bool,
 }
 
 impl Batch {
@@ -102,6 +108,8 @@ impl Batch {
             poison: 0,
             records: Vec::new(),
             commands: Vec::new(),
+            #[cfg(feature = "fault-injection")]
+            fail_commit: false,
         }
     }
 }
@@ -116,6 +124,8 @@ struct Staged {
     deliveries: Vec<DeliveryFuture>,
     /// When its events were handed to the producer.
     published: Instant,
+    #[cfg(feature = "fault-injection")]
+    fail_commit: bool,
 }
 
 /// The half that owns the book: applies batches and publishes their events.
@@ -259,7 +269,11 @@ impl Matcher {
             .headers()
             .is_some_and(|h| h.iter().any(|h| h.key == infra::kafka::PROBE_HEADER));
         #[cfg(feature = "fault-injection")]
-        crate::fault::maybe_panic(&self.spec.symbol, offset, msg.headers());
+        {
+            crate::fault::maybe_panic(&self.spec.symbol, offset, msg.headers());
+            batch.fail_commit |=
+                crate::fault::fails_commit(&self.spec.symbol, offset, msg.headers());
+        }
         let kafka_ts_ns = msg.timestamp().to_millis().map_or(0, |ms| {
             u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000)
         });
@@ -362,6 +376,8 @@ impl Matcher {
             rows,
             deliveries,
             published: Instant::now(),
+            #[cfg(feature = "fault-injection")]
+            fail_commit: batch.fail_commit,
         };
         // Err: the committer is gone, and its error ends this task.
         if self.staged.send(staged).await.is_err() {
@@ -424,6 +440,8 @@ impl Committer {
                 rows: first.rows,
                 published: first.published,
                 batches: 1,
+                #[cfg(feature = "fault-injection")]
+                fail_commit: first.fail_commit,
             };
             // Batches that arrived meanwhile join this transaction: one commit (and one fsync)
             // for all of them.
@@ -439,6 +457,10 @@ impl Committer {
                 commit.commands += next.commands;
                 commit.rows.absorb(next.rows);
                 commit.batches += 1;
+                #[cfg(feature = "fault-injection")]
+                {
+                    commit.fail_commit |= next.fail_commit;
+                }
             }
             self.commit(commit).await?;
         }
@@ -463,6 +485,13 @@ impl Committer {
     }
 
     async fn commit(&mut self, c: Commit) -> Result<(), ActorError> {
+        #[cfg(feature = "fault-injection")]
+        if c.fail_commit {
+            return Err(ActorError::InjectedCommitFailure {
+                pair: self.spec.symbol.clone(),
+                last_offset: c.last_offset,
+            });
+        }
         let write = BatchWrite {
             pair_id: self.spec.id,
             expected_offset: self.last_offset,
@@ -513,6 +542,8 @@ struct Commit {
     /// When the first batch's events were handed to the producer.
     published: Instant,
     batches: usize,
+    #[cfg(feature = "fault-injection")]
+    fail_commit: bool,
 }
 
 fn wall_clock_ns() -> u64 {
