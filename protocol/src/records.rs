@@ -43,7 +43,8 @@ pub struct OrderRecord {
     pub command: Command,
 }
 
-/// What the engine decided for one `orders` record, published after it is durable.
+/// What the engine decided for one `orders` line, published as soon as it is decided (the batch
+/// commits to PostgreSQL once Kafka holds it; a restart decides the same again).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub v: u16,
