@@ -429,6 +429,8 @@ impl Matcher {
 impl Committer {
     /// Commits staged batches in order until the matcher is gone and nothing is left.
     async fn run(mut self, mut waiting: mpsc::Receiver<Staged>) -> Result<(), ActorError> {
+        let interval = self.engine.config.commit_interval;
+        let mut last_commit = tokio::time::Instant::now();
         while let Some(first) = waiting.recv().await {
             let events_offset = self.acknowledged(first.deliveries).await?;
             let mut commit = Commit {
@@ -443,8 +445,10 @@ impl Committer {
                 #[cfg(feature = "fault-injection")]
                 fail_commit: first.fail_commit,
             };
-            // Batches that arrived meanwhile join this transaction: one commit (and one fsync)
-            // for all of them.
+            // At most one commit per interval; the batches published meanwhile join this
+            // transaction: one commit (and one fsync) for all of them.
+            tokio::time::sleep_until(last_commit + interval).await;
+            last_commit = tokio::time::Instant::now();
             while commit.batches < COMMIT_BATCHES_MAX {
                 let Ok(next) = waiting.try_recv() else {
                     break;

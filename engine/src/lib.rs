@@ -53,6 +53,10 @@ pub struct Config {
     pub batch_records_max: usize,
     /// ...or this long after its first record.
     pub batch_linger: Duration,
+    /// A pair commits to PostgreSQL at most this often; the batches published meanwhile join the
+    /// next commit. Clients never wait for a commit, so this trades only how far PostgreSQL
+    /// trails Kafka for fewer, larger transactions.
+    pub commit_interval: Duration,
     pub db_connections_max: u32,
     /// How long a revoke waits for pairs to finish and commit their batch.
     pub revoke_timeout: Duration,
@@ -77,6 +81,7 @@ impl Config {
             static_pairs: None,
             batch_records_max: 2000,
             batch_linger: Duration::from_millis(2),
+            commit_interval: Duration::from_millis(50),
             db_connections_max: 0,
             revoke_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(20),

@@ -35,12 +35,16 @@ struct Cli {
     /// Static mode: only these pairs, e.g. BTC-EUR,ETH-EUR. Absent: consumer-group mode.
     #[arg(long, env = "ENGINE_PAIRS", value_delimiter = ',')]
     pairs: Option<Vec<String>>,
-    /// Records per batch (one PostgreSQL transaction) at most.
+    /// Records per batch (applied and published together) at most.
     #[arg(long, env = "ENGINE_BATCH_MAX_RECORDS", default_value_t = 2000)]
     batch_max_records: usize,
     /// How long a batch waits for more records after its first.
     #[arg(long, env = "ENGINE_BATCH_LINGER_MS", default_value_t = 2)]
     batch_linger_ms: u64,
+    /// A pair commits to PostgreSQL at most this often (the batches published meanwhile join
+    /// the commit); clients never wait for it.
+    #[arg(long, env = "ENGINE_COMMIT_INTERVAL_MS", default_value_t = 50)]
+    commit_interval_ms: u64,
     /// PostgreSQL connections (0: one per pair plus two).
     #[arg(long, env = "ENGINE_DB_CONNECTIONS", default_value_t = 0)]
     db_connections: u32,
@@ -65,6 +69,7 @@ async fn main() -> Result<()> {
     config.static_pairs = cli.pairs;
     config.batch_records_max = cli.batch_max_records;
     config.batch_linger = Duration::from_millis(cli.batch_linger_ms);
+    config.commit_interval = Duration::from_millis(cli.commit_interval_ms);
     config.db_connections_max = cli.db_connections;
     config.metrics_addr = Some(cli.metrics_addr);
     let shutdown = infra::shutdown::shutdown_token();
