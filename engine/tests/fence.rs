@@ -60,24 +60,30 @@ fn batch(expected_offset: i64, rows: &RowChanges) -> BatchWrite<'_> {
     }
 }
 
-#[tokio::test]
-async fn a_batch_on_a_stale_offset_is_refused_whole() {
-    let Some(stack) = common::stack("a_batch_on_a_stale_offset_is_refused_whole") else {
-        return;
-    };
-    let world = common::World::new(stack, "fence").await;
+/// A fresh world whose pair 0 committed one batch (offset 0): order 7 of account 1, resting.
+async fn with_order_7(test: &str, tag: &str) -> Option<common::World> {
+    let stack = common::stack(test)?;
+    let world = common::World::new(stack, tag).await;
     let spec = world.registry.get(0).expect("pair 0").clone();
     store::ensure_pair(&world.pool, &spec)
         .await
         .expect("pair row");
-
     let rows = RowChanges {
         inserts: vec![resting(7, 1)],
         ..RowChanges::default()
     };
     store::persist(&world.pool, &batch(-1, &rows))
         .await
-        .expect("first owner commits");
+        .expect("the first batch commits");
+    Some(world)
+}
+
+#[tokio::test]
+async fn a_batch_on_a_stale_offset_is_refused_whole() {
+    let Some(world) = with_order_7("a_batch_on_a_stale_offset_is_refused_whole", "fence").await
+    else {
+        return;
+    };
     let after_first = counts(&world).await;
     assert_eq!(after_first, (1, 0, 0));
 
@@ -109,21 +115,11 @@ async fn a_batch_on_a_stale_offset_is_refused_whole() {
 /// the newest order replaces the stored one.
 #[tokio::test]
 async fn a_reused_order_id_commits_with_the_newest_order() {
-    let Some(stack) = common::stack("a_reused_order_id_commits_with_the_newest_order") else {
+    let Some(world) =
+        with_order_7("a_reused_order_id_commits_with_the_newest_order", "reuse").await
+    else {
         return;
     };
-    let world = common::World::new(stack, "reuse").await;
-    let spec = world.registry.get(0).expect("pair 0").clone();
-    store::ensure_pair(&world.pool, &spec)
-        .await
-        .expect("pair row");
-    let first = RowChanges {
-        inserts: vec![resting(7, 1)],
-        ..RowChanges::default()
-    };
-    store::persist(&world.pool, &batch(-1, &first))
-        .await
-        .expect("first batch");
     let again = RowChanges {
         inserts: vec![resting(7, 2), resting(8, 2)],
         ..RowChanges::default()
