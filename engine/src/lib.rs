@@ -81,7 +81,7 @@ impl Config {
             static_pairs: None,
             batch_records_max: 2000,
             batch_linger: Duration::from_millis(2),
-            commit_interval: Duration::from_millis(50),
+            commit_interval: Duration::from_millis(100),
             db_connections_max: 0,
             revoke_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(20),

@@ -43,7 +43,7 @@ struct Cli {
     batch_linger_ms: u64,
     /// A pair commits to PostgreSQL at most this often (the batches published meanwhile join
     /// the commit); clients never wait for it.
-    #[arg(long, env = "ENGINE_COMMIT_INTERVAL_MS", default_value_t = 50)]
+    #[arg(long, env = "ENGINE_COMMIT_INTERVAL_MS", default_value_t = 100)]
     commit_interval_ms: u64,
     /// PostgreSQL connections (0: one per pair plus two).
     #[arg(long, env = "ENGINE_DB_CONNECTIONS", default_value_t = 0)]
