@@ -99,6 +99,39 @@ struct Batch {
     fail_commit: bool,
 }
 
+impl Commit {
+    /// A commit of one acknowledged batch.
+    fn of(batch: Staged, events_offset: i64) -> Commit {
+        Commit {
+            last_offset: batch.last_offset,
+            events_offset,
+            last_seq: batch.last_seq,
+            last_trade_id: batch.last_trade_id,
+            commands: batch.commands,
+            rows: batch.rows,
+            published: batch.published,
+            batches: 1,
+            #[cfg(feature = "fault-injection")]
+            fail_commit: batch.fail_commit,
+        }
+    }
+
+    /// Adds the acknowledged batch that followed.
+    fn absorb(&mut self, batch: Staged, events_offset: i64) {
+        self.last_offset = batch.last_offset;
+        self.events_offset = self.events_offset.max(events_offset);
+        self.last_seq = batch.last_seq;
+        self.last_trade_id = batch.last_trade_id;
+        self.commands += batch.commands;
+        self.rows.absorb(batch.rows);
+        self.batches += 1;
+        #[cfg(feature = "fault-injection")]
+        {
+            self.fail_commit |= batch.fail_commit;
+        }
+    }
+}
+
 impl Batch {
     fn new() -> Batch {
         Batch {
@@ -431,40 +464,19 @@ impl Committer {
     async fn run(mut self, mut waiting: mpsc::Receiver<Staged>) -> Result<(), ActorError> {
         let interval = self.engine.config.commit_interval;
         let mut last_commit = tokio::time::Instant::now();
-        while let Some(first) = waiting.recv().await {
-            let events_offset = self.acknowledged(first.deliveries).await?;
-            let mut commit = Commit {
-                events_offset,
-                last_offset: first.last_offset,
-                last_seq: first.last_seq,
-                last_trade_id: first.last_trade_id,
-                commands: first.commands,
-                rows: first.rows,
-                published: first.published,
-                batches: 1,
-                #[cfg(feature = "fault-injection")]
-                fail_commit: first.fail_commit,
-            };
+        while let Some(mut first) = waiting.recv().await {
+            let events_offset = self.acknowledged(&mut first).await?;
+            let mut commit = Commit::of(first, events_offset);
             // At most one commit per interval; the batches published meanwhile join this
             // transaction: one commit (and one fsync) for all of them.
             tokio::time::sleep_until(last_commit + interval).await;
             last_commit = tokio::time::Instant::now();
             while commit.batches < COMMIT_BATCHES_MAX {
-                let Ok(next) = waiting.try_recv() else {
+                let Ok(mut next) = waiting.try_recv() else {
                     break;
                 };
-                let events_offset = self.acknowledged(next.deliveries).await?;
-                commit.events_offset = commit.events_offset.max(events_offset);
-                commit.last_offset = next.last_offset;
-                commit.last_seq = next.last_seq;
-                commit.last_trade_id = next.last_trade_id;
-                commit.commands += next.commands;
-                commit.rows.absorb(next.rows);
-                commit.batches += 1;
-                #[cfg(feature = "fault-injection")]
-                {
-                    commit.fail_commit |= next.fail_commit;
-                }
+                let events_offset = self.acknowledged(&mut next).await?;
+                commit.absorb(next, events_offset);
             }
             self.commit(commit).await?;
         }
@@ -480,9 +492,9 @@ impl Committer {
 
     /// Waits until Kafka holds every record of a batch's events; returns the offset of the
     /// last one (-1 when there was none).
-    async fn acknowledged(&self, deliveries: Vec<DeliveryFuture>) -> Result<i64, ActorError> {
+    async fn acknowledged(&self, batch: &mut Staged) -> Result<i64, ActorError> {
         let mut last = -1;
-        for delivery in deliveries {
+        for delivery in batch.deliveries.drain(..) {
             last = last.max(delivered(&self.spec, delivery.await)?);
         }
         Ok(last)

@@ -157,15 +157,6 @@ impl RowChanges {
         }
         self.trades.extend(later.trades);
     }
-
-    /// Order rows and trades this holds.
-    pub fn len(&self) -> usize {
-        self.inserts.len() + self.updates.len() + self.trades.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// An order reached an impossible state: an event stream the core cannot have produced.
