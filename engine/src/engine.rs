@@ -111,13 +111,16 @@ impl Engine {
     ) -> Result<Arc<Engine>, EngineError> {
         let pool = infra::db::connect(&config.database_url, config.db_connections_max).await?;
         let client_id = format!("engine-{}", std::process::id());
-        let producer: FutureProducer =
-            infra::kafka::client_config(&config.brokers, &client_id, infra::kafka::Role::Producer)
-                .create()
-                .map_err(|source| EngineError::Kafka {
-                    what: "create the events producer",
-                    source,
-                })?;
+        let producer: FutureProducer = infra::kafka::client_config(
+            &config.brokers,
+            &client_id,
+            infra::kafka::Role::BatchProducer,
+        )
+        .create()
+        .map_err(|source| EngineError::Kafka {
+            what: "create the events producer",
+            source,
+        })?;
         let context = EngineContext {
             engine: OnceLock::new(),
             group_mode: config.static_pairs.is_none(),

@@ -46,7 +46,12 @@ const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// What a client is for; decides its defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// Records that arrive one at a time (the gateway's commands): the producer lingers 5 ms so
+    /// one request carries several.
     Producer,
+    /// Records handed over a whole batch at once (an engine actor's events): no linger, since
+    /// the caller batched already and waiting would only delay every record of the batch.
+    BatchProducer,
     Consumer,
     Admin,
 }
@@ -54,7 +59,7 @@ pub enum Role {
 impl Role {
     fn env_prefix(self) -> Option<&'static str> {
         match self {
-            Role::Producer => Some("KAFKA_PRODUCER_CFG_"),
+            Role::Producer | Role::BatchProducer => Some("KAFKA_PRODUCER_CFG_"),
             Role::Consumer => Some("KAFKA_CONSUMER_CFG_"),
             Role::Admin => None,
         }
@@ -81,12 +86,17 @@ pub fn client_config_with_env(
         // delayed ACK (tens of milliseconds) whenever another is in flight on the connection.
         .set("socket.nagle.disable", "true");
     match role {
-        Role::Producer => {
+        Role::Producer | Role::BatchProducer => {
+            let linger_ms = if role == Role::BatchProducer {
+                "0"
+            } else {
+                "5"
+            };
             // Idempotence + acks=all: a retried batch is written once, and an ack means the
             // record is on every in-sync replica.
             cfg.set("enable.idempotence", "true")
                 .set("acks", "all")
-                .set("linger.ms", "5")
+                .set("linger.ms", linger_ms)
                 .set("batch.num.messages", "10000")
                 .set("batch.size", "1048576")
                 .set("compression.type", "lz4")
@@ -550,6 +560,18 @@ mod tests {
         assert_eq!(cfg.get("acks"), Some("all"));
         assert_eq!(cfg.get("bootstrap.servers"), Some("127.0.0.1:1"));
         assert_eq!(cfg.get("enable.auto.commit"), None);
+        assert_eq!(cfg.get("linger.ms"), Some("5"));
+        let batch = client_config_with_env("b", "t", Role::BatchProducer, env(&[]));
+        assert_eq!(batch.get("enable.idempotence"), Some("true"));
+        assert_eq!(batch.get("acks"), Some("all"));
+        assert_eq!(
+            batch.get("linger.ms"),
+            Some("0"),
+            "the caller batched already"
+        );
+        let overridden = env(&[("KAFKA_PRODUCER_CFG_LINGER_MS", "2")]);
+        let batch = client_config_with_env("b", "t", Role::BatchProducer, overridden);
+        assert_eq!(batch.get("linger.ms"), Some("2"));
     }
 
     #[test]
