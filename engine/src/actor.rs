@@ -468,8 +468,11 @@ impl Committer {
             let events_offset = self.acknowledged(&mut first).await?;
             let mut commit = Commit::of(first, events_offset);
             // At most one commit per interval; the batches published meanwhile join this
-            // transaction: one commit (and one fsync) for all of them.
-            tokio::time::sleep_until(last_commit + interval).await;
+            // transaction: one commit (and one fsync) for all of them. Once the matcher has
+            // stopped (a drain), nothing more will join: the last commits go at once.
+            if !waiting.is_closed() {
+                tokio::time::sleep_until(last_commit + interval).await;
+            }
             last_commit = tokio::time::Instant::now();
             while commit.batches < COMMIT_BATCHES_MAX {
                 let Ok(mut next) = waiting.try_recv() else {
