@@ -209,6 +209,8 @@ pub fn draw_all(out_dir: &Path, points: &[SecondPoint]) -> Result<Vec<PathBuf>, 
             RGBColor(31, 119, 180),
             RGBColor(255, 127, 14),
             RGBColor(44, 160, 44),
+            RGBColor(148, 103, 189),
+            RGBColor(140, 86, 75),
         ];
         let lines: Vec<Line> = names
             .iter()

@@ -106,7 +106,19 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
     let conns = connect_all(&config, &accounts, market, recorder.clone(), t0).await?;
     say(&config, &format!("{} connections logged in", conns.len()));
 
-    let ticker = tokio::spawn(progress(recorder.clone(), watched.clone(), config.quiet));
+    // The load generator's own CPU is part of the picture on a shared machine.
+    let mut cpu_watched = watched.clone();
+    cpu_watched.push(Watched {
+        name: "loadtest".into(),
+        pid: std::process::id(),
+    });
+    let cpu = Arc::new(std::sync::Mutex::new(procmem::CpuSampler::new(cpu_watched)));
+    let ticker = tokio::spawn(progress(
+        recorder.clone(),
+        watched.clone(),
+        cpu.clone(),
+        config.quiet,
+    ));
     let mut driver = Driver {
         conns: &conns,
         recorder: &recorder,
@@ -136,7 +148,7 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
     )
     .await;
     ticker.abort();
-    recorder.tick(sample_rss(&watched));
+    recorder.tick(sample_rss(&watched), sample_cpu(&cpu));
     for c in conns {
         c.close().await;
     }
@@ -384,13 +396,22 @@ fn sample_rss(watched: &[Watched]) -> BTreeMap<String, f64> {
         .collect()
 }
 
+fn sample_cpu(cpu: &std::sync::Mutex<procmem::CpuSampler>) -> procmem::CpuShare {
+    cpu.lock().unwrap_or_else(|e| e.into_inner()).sample()
+}
+
 /// Closes a second every second and prints the progress line.
-async fn progress(recorder: Arc<Recorder>, watched: Vec<Watched>, quiet: bool) {
+async fn progress(
+    recorder: Arc<Recorder>,
+    watched: Vec<Watched>,
+    cpu: Arc<std::sync::Mutex<procmem::CpuSampler>>,
+    quiet: bool,
+) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.tick().await;
     loop {
         interval.tick().await;
-        let p = recorder.tick(sample_rss(&watched));
+        let p = recorder.tick(sample_rss(&watched), sample_cpu(&cpu));
         if !quiet {
             eprintln!(
                 "[{:>6.1}s {:<14}] offered {:>6}/s  acked {:>6}/s  verdicts {:>6}/s  accepted {:>6}/s  shed {:>5}/s  behind {:>4}  p99 accept {:>8.2} ms  outstanding {}",

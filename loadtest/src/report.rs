@@ -111,6 +111,9 @@ pub struct Report {
     pub disconnects: BTreeMap<String, u64>,
     /// Peak resident memory (VmHWM) of the watched processes, in MiB.
     pub peak_rss_mib: BTreeMap<String, f64>,
+    /// Mean CPU over the measured window (fixed mode): per watched process with its
+    /// descendants in percent of one core, and `machine_busy` / `steal` in percent of all cores.
+    pub cpu_pct_measured: BTreeMap<String, f64>,
     pub charts: Vec<String>,
     pub series: Vec<SecondPoint>,
 }
@@ -124,6 +127,7 @@ impl Report {
     ) -> Report {
         let phases: Vec<PhaseReport> = snapshot.phases.iter().map(PhaseReport::of).collect();
         let lost_all_phases = phases.iter().map(|p| p.lost).sum();
+        let cpu_pct_measured = mean_cpu(&snapshot.series, &phases[measured_phase].phase);
         Report {
             mode,
             arrival: base.arrival,
@@ -138,6 +142,7 @@ impl Report {
             phases,
             disconnects: snapshot.disconnects.clone(),
             peak_rss_mib: BTreeMap::new(),
+            cpu_pct_measured,
             charts: Vec::new(),
             series: snapshot.series.clone(),
         }
@@ -257,8 +262,44 @@ impl Report {
         for (name, mib) in &self.peak_rss_mib {
             let _ = writeln!(s, "  peak RSS {name:<10} {mib:.1} MiB");
         }
+        if !self.cpu_pct_measured.is_empty() {
+            let list: Vec<String> = self
+                .cpu_pct_measured
+                .iter()
+                .map(|(name, pct)| format!("{name} {pct:.0}%"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  mean CPU            {} (processes: % of one core; machine: % of all cores)",
+                list.join(", ")
+            );
+        }
         s
     }
+}
+
+/// Mean of each CPU figure over the seconds of one phase.
+fn mean_cpu(series: &[SecondPoint], phase: &str) -> BTreeMap<String, f64> {
+    let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
+    let mut add = |name: &str, v: f64| {
+        let e = sums.entry(name.to_owned()).or_default();
+        e.0 += v;
+        e.1 += 1;
+    };
+    for p in series.iter().filter(|p| p.phase == phase) {
+        for (name, v) in &p.cpu_pct {
+            add(name, *v);
+        }
+        if let Some(v) = p.machine_busy_pct {
+            add("machine_busy", v);
+        }
+        if let Some(v) = p.steal_pct {
+            add("steal", v);
+        }
+    }
+    sums.into_iter()
+        .map(|(name, (sum, n))| (name, (sum / f64::from(n) * 10.0).round() / 10.0))
+        .collect()
 }
 
 /// The run's settings that go into the report as they were.

@@ -11,6 +11,7 @@ use protocol::ws::ErrorCode;
 use serde::Serialize;
 
 use crate::mix::Kind;
+use crate::procmem::CpuShare;
 
 /// Highest latency a histogram holds, in microseconds (one hour); above it values saturate.
 const LATENCY_US_MAX: u64 = 3_600_000_000;
@@ -240,6 +241,14 @@ pub struct SecondPoint {
     /// Resident memory of the watched processes, in MiB.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub rss_mib: BTreeMap<String, f64>,
+    /// CPU of the watched processes (with their descendants), percent of one core.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu_pct: BTreeMap<String, f64>,
+    /// The whole machine busy, and stolen by the hypervisor, percent of all its cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_busy_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steal_pct: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -370,7 +379,7 @@ impl Recorder {
     }
 
     /// Closes the current second: appends it to the series and returns it.
-    pub fn tick(&self, rss_mib: BTreeMap<String, f64>) -> SecondPoint {
+    pub fn tick(&self, rss_mib: BTreeMap<String, f64>, cpu: CpuShare) -> SecondPoint {
         let mut g = self.lock();
         let g = &mut *g;
         let mut point = std::mem::take(&mut g.second);
@@ -384,6 +393,9 @@ impl Recorder {
         point.accept_p99_ms = accept.p99;
         point.accept_max_ms = accept.max;
         point.rss_mib = rss_mib;
+        point.cpu_pct = cpu.per_process;
+        point.machine_busy_pct = cpu.machine_busy_pct;
+        point.steal_pct = cpu.steal_pct;
         g.second_ack_us.reset();
         g.second_accept_us.reset();
         g.series.push(point.clone());
@@ -517,7 +529,7 @@ mod tests {
         assert_eq!(rec.outstanding(phase), 0);
         let p99 = rec.accept_p99_ms(phase);
         assert!((p99 - 40.0).abs() < 0.1, "{p99}");
-        let second = rec.tick(BTreeMap::new());
+        let second = rec.tick(BTreeMap::new(), CpuShare::default());
         assert_eq!(
             (second.offered, second.accepted, second.not_sent),
             (2, 1, 1)
