@@ -30,13 +30,16 @@ use crate::{deadman, now_ms, validate};
 
 type Pending = Pin<Box<dyn Future<Output = String> + Send>>;
 
+/// A successful [`Response`] as it is written: the result serialized in place, without first
+/// building it as a `serde_json::Value` (a map and a string per key, for every command's ack).
+#[derive(Serialize)]
+struct OkWire<T> {
+    id: u64,
+    result: T,
+}
+
 fn ok_text(id: u64, result: impl Serialize) -> String {
-    let response = Response {
-        id: Some(id),
-        result: Some(serde_json::to_value(result).expect("results always serialize")),
-        error: None,
-    };
-    serde_json::to_string(&response).expect("responses always serialize")
+    serde_json::to_string(&OkWire { id, result }).expect("responses always serialize")
 }
 
 fn error_text(id: Option<u64>, error: ErrorBody) -> String {
@@ -604,4 +607,25 @@ fn market_text(
         MarketPending::Ticker(t) => Push::Ticker(t),
     };
     Some(serde_json::to_string(&push).expect("pushes serialize"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct serialization reads back as the same `Response` the generic one wrote.
+    #[test]
+    fn ok_text_is_a_response_with_the_result() {
+        let ack = received(Some(42), 3);
+        let text = ok_text(7, &ack);
+        let parsed: Response = serde_json::from_str(&text).expect("a Response");
+        assert_eq!(parsed.id, Some(7));
+        assert_eq!(parsed.error, None);
+        assert_eq!(
+            parsed.result,
+            Some(serde_json::to_value(&ack).expect("serializes"))
+        );
+        let pong: Response = serde_json::from_str(&ok_text(1, Pong { ts_ms: 5 })).unwrap();
+        assert_eq!(pong.result, Some(serde_json::json!({"ts_ms": 5})));
+    }
 }
