@@ -68,21 +68,34 @@ pub fn parse_proc_stat(stat: &str) -> Option<ProcCpu> {
     })
 }
 
-/// CPU ticks of `root` and every process below it in `table`.
-pub fn tree_ticks(root: u32, table: &[ProcCpu]) -> Option<u64> {
-    let mut children: HashMap<u32, Vec<&ProcCpu>> = HashMap::new();
-    for p in table {
-        children.entry(p.ppid).or_default().push(p);
-    }
-    let mut total = table.iter().find(|p| p.pid == root)?.ticks;
-    let mut stack = vec![root];
-    while let Some(pid) = stack.pop() {
-        for child in children.get(&pid).into_iter().flatten() {
-            total += child.ticks;
-            stack.push(child.pid);
+/// A process table indexed by parent, built once per sample for every watched tree.
+pub struct ProcTree<'a> {
+    by_pid: HashMap<u32, &'a ProcCpu>,
+    children: HashMap<u32, Vec<&'a ProcCpu>>,
+}
+
+impl<'a> ProcTree<'a> {
+    pub fn new(table: &'a [ProcCpu]) -> ProcTree<'a> {
+        let mut children: HashMap<u32, Vec<&ProcCpu>> = HashMap::new();
+        for p in table {
+            children.entry(p.ppid).or_default().push(p);
         }
+        let by_pid = table.iter().map(|p| (p.pid, p)).collect();
+        ProcTree { by_pid, children }
     }
-    Some(total)
+
+    /// CPU ticks of `root` and every process below it.
+    pub fn ticks(&self, root: u32) -> Option<u64> {
+        let mut total = self.by_pid.get(&root)?.ticks;
+        let mut stack = vec![root];
+        while let Some(pid) = stack.pop() {
+            for child in self.children.get(&pid).into_iter().flatten() {
+                total += child.ticks;
+                stack.push(child.pid);
+            }
+        }
+        Some(total)
+    }
 }
 
 fn process_table() -> Vec<ProcCpu> {
@@ -163,9 +176,10 @@ impl CpuSampler {
         let elapsed_s = now.duration_since(self.last_at).as_secs_f64();
         self.last_at = now;
         let table = process_table();
+        let tree = ProcTree::new(&table);
         let mut share = CpuShare::default();
         for w in &self.watched {
-            let Some(ticks) = tree_ticks(w.pid, &table) else {
+            let Some(ticks) = tree.ticks(w.pid) else {
                 continue;
             };
             if let Some(before) = self.last.insert(w.name.clone(), ticks)
@@ -248,9 +262,10 @@ mod tests {
             p(13, 12, 1),
             p(20, 1, 50),
         ];
-        assert_eq!(tree_ticks(10, &table), Some(111));
-        assert_eq!(tree_ticks(12, &table), Some(4));
-        assert_eq!(tree_ticks(99, &table), None);
+        let tree = ProcTree::new(&table);
+        assert_eq!(tree.ticks(10), Some(111));
+        assert_eq!(tree.ticks(12), Some(4));
+        assert_eq!(tree.ticks(99), None);
     }
 
     #[test]

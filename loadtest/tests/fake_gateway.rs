@@ -217,6 +217,20 @@ async fn every_command_is_accounted_for_and_the_report_is_written() {
     assert!(m.sent_by_kind.get("cancel").is_some_and(|n| *n > 0));
     assert!(m.accept_latency_ms.p99 > 0.0 && m.accept_latency_ms.p99 < 1000.0);
     assert!(report.peak_rss_mib.get("self").is_some_and(|m| *m > 0.0));
+    // This process ran the generator and the fake gateway for the whole window: it used CPU,
+    // and so did the machine.
+    let cpu = &report.cpu_pct_measured;
+    assert!(cpu.get("self").is_some_and(|c| *c > 0.0), "{cpu:?}");
+    assert_eq!(
+        cpu.get("loadtest"),
+        cpu.get("self"),
+        "the same process: {cpu:?}"
+    );
+    assert!(
+        cpu.get("machine_busy")
+            .is_some_and(|c| *c > 0.0 && *c <= 100.0),
+        "{cpu:?}"
+    );
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
