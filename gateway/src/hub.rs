@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use protocol::records::EventRecord;
-use protocol::ws::{Channel, OrderUpdate, OrderUpdateKind, PublicTrade, Push, TickerMessage};
+use protocol::ws::{Channel, OrderUpdate, OrderUpdateKind, PublicTrade, TickerMessage};
 use protocol::{AccountId, Event, EventBody, PairId, PairRegistry, PairSpec, Price, Qty, Side};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::GatewayError;
@@ -362,21 +363,35 @@ impl Hub {
             let Some(outs) = self.accounts.get(&account) else {
                 continue;
             };
-            let plain = serde_json::to_string(&Push::Orders(update.clone()))
-                .expect("pushes always serialize");
+            // The requesting connection sees its `req_id`; the account's other connections get
+            // the same update without it. Each text is built only if someone receives it: with
+            // one connection per account (the usual case) that is one serialization, not two.
+            let origin_conn = origin
+                .as_ref()
+                .filter(|_| record.account_id == Some(account));
+            let mut plain: Option<String> = None;
             for out in outs.iter() {
-                match &origin {
-                    Some(r) if r.conn == out.id && record.account_id == Some(account) => {
+                match origin_conn {
+                    Some(r) if r.conn == out.id => {
                         update.req_id = Some(r.req_id);
-                        let text = serde_json::to_string(&Push::Orders(update.clone()))
-                            .expect("pushes always serialize");
-                        out.push(text);
+                        out.push(orders_text(&update));
+                        update.req_id = None;
                     }
-                    _ => out.push(plain.clone()),
+                    _ => out.push(plain.get_or_insert_with(|| orders_text(&update)).clone()),
                 }
             }
         }
     }
+}
+
+/// `Push::Orders(update)` as JSON, from a borrowed update (no clone of its strings).
+fn orders_text(update: &OrderUpdate) -> String {
+    #[derive(Serialize)]
+    #[serde(tag = "channel", rename_all = "snake_case")]
+    enum PushRef<'a> {
+        Orders(&'a OrderUpdate),
+    }
+    serde_json::to_string(&PushRef::Orders(update)).expect("pushes always serialize")
 }
 
 /// The engine's events as each concerned account sees them.
@@ -696,6 +711,36 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn orders_text_is_the_orders_push_with_or_without_req_id() {
+        let spec = PairRegistry::from_toml(include_str!("../../config/pairs.toml"))
+            .unwrap()
+            .by_symbol("BTC-EUR")
+            .unwrap()
+            .clone();
+        let done = Event {
+            seq: 9,
+            ts_ns: 1,
+            body: EventBody::Done {
+                order_id: protocol::OrderId(5),
+                account_id: AccountId(3),
+                client_order_id: Some("c-\"1\"".into()),
+                reason: protocol::DoneReason::Cancelled,
+                filled_qty: Qty(0),
+                remaining_qty: Qty(7),
+            },
+        };
+        let (_, mut update) = private_updates(&spec, &[&done]).remove(0);
+        for req_id in [None, Some(42)] {
+            update.req_id = req_id;
+            let text = orders_text(&update);
+            let want = serde_json::to_string(&protocol::ws::Push::Orders(update.clone())).unwrap();
+            assert_eq!(text, want);
+            let back: protocol::ws::Push = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, protocol::ws::Push::Orders(update.clone()));
+        }
+    }
 
     #[test]
     fn view_delta_names_changes_removals_and_levels_entering_the_view() {

@@ -43,6 +43,8 @@ async fn two_accounts_cross_and_a_third_sees_the_book_and_the_trade() {
     let mut last_seq = snapshot["seq"].as_u64().unwrap();
 
     let mut maker = stack.logged_in(0).await;
+    // The maker's account on a second connection (a UI beside a bot, say).
+    let mut maker_ui = stack.logged_in(0).await;
     let mut taker = stack.logged_in(1).await;
     let r = maker
         .request("place", place_params("BTC-EUR", "sell", "100.00", "0.5"))
@@ -51,6 +53,11 @@ async fn two_accounts_cross_and_a_third_sees_the_book_and_the_trade() {
     let accepted = maker.push_where(is_order("accepted")).await;
     assert_eq!(accepted["order_id"], maker_order);
     assert_eq!(accepted["req_id"], r["id"], "the verdict names the request");
+    // The account's other connection sees the same update, without the other's request id.
+    let seen = maker_ui.push_where(is_order("accepted")).await;
+    assert_eq!(seen["order_id"], maker_order);
+    assert_eq!(seen["seq"], accepted["seq"]);
+    assert!(seen.get("req_id").is_none(), "{seen}");
 
     let r = taker
         .request("place", place_params("BTC-EUR", "buy", "100.00", "0.2"))
