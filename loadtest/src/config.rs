@@ -84,6 +84,10 @@ pub struct Config {
     /// After the last command is due, wait this long for every final response.
     #[arg(long, env = "LOADTEST_DRAIN_TIMEOUT_S", default_value_t = 30)]
     pub drain_timeout_s: u64,
+    /// Leave the connections' resting orders on the books at the end. By default each
+    /// connection sends `cancel_all` after the drain, so a run leaves no book for the next.
+    #[arg(long)]
+    pub keep_orders: bool,
     /// Slots one connection may have queued before the generator counts itself behind.
     #[arg(long, default_value_t = 256)]
     pub queue_depth: usize,

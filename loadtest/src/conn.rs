@@ -139,13 +139,43 @@ impl Connection {
         }
     }
 
-    /// Ends the connection after the drain: a close frame, then the reader stops.
-    pub async fn close(self) {
+    /// Ends the connection after the drain. With `cleanup`, first cancels every order the
+    /// account still has resting and waits (at most `CLEANUP_WAIT`) for the gateway's answer,
+    /// which comes once the request is in Kafka. Then a close frame, and the reader stops.
+    /// Returns the cleanup's answer (true: accepted), None without one.
+    pub async fn close(self, cleanup: bool) -> Option<bool> {
         drop(self.queue);
-        self.reader.abort();
-        if let Ok(Some(mut sink)) = self.writer.await {
-            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+        let Ok(Some(mut sink)) = self.writer.await else {
+            self.reader.abort();
+            return None;
+        };
+        let mut answer = None;
+        if cleanup {
+            let text = lock(&self.trader).cleanup_request();
+            if sink.send(Message::text(text)).await.is_ok() {
+                answer = wait_cleanup(&self.trader).await;
+            }
         }
+        // The reader stops before our own close, which is not a disconnect to report.
+        self.reader.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+        answer
+    }
+}
+
+/// How long a connection waits for the answer to its end-of-run `cancel_all`.
+const CLEANUP_WAIT: Duration = Duration::from_secs(5);
+
+async fn wait_cleanup(trader: &Mutex<Trader>) -> Option<bool> {
+    let deadline = Instant::now() + CLEANUP_WAIT;
+    loop {
+        if let Some(answer) = lock(trader).cleanup_answer() {
+            return Some(answer);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -33,7 +33,7 @@ use conn::Connection;
 use market::Market;
 use mix::Mix;
 use procmem::Watched;
-use report::{PhaseReport, ReportBase};
+use report::{Cleanup, PhaseReport, ReportBase};
 use schedule::Schedule;
 use stats::{NotSent, Recorder};
 use trader::{Slot, Trader};
@@ -149,9 +149,9 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
     .await;
     ticker.abort();
     recorder.tick(sample_rss(&watched), sample_cpu(&cpu));
-    for c in conns {
-        c.close().await;
-    }
+    // Every connection cancels what its account still has resting, unless told to keep it.
+    let cleanup = !config.keep_orders;
+    let answers = futures_util::future::join_all(conns.into_iter().map(|c| c.close(cleanup))).await;
 
     let snapshot = recorder.snapshot();
     let mut report = Report::build(
@@ -172,6 +172,7 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
         report.measured.passed = report.phases[measured].passed;
     }
     report.highest_passing_events_per_min = highest;
+    report.cleanup = cleanup.then(|| Cleanup::count(answers));
     report.peak_rss_mib = watched
         .iter()
         .filter_map(|w| procmem::read_mib(w.pid, "VmHWM").map(|m| (w.name.clone(), m)))

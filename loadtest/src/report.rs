@@ -111,11 +111,38 @@ pub struct Report {
     pub disconnects: BTreeMap<String, u64>,
     /// Peak resident memory (VmHWM) of the watched processes, in MiB.
     pub peak_rss_mib: BTreeMap<String, f64>,
+    /// The end-of-run `cancel_all` of every connection; absent with `--keep-orders`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<Cleanup>,
     /// Mean CPU over the measured window (fixed mode): per watched process with its
     /// descendants in percent of one core, and `machine_busy` / `steal` in percent of all cores.
     pub cpu_pct_measured: BTreeMap<String, f64>,
     pub charts: Vec<String>,
     pub series: Vec<SecondPoint>,
+}
+
+/// How the connections' end-of-run `cancel_all` requests were answered by the gateway.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Cleanup {
+    pub connections: usize,
+    pub accepted: usize,
+    pub refused: usize,
+    pub unanswered: usize,
+}
+
+impl Cleanup {
+    pub fn count(answers: impl IntoIterator<Item = Option<bool>>) -> Cleanup {
+        let mut c = Cleanup::default();
+        for answer in answers {
+            c.connections += 1;
+            match answer {
+                Some(true) => c.accepted += 1,
+                Some(false) => c.refused += 1,
+                None => c.unanswered += 1,
+            }
+        }
+        c
+    }
 }
 
 impl Report {
@@ -142,6 +169,7 @@ impl Report {
             phases,
             disconnects: snapshot.disconnects.clone(),
             peak_rss_mib: BTreeMap::new(),
+            cleanup: None,
             cpu_pct_measured,
             charts: Vec::new(),
             series: snapshot.series.clone(),
@@ -261,6 +289,13 @@ impl Report {
         }
         for (name, mib) in &self.peak_rss_mib {
             let _ = writeln!(s, "  peak RSS {name:<10} {mib:.1} MiB");
+        }
+        if let Some(c) = &self.cleanup {
+            let _ = writeln!(
+                s,
+                "  cleanup             cancel_all accepted on {} of {} connections ({} refused, {} unanswered)",
+                c.accepted, c.connections, c.refused, c.unanswered
+            );
         }
         if !self.cpu_pct_measured.is_empty() {
             let list: Vec<String> = self

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::ws::{
-    Amend, Cancel, ErrorBody, OrderUpdate, OrderUpdateKind, Place, Push, RequestBody,
+    Amend, Cancel, CancelAllParams, ErrorBody, OrderUpdate, OrderUpdateKind, Place, Push,
+    RequestBody,
 };
 use protocol::{CommandKind, OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce};
 use serde::{Deserialize, Serialize};
@@ -96,6 +97,8 @@ pub struct Trader {
     pending: HashMap<u64, Pending>,
     live: Vec<LiveOrder>,
     live_max: usize,
+    /// The end-of-run `cancel_all`: its request id, and its answer once read (true: accepted).
+    cleanup: Option<(u64, Option<bool>)>,
 }
 
 impl Trader {
@@ -115,7 +118,23 @@ impl Trader {
             pending: HashMap::new(),
             live: Vec::new(),
             live_max,
+            cleanup: None,
         }
+    }
+
+    /// The request that cancels every order this connection's account still has resting, so
+    /// that one run leaves no book behind for the next (which would recover it: a larger book,
+    /// more engine memory, a longer start).
+    pub fn cleanup_request(&mut self) -> String {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.cleanup = Some((id, None));
+        request_json(id, &RequestBody::CancelAll(CancelAllParams { pair: None }))
+    }
+
+    /// The gateway's answer to [`Trader::cleanup_request`]: None while there is none.
+    pub fn cleanup_answer(&self) -> Option<bool> {
+        self.cleanup.and_then(|(_, answer)| answer)
     }
 
     pub fn pending_len(&self) -> usize {
@@ -292,6 +311,12 @@ impl Trader {
 
     fn on_response(&mut self, r: Answer, obs: &mut Vec<Observation>) {
         let Some(id) = r.id else { return };
+        if let Some((cleanup_id, answer)) = &mut self.cleanup
+            && *cleanup_id == id
+        {
+            *answer = Some(r.error.is_none());
+            return;
+        }
         let Some(p) = self.pending.get_mut(&id) else {
             return;
         };

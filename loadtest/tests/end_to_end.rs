@@ -163,6 +163,33 @@ async fn a_short_run_against_gateway_and_engine_loses_nothing() {
     assert!(m.trades > 0, "marketable orders trade with resting ones");
     assert!(out.join("report.json").exists() && out.join("throughput.png").exists());
 
+    // The run leaves no book behind: each connection's cancel_all was accepted, and once the
+    // engine has applied them PostgreSQL holds no open order of these accounts.
+    let cleanup = report.cleanup.clone().expect("cleanup is on by default");
+    assert_eq!(
+        (cleanup.connections, cleanup.accepted),
+        (CONNECTIONS, CONNECTIONS),
+        "{cleanup:?}"
+    );
+    let open = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let open: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'open'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            if open == 0 {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        open,
+        Ok(0),
+        "every resting order is cancelled after the run"
+    );
+
     gw_stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), gw.join())
         .await

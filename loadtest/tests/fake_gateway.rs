@@ -64,6 +64,8 @@ async fn connection(tcp: tokio::net::TcpStream, account: u64) {
                     None,
                 )]
             }
+            // The generator's end-of-run cleanup; never shed here, so the test can count it.
+            RequestBody::CancelAll(_) => vec![respond(id, Some(received), None)],
             _ if {
                 n += 1;
                 n.is_multiple_of(SHED_EVERY)
@@ -208,6 +210,12 @@ async fn every_command_is_accounted_for_and_the_report_is_written() {
         + m.connection_closed;
     assert_eq!(bucketed, m.offered, "every command in exactly one bucket");
     assert_eq!((m.lost, m.timeouts, report.lost_all_phases), (0, 0, 0));
+    let cleanup = report.cleanup.clone().expect("cleanup is on by default");
+    assert_eq!(
+        (cleanup.connections, cleanup.accepted),
+        (8, 8),
+        "{cleanup:?}"
+    );
     assert!(m.shed > 0 && m.errors.get("overloaded") == Some(&m.shed));
     assert_eq!(m.verdicts + m.shed, m.offered - m.generator_behind);
     assert!(
