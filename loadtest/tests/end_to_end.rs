@@ -155,7 +155,11 @@ async fn a_short_run_against_gateway_and_engine_loses_nothing() {
         (0, 0, 0),
         "every command answered"
     );
-    assert_eq!(m.generator_behind + m.connection_closed, 0);
+    assert_eq!(
+        (m.generator_behind, m.connection_closed),
+        (0, 0),
+        "(generator behind, connection closed)"
+    );
     assert_eq!(m.shed, 0, "500 commands/s is far below every limit");
     assert_eq!(m.acknowledged, m.offered, "each command got its `received`");
     assert_eq!(m.verdicts, m.offered, "and the engine's verdict");
