@@ -151,9 +151,12 @@ impl Connection {
         };
         let mut answer = None;
         if cleanup {
-            let text = lock(&self.trader).cleanup_request();
+            let (text, answered) = lock(&self.trader).cleanup_request();
             if sink.send(Message::text(text)).await.is_ok() {
-                answer = wait_cleanup(&self.trader).await;
+                answer = tokio::time::timeout(CLEANUP_WAIT, answered)
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
             }
         }
         // The reader stops before our own close, which is not a disconnect to report.
@@ -165,19 +168,6 @@ impl Connection {
 
 /// How long a connection waits for the answer to its end-of-run `cancel_all`.
 const CLEANUP_WAIT: Duration = Duration::from_secs(5);
-
-async fn wait_cleanup(trader: &Mutex<Trader>) -> Option<bool> {
-    let deadline = Instant::now() + CLEANUP_WAIT;
-    loop {
-        if let Some(answer) = lock(trader).cleanup_answer() {
-            return Some(answer);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 async fn write_loop(
     mut sink: Sink,

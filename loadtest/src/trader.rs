@@ -12,6 +12,7 @@ use protocol::ws::{
 };
 use protocol::{CommandKind, OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 use crate::market::Market;
 use crate::mix::Kind;
@@ -97,8 +98,8 @@ pub struct Trader {
     pending: HashMap<u64, Pending>,
     live: Vec<LiveOrder>,
     live_max: usize,
-    /// The end-of-run `cancel_all`: its request id, and its answer once read (true: accepted).
-    cleanup: Option<(u64, Option<bool>)>,
+    /// The end-of-run `cancel_all`: its request id, and where its answer goes (true: accepted).
+    cleanup: Option<(u64, oneshot::Sender<bool>)>,
 }
 
 impl Trader {
@@ -125,16 +126,14 @@ impl Trader {
     /// The request that cancels every order this connection's account still has resting, so
     /// that one run leaves no book behind for the next (which would recover it: a larger book,
     /// more engine memory, a longer start).
-    pub fn cleanup_request(&mut self) -> String {
+    /// Returns the request's text and the receiver of the gateway's answer.
+    pub fn cleanup_request(&mut self) -> (String, oneshot::Receiver<bool>) {
         let id = self.next_id;
         self.next_id += 1;
-        self.cleanup = Some((id, None));
-        request_json(id, &RequestBody::CancelAll(CancelAllParams { pair: None }))
-    }
-
-    /// The gateway's answer to [`Trader::cleanup_request`]: None while there is none.
-    pub fn cleanup_answer(&self) -> Option<bool> {
-        self.cleanup.and_then(|(_, answer)| answer)
+        let (answer, answered) = oneshot::channel();
+        self.cleanup = Some((id, answer));
+        let text = request_json(id, &RequestBody::CancelAll(CancelAllParams { pair: None }));
+        (text, answered)
     }
 
     pub fn pending_len(&self) -> usize {
@@ -311,10 +310,14 @@ impl Trader {
 
     fn on_response(&mut self, r: Answer, obs: &mut Vec<Observation>) {
         let Some(id) = r.id else { return };
-        if let Some((cleanup_id, answer)) = &mut self.cleanup
-            && *cleanup_id == id
+        if self
+            .cleanup
+            .as_ref()
+            .is_some_and(|(cleanup_id, _)| *cleanup_id == id)
         {
-            *answer = Some(r.error.is_none());
+            if let Some((_, answer)) = self.cleanup.take() {
+                let _ = answer.send(r.error.is_none());
+            }
             return;
         }
         let Some(p) = self.pending.get_mut(&id) else {
