@@ -1,6 +1,7 @@
 //! One WebSocket connection: login, then a writer task fed by a bounded queue and a reader task,
 //! sharing the connection's [`Trader`].
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -111,6 +112,8 @@ pub struct Connection {
     /// The bounded send queue; full means the generator fell behind.
     pub queue: mpsc::Sender<Slot>,
     pub trader: Arc<Mutex<Trader>>,
+    /// The socket's local and peer address, to find it in the kernel's tables ([`crate::sockq`]).
+    pub addrs: Option<(SocketAddr, SocketAddr)>,
     writer: JoinHandle<Option<Sink>>,
     reader: JoinHandle<()>,
 }
@@ -126,6 +129,10 @@ impl Connection {
         recorder: Arc<Recorder>,
         queue_depth: usize,
     ) -> Connection {
+        let addrs = match ws.get_ref() {
+            MaybeTlsStream::Plain(s) => s.local_addr().ok().zip(s.peer_addr().ok()),
+            _ => None,
+        };
         let (sink, stream) = ws.split();
         let (queue, rx) = mpsc::channel(queue_depth);
         let trader = Arc::new(Mutex::new(trader));
@@ -134,6 +141,7 @@ impl Connection {
         Connection {
             queue,
             trader,
+            addrs,
             writer,
             reader,
         }
@@ -185,6 +193,7 @@ async fn write_loop(
                 let (text, kind) = t.build(slot, now);
                 let lag = now.saturating_duration_since(slot.scheduled);
                 recorder.sent(slot.phase, kind, kind != slot.kind, lag);
+                recorder.wrote(text.len());
                 texts.push(text);
             }
         }
@@ -216,6 +225,7 @@ async fn read_loop(
         match stream.next().await {
             Some(Ok(Message::Text(text))) => {
                 let now = Instant::now();
+                recorder.read(text.len());
                 lock(&trader).handle_text(&text, &mut obs);
                 for o in obs.drain(..) {
                     recorder.observe(&o, now);

@@ -16,10 +16,10 @@ pub mod procmem;
 pub mod report;
 pub mod rng;
 pub mod schedule;
+pub mod sockq;
 pub mod stats;
 pub mod trader;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ use mix::Mix;
 use procmem::Watched;
 use report::{Cleanup, PhaseReport, ReportBase};
 use schedule::Schedule;
-use stats::{NotSent, Recorder};
+use stats::{NotSent, Recorder, Sample};
 use trader::{Slot, Trader};
 
 #[derive(Debug, thiserror::Error)]
@@ -113,10 +113,12 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
         pid: std::process::id(),
     });
     let cpu = Arc::new(std::sync::Mutex::new(procmem::CpuSampler::new(cpu_watched)));
+    let sockets = Arc::new(sockq::Conns::new(conns.iter().filter_map(|c| c.addrs)));
     let ticker = tokio::spawn(progress(
         recorder.clone(),
         watched.clone(),
         cpu.clone(),
+        sockets.clone(),
         config.quiet,
     ));
     let mut driver = Driver {
@@ -148,7 +150,7 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
     )
     .await;
     ticker.abort();
-    recorder.tick(sample_rss(&watched), sample_cpu(&cpu));
+    recorder.tick(sample(&watched, &cpu, &sockets));
     // Every connection cancels what its account still has resting, unless told to keep it.
     let cleanup = !config.keep_orders;
     let answers = futures_util::future::join_all(conns.into_iter().map(|c| c.close(cleanup))).await;
@@ -390,15 +392,19 @@ async fn drain(recorder: &Recorder, conns: &[Connection], timeout: Duration) {
     }
 }
 
-fn sample_rss(watched: &[Watched]) -> BTreeMap<String, f64> {
-    watched
-        .iter()
-        .filter_map(|w| procmem::read_mib(w.pid, "VmRSS").map(|m| (w.name.clone(), m)))
-        .collect()
-}
-
-fn sample_cpu(cpu: &std::sync::Mutex<procmem::CpuSampler>) -> procmem::CpuShare {
-    cpu.lock().unwrap_or_else(|e| e.into_inner()).sample()
+fn sample(
+    watched: &[Watched],
+    cpu: &std::sync::Mutex<procmem::CpuSampler>,
+    sockets: &sockq::Conns,
+) -> Sample {
+    Sample {
+        rss_mib: watched
+            .iter()
+            .filter_map(|w| procmem::read_mib(w.pid, "VmRSS").map(|m| (w.name.clone(), m)))
+            .collect(),
+        cpu: cpu.lock().unwrap_or_else(|e| e.into_inner()).sample(),
+        unread: sockets.sample(),
+    }
 }
 
 /// Closes a second every second and prints the progress line.
@@ -406,13 +412,14 @@ async fn progress(
     recorder: Arc<Recorder>,
     watched: Vec<Watched>,
     cpu: Arc<std::sync::Mutex<procmem::CpuSampler>>,
+    sockets: Arc<sockq::Conns>,
     quiet: bool,
 ) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.tick().await;
     loop {
         interval.tick().await;
-        let p = recorder.tick(sample_rss(&watched), sample_cpu(&cpu));
+        let p = recorder.tick(sample(&watched, &cpu, &sockets));
         if !quiet {
             eprintln!(
                 "[{:>6.1}s {:<14}] offered {:>6}/s  acked {:>6}/s  verdicts {:>6}/s  accepted {:>6}/s  shed {:>5}/s  behind {:>4}  p99 accept {:>8.2} ms  outstanding {}",

@@ -117,8 +117,19 @@ pub struct Report {
     /// Mean CPU over the measured window (fixed mode): per watched process with its
     /// descendants in percent of one core, and `machine_busy` / `steal` in percent of all cores.
     pub cpu_pct_measured: BTreeMap<String, f64>,
+    /// Unread input over the measured window, per side (`generator`, `gateway`), in ms of that
+    /// side's input: see [`SecondPoint::unread_ms`]. Sampled once a second.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unread_ms_measured: BTreeMap<String, MeanMax>,
     pub charts: Vec<String>,
     pub series: Vec<SecondPoint>,
+}
+
+/// The mean and the largest of a once-a-second sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MeanMax {
+    pub mean: f64,
+    pub max: f64,
 }
 
 /// How the connections' end-of-run `cancel_all` requests were answered by the gateway.
@@ -155,6 +166,7 @@ impl Report {
         let phases: Vec<PhaseReport> = snapshot.phases.iter().map(PhaseReport::of).collect();
         let lost_all_phases = phases.iter().map(|p| p.lost).sum();
         let cpu_pct_measured = mean_cpu(&snapshot.series, &phases[measured_phase].phase);
+        let unread_ms_measured = unread_ms(&snapshot.series, &phases[measured_phase].phase);
         Report {
             mode,
             arrival: base.arrival,
@@ -171,6 +183,7 @@ impl Report {
             peak_rss_mib: BTreeMap::new(),
             cleanup: None,
             cpu_pct_measured,
+            unread_ms_measured,
             charts: Vec::new(),
             series: snapshot.series.clone(),
         }
@@ -309,8 +322,39 @@ impl Report {
                 list.join(", ")
             );
         }
+        if !self.unread_ms_measured.is_empty() {
+            let list: Vec<String> = self
+                .unread_ms_measured
+                .iter()
+                .map(|(side, v)| format!("{side} mean {:.0} ms, max {:.0} ms", v.mean, v.max))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  unread input        {} (socket receive queues each second, in ms of that side's input)",
+                list.join("; ")
+            );
+        }
         s
     }
+}
+
+/// Mean and largest unread backlog of each side over the seconds of one phase.
+fn unread_ms(series: &[SecondPoint], phase: &str) -> BTreeMap<String, MeanMax> {
+    let mut acc: BTreeMap<String, (f64, f64, u32)> = BTreeMap::new();
+    for p in series.iter().filter(|p| p.phase == phase) {
+        for (side, ms) in &p.unread_ms {
+            let e = acc.entry(side.clone()).or_default();
+            e.0 += ms;
+            e.1 = e.1.max(*ms);
+            e.2 += 1;
+        }
+    }
+    acc.into_iter()
+        .map(|(side, (sum, max, n))| {
+            let mean = (sum / f64::from(n) * 10.0).round() / 10.0;
+            (side, MeanMax { mean, max })
+        })
+        .collect()
 }
 
 /// Mean of each CPU figure over the seconds of one phase.

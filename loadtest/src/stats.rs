@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 use crate::mix::Kind;
 use crate::procmem::CpuShare;
+use crate::sockq::{self, Unread};
 
 /// Highest latency a histogram holds, in microseconds (one hour); above it values saturate.
 const LATENCY_US_MAX: u64 = 3_600_000_000;
@@ -149,6 +151,10 @@ pub fn latency_histogram(significant_digits: u8) -> Histogram<u64> {
         .expect("static histogram bounds are valid")
 }
 
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
@@ -249,6 +255,24 @@ pub struct SecondPoint {
     pub machine_busy_pct: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steal_pct: Option<f64>,
+    /// Input waiting unread in the connections' sockets at the end of the second, in KiB:
+    /// `generator` (answers it has not read yet) and `gateway` (commands, when the gateway runs
+    /// on this machine).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unread_kib: BTreeMap<String, f64>,
+    /// The same backlogs in milliseconds of that side's input over the second
+    /// ([`sockq::backlog_ms`]): roughly how long a byte arriving then waits to be read.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unread_ms: BTreeMap<String, f64>,
+}
+
+/// What the generator samples from outside itself once a second.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    /// Resident memory of the watched processes, in MiB.
+    pub rss_mib: BTreeMap<String, f64>,
+    pub cpu: CpuShare,
+    pub unread: Option<Unread>,
 }
 
 #[derive(Debug)]
@@ -260,12 +284,18 @@ struct Inner {
     second_accept_us: Histogram<u64>,
     series: Vec<SecondPoint>,
     disconnects: BTreeMap<String, u64>,
+    /// When the last second closed.
+    last_tick: Instant,
 }
 
 /// Shared by every connection task; one short critical section per observation.
 #[derive(Debug)]
 pub struct Recorder {
     inner: Mutex<Inner>,
+    /// Payload bytes written and read over the current second (the frames' few header bytes
+    /// aside): each side's input rate, to turn its unread backlog into time.
+    wrote_bytes: AtomicU64,
+    read_bytes: AtomicU64,
 }
 
 /// A snapshot of everything recorded.
@@ -287,8 +317,21 @@ impl Recorder {
                 second_accept_us: latency_histogram(2),
                 series: Vec::new(),
                 disconnects: BTreeMap::new(),
+                last_tick: t0,
             }),
+            wrote_bytes: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// A connection wrote a message of `bytes` payload bytes.
+    pub fn wrote(&self, bytes: usize) {
+        self.wrote_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A connection read a message of `bytes` payload bytes.
+    pub fn read(&self, bytes: usize) {
+        self.read_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -379,10 +422,37 @@ impl Recorder {
     }
 
     /// Closes the current second: appends it to the series and returns it.
-    pub fn tick(&self, rss_mib: BTreeMap<String, f64>, cpu: CpuShare) -> SecondPoint {
+    pub fn tick(&self, sample: Sample) -> SecondPoint {
         let mut g = self.lock();
         let g = &mut *g;
         let mut point = std::mem::take(&mut g.second);
+        let now = Instant::now();
+        let span_s = now.duration_since(g.last_tick).as_secs_f64();
+        g.last_tick = now;
+        let wrote = self.wrote_bytes.swap(0, Ordering::Relaxed);
+        let read = self.read_bytes.swap(0, Ordering::Relaxed);
+        if let Some(unread) = sample.unread {
+            // The gateway's input is what the generator wrote; the generator's, what it read.
+            let sides = [
+                ("generator", Some(unread.generator), read),
+                ("gateway", unread.gateway, wrote),
+            ];
+            for (side, bytes, input) in sides {
+                let Some(bytes) = bytes else { continue };
+                point
+                    .unread_kib
+                    .insert(side.to_owned(), round1(bytes as f64 / 1024.0));
+                let per_s = if span_s > 0.0 {
+                    (input as f64 / span_s) as u64
+                } else {
+                    0
+                };
+                if let Some(ms) = sockq::backlog_ms(bytes, per_s) {
+                    point.unread_ms.insert(side.to_owned(), round1(ms));
+                }
+            }
+        }
+        let (rss_mib, cpu) = (sample.rss_mib, sample.cpu);
         point.t_s = (g.t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         point.phase = g.phases.last().map(|p| p.name.clone()).unwrap_or_default();
         point.outstanding = g.phases.iter().map(PhaseStats::outstanding).sum();
@@ -529,7 +599,7 @@ mod tests {
         assert_eq!(rec.outstanding(phase), 0);
         let p99 = rec.accept_p99_ms(phase);
         assert!((p99 - 40.0).abs() < 0.1, "{p99}");
-        let second = rec.tick(BTreeMap::new(), CpuShare::default());
+        let second = rec.tick(Sample::default());
         assert_eq!(
             (second.offered, second.accepted, second.not_sent),
             (2, 1, 1)

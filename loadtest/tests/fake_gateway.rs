@@ -239,6 +239,13 @@ async fn every_command_is_accounted_for_and_the_report_is_written() {
             .is_some_and(|c| *c > 0.0 && *c <= 100.0),
         "{cpu:?}"
     );
+    // Both ends of the connections are in this machine's socket tables, so the unread input of
+    // both sides is sampled every second.
+    let unread = &report.unread_ms_measured;
+    assert!(
+        unread.contains_key("generator") && unread.contains_key("gateway"),
+        "{unread:?}"
+    );
 
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
