@@ -209,7 +209,8 @@ impl CpuSampler {
     }
 }
 
-fn round1(x: f64) -> f64 {
+/// One decimal, as every share and mean in the report is given.
+pub(crate) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 

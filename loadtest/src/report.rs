@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::Mode;
+use crate::procmem::round1;
 use crate::schedule::Arrival;
 use crate::stats::{Percentiles, PhaseStats, SecondPoint, Snapshot};
 
@@ -351,7 +352,7 @@ fn unread_ms(series: &[SecondPoint], phase: &str) -> BTreeMap<String, MeanMax> {
     }
     acc.into_iter()
         .map(|(side, (sum, max, n))| {
-            let mean = (sum / f64::from(n) * 10.0).round() / 10.0;
+            let mean = round1(sum / f64::from(n));
             (side, MeanMax { mean, max })
         })
         .collect()
@@ -377,7 +378,7 @@ fn mean_cpu(series: &[SecondPoint], phase: &str) -> BTreeMap<String, f64> {
         }
     }
     sums.into_iter()
-        .map(|(name, (sum, n))| (name, (sum / f64::from(n) * 10.0).round() / 10.0))
+        .map(|(name, (sum, n))| (name, round1(sum / f64::from(n))))
         .collect()
 }
 

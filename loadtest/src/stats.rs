@@ -12,7 +12,7 @@ use protocol::ws::ErrorCode;
 use serde::Serialize;
 
 use crate::mix::Kind;
-use crate::procmem::CpuShare;
+use crate::procmem::{CpuShare, round1};
 use crate::sockq::{self, Unread};
 
 /// Highest latency a histogram holds, in microseconds (one hour); above it values saturate.
@@ -149,10 +149,6 @@ impl Percentiles {
 pub fn latency_histogram(significant_digits: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, significant_digits)
         .expect("static histogram bounds are valid")
-}
-
-fn round1(v: f64) -> f64 {
-    (v * 10.0).round() / 10.0
 }
 
 fn micros(d: Duration) -> u64 {
@@ -452,7 +448,6 @@ impl Recorder {
                 }
             }
         }
-        let (rss_mib, cpu) = (sample.rss_mib, sample.cpu);
         point.t_s = (g.t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         point.phase = g.phases.last().map(|p| p.name.clone()).unwrap_or_default();
         point.outstanding = g.phases.iter().map(PhaseStats::outstanding).sum();
@@ -462,10 +457,10 @@ impl Recorder {
         point.accept_p90_ms = accept.p90;
         point.accept_p99_ms = accept.p99;
         point.accept_max_ms = accept.max;
-        point.rss_mib = rss_mib;
-        point.cpu_pct = cpu.per_process;
-        point.machine_busy_pct = cpu.machine_busy_pct;
-        point.steal_pct = cpu.steal_pct;
+        point.rss_mib = sample.rss_mib;
+        point.cpu_pct = sample.cpu.per_process;
+        point.machine_busy_pct = sample.cpu.machine_busy_pct;
+        point.steal_pct = sample.cpu.steal_pct;
         g.second_ack_us.reset();
         g.second_accept_us.reset();
         g.series.push(point.clone());

@@ -310,14 +310,8 @@ impl Trader {
 
     fn on_response(&mut self, r: Answer, obs: &mut Vec<Observation>) {
         let Some(id) = r.id else { return };
-        if self
-            .cleanup
-            .as_ref()
-            .is_some_and(|(cleanup_id, _)| *cleanup_id == id)
-        {
-            if let Some((_, answer)) = self.cleanup.take() {
-                let _ = answer.send(r.error.is_none());
-            }
+        if let Some((_, answer)) = self.cleanup.take_if(|(cleanup_id, _)| *cleanup_id == id) {
+            let _ = answer.send(r.error.is_none());
             return;
         }
         let Some(p) = self.pending.get_mut(&id) else {
