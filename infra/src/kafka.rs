@@ -1,7 +1,9 @@
 //! Kafka: the one place every client config is built, the topic layout, and a readiness probe.
 //!
 //! Topic layout (the contract with the pair registry): `orders` and `events` each have exactly
-//! one partition per pair, partition i = pair i, replication factor 1 on the local stack.
+//! one partition per pair, partition i = pair i, with the broker's default replication factor
+//! (`default.replication.factor`: 1 on the local stack, 3 on the MSK cluster of `deploy/`, whose
+//! `min.insync.replicas` 2 would refuse every `acks=all` write to a topic with one replica).
 //! [`ensure_topics`] creates them, adds partitions when pairs were appended, and refuses (with an
 //! error) a topic that has more partitions than there are pairs: Kafka cannot remove partitions,
 //! and silently routing to a partition without a pair would lose orders.
@@ -10,6 +12,14 @@
 //! `KAFKA_CFG_<NAME>` for every client, `KAFKA_PRODUCER_CFG_<NAME>` / `KAFKA_CONSUMER_CFG_<NAME>`
 //! for one role. `<NAME>` is the librdkafka property upper-cased with dots as underscores:
 //! `KAFKA_PRODUCER_CFG_LINGER_MS=20` sets `linger.ms=20`.
+//!
+//! Unset, clients speak plaintext without authentication (the local stack, docker-compose). A
+//! broker that wants TLS and SASL/SCRAM (Amazon MSK, port 9096) is reached with the same
+//! overrides, librdkafka being built with OpenSSL (rdkafka's `ssl` feature):
+//! `KAFKA_CFG_SECURITY_PROTOCOL=SASL_SSL`, `KAFKA_CFG_SASL_MECHANISM=SCRAM-SHA-512`,
+//! `KAFKA_CFG_SASL_USERNAME`, `KAFKA_CFG_SASL_PASSWORD`; brokers' certificates are checked
+//! against the system's CA store. A second set of names for the same properties would only
+//! raise the question which one wins.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -237,7 +247,8 @@ pub async fn ensure_topics(
     Ok(reports)
 }
 
-/// Makes `topic` exist with exactly `partitions` partitions (replication factor 1).
+/// Makes `topic` exist with exactly `partitions` partitions (the broker's default replication
+/// factor, see the module comment).
 pub async fn ensure_topic(
     admin: &Arc<AdminClient<DefaultClientContext>>,
     brokers: &str,
@@ -250,7 +261,8 @@ pub async fn ensure_topic(
     let action = match partition_count(admin, brokers, topic).await? {
         None => {
             let partitions_i32 = i32::try_from(partitions).expect("partition count fits i32");
-            let mut new_topic = NewTopic::new(topic, partitions_i32, TopicReplication::Fixed(1));
+            // -1: the broker's `default.replication.factor` (KIP-464, Kafka >= 2.4).
+            let mut new_topic = NewTopic::new(topic, partitions_i32, TopicReplication::Fixed(-1));
             for (key, value) in config {
                 new_topic = new_topic.set(key, value);
             }
@@ -603,5 +615,40 @@ mod tests {
         assert_eq!(producer.get("bootstrap.servers"), Some("b"));
         let consumer = client_config_with_env("b", "t", Role::Consumer, vars);
         assert_eq!(consumer.get("fetch.wait.max.ms"), Some("99"));
+    }
+
+    #[test]
+    fn plaintext_unless_the_environment_asks_for_tls_and_scram() {
+        let plain = client_config_with_env("b", "t", Role::Producer, env(&[]));
+        assert_eq!(
+            plain.get("security.protocol"),
+            None,
+            "librdkafka's default: plaintext"
+        );
+        assert_eq!(plain.get("sasl.username"), None);
+
+        let msk = env(&[
+            ("KAFKA_CFG_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_CFG_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("KAFKA_CFG_SASL_USERNAME", "trading"),
+            ("KAFKA_CFG_SASL_PASSWORD", "secret"),
+        ]);
+        for role in [
+            Role::Producer,
+            Role::BatchProducer,
+            Role::Consumer,
+            Role::Admin,
+        ] {
+            let cfg = client_config_with_env("b-1.msk:9096", "t", role, msk.clone());
+            assert_eq!(cfg.get("security.protocol"), Some("SASL_SSL"), "{role:?}");
+            assert_eq!(cfg.get("sasl.mechanism"), Some("SCRAM-SHA-512"), "{role:?}");
+            assert_eq!(cfg.get("sasl.username"), Some("trading"), "{role:?}");
+            assert_eq!(cfg.get("sasl.password"), Some("secret"), "{role:?}");
+        }
+        // librdkafka refuses SASL_SSL and SCRAM when built without OpenSSL; creating a client
+        // (no broker is contacted before the first request) proves the build has it.
+        let producer = client_config_with_env("127.0.0.1:1", "t", Role::Producer, msk)
+            .create::<rdkafka::producer::BaseProducer>();
+        assert!(producer.is_ok(), "TLS + SCRAM client: {:?}", producer.err());
     }
 }
