@@ -145,6 +145,10 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
     if let Some(addr) = config.metrics_addr {
         let handle = infra::telemetry::install_prometheus_recorder()?;
         telemetry::describe();
+        match &specs {
+            Some(specs) => telemetry::register(specs.iter().map(|s| s.symbol.as_str())),
+            None => telemetry::register(config.registry.iter().map(|s| s.symbol.as_str())),
+        }
         let listener = telemetry::bind(addr)
             .await
             .map_err(|source| EngineError::Metrics { addr, source })?;

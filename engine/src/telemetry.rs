@@ -87,6 +87,32 @@ pub fn describe() {
     );
 }
 
+/// Creates every series at zero before anything happens, so a scrape right after start shows
+/// each documented metric and `rate()` / `absent()` alerts work from the first minute. `pairs`
+/// are the pairs this process may own (its static pairs, or every pair in group mode).
+pub fn register<'a>(pairs: impl IntoIterator<Item = &'a str>) {
+    for pair in pairs {
+        let labels = [("pair", pair.to_owned())];
+        metrics::counter!(COMMANDS_TOTAL, &labels).increment(0);
+        metrics::counter!(ACTOR_RESTARTS_TOTAL, &labels).increment(0);
+        metrics::counter!(POISON_RECORDS_TOTAL, &labels).increment(0);
+        metrics::gauge!(CONSUMER_LAG_RECORDS, &labels).set(0.0);
+        metrics::gauge!(PAUSED, &labels).set(0.0);
+    }
+    for histogram in [
+        BATCH_RECORDS,
+        BATCH_COMMANDS,
+        PERSIST_SECONDS,
+        RECORD_AGE_SECONDS,
+        BATCH_WAIT_SECONDS,
+        COMMIT_LAG_SECONDS,
+        COMMIT_BATCHES,
+    ] {
+        // Registering the handle is enough: it renders with a count of 0.
+        let _ = metrics::histogram!(histogram);
+    }
+}
+
 /// Whether the engine is up: false once it started draining, so a load balancer or ECS health
 /// check stops counting on it.
 #[derive(Clone, Default)]

@@ -102,6 +102,10 @@ pub struct Limits {
     /// One write to a socket that takes longer than this drops the connection.
     #[arg(long, env = "GW_WRITE_TIMEOUT_MS", default_value_t = Limits::DEFAULT.write_timeout_ms)]
     pub write_timeout_ms: u64,
+    /// Before the gateway closes a connection (abuse, idle, a bad frame) it answers the
+    /// requests already on their way to Kafka; this bounds that wait.
+    #[arg(long, env = "GW_CLOSE_FLUSH_TIMEOUT_MS", default_value_t = Limits::DEFAULT.close_flush_timeout_ms)]
+    pub close_flush_timeout_ms: u64,
     /// How long SIGTERM waits for clients to close and Kafka to acknowledge.
     #[arg(long, env = "GW_DRAIN_TIMEOUT_MS", default_value_t = Limits::DEFAULT.drain_timeout_ms)]
     pub drain_timeout_ms: u64,
@@ -140,6 +144,7 @@ impl Limits {
         idle_timeout_ms: 60_000,
         heartbeat_interval_ms: 5_000,
         write_timeout_ms: 5_000,
+        close_flush_timeout_ms: 2_000,
         drain_timeout_ms: 10_000,
         request_map_max: 200_000,
         deadman_max_ms: 3_600_000,

@@ -23,10 +23,10 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::auth::AuthError;
-use crate::outbound::{Closing, Levels, MarketPending, Next, Outbound};
+use crate::outbound::{Closing, Levels, MarketPending, Next, Outbound, ReadSoFar};
 use crate::sink::Class;
 use crate::state::{Shared, count_error, quota, rate_limited};
-use crate::{deadman, now_ms, validate};
+use crate::{deadman, now_ms, telemetry, validate};
 
 type Pending = Pin<Box<dyn Future<Output = String> + Send>>;
 
@@ -60,11 +60,19 @@ fn received(order_id: Option<u64>, commands: u32) -> Received {
     }
 }
 
-/// Whether axum's read error is tungstenite refusing a too-large frame or message.
-fn is_too_big(e: &axum::Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+/// The read error's tungstenite cause, when there is one.
+fn tungstenite_cause(e: &axum::Error) -> Option<&tungstenite::Error> {
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<tungstenite::Error>())
+}
+
+/// Why the reader stopped.
+enum Ending {
+    /// The client closed or the socket failed: nobody is left to answer.
+    ClientLeft,
+    /// An urgent close was already requested (slow consumer): nothing more can be delivered.
+    Closed,
+    /// The gateway closes: the answers already due go out first, then the close.
+    Orderly(Closing),
 }
 
 struct Conn {
@@ -75,6 +83,7 @@ struct Conn {
     limiter: DefaultDirectRateLimiter,
     limited_in_a_row: u32,
     pending: FuturesUnordered<Pending>,
+    read: ReadSoFar,
 }
 
 /// Serves one upgraded socket until either side closes it.
@@ -87,7 +96,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
     ));
     let (sink, stream) = socket.split();
     let writer_done = tokio_util::sync::CancellationToken::new();
-    let writer = tokio::spawn(write_loop(
+    let mut writer = tokio::spawn(write_loop(
         Arc::clone(&shared),
         Arc::clone(&out),
         sink,
@@ -101,22 +110,39 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
         subs: HashSet::new(),
         limited_in_a_row: 0,
         pending: FuturesUnordered::new(),
+        read: ReadSoFar::default(),
     };
-    conn.read_loop(stream).await;
+    let ending = conn.read_loop(stream).await;
     conn.leave();
-    if !out.closing().is_cancelled() {
-        // The client went away: nothing more to say.
-        writer_done.cancel();
+    match ending {
+        Ending::Orderly(why) => {
+            let flush_ms = match why {
+                Closing::ShuttingDown => limits.drain_timeout_ms / 2,
+                _ => limits.close_flush_timeout_ms,
+            };
+            conn.finish_pending(Duration::from_millis(flush_ms)).await;
+            out.close_after_queue(why, conn.read);
+        }
+        Ending::ClientLeft => {
+            conn.abandon_pending();
+            // Nothing more to say; an urgent close may still be on its way out.
+            if !out.closing().is_cancelled() {
+                writer_done.cancel();
+            }
+        }
+        Ending::Closed => conn.abandon_pending(),
     }
     let grace = Duration::from_millis(2 * limits.write_timeout_ms);
-    if tokio::time::timeout(grace, writer).await.is_err() {
+    if tokio::time::timeout(grace, &mut writer).await.is_err() {
         tracing::debug!(conn = out.id, "writer did not finish in time");
+        writer.abort();
     }
+    out.discard();
     shared.close_connection();
 }
 
 impl Conn {
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> Ending {
         let limits = self.shared.config.limits.clone();
         let idle = Duration::from_millis(limits.idle_timeout_ms);
         // One timer per idle period, not one per frame: a frame only notes the time, and the
@@ -135,36 +161,42 @@ impl Conn {
             let can_read = self.pending.len() < limits.pending_per_conn_max;
             tokio::select! {
                 biased;
-                _ = &mut closed => return,
-                _ = &mut shutting_down => {
-                    self.finish_pending(Duration::from_millis(limits.drain_timeout_ms / 2)).await;
-                    self.out.close(Closing::ShuttingDown);
-                    return;
-                }
+                _ = &mut closed => return Ending::Closed,
+                _ = &mut shutting_down => return Ending::Orderly(Closing::ShuttingDown),
                 Some(text) = self.pending.next(), if !self.pending.is_empty() => {
                     self.out.push(text);
                 }
                 _ = &mut idle_timer => {
                     if last_frame.elapsed() >= idle {
-                        self.out.close(Closing::IdleTimeout);
-                        return;
+                        return Ending::Orderly(Closing::IdleTimeout);
                     }
                     idle_timer.as_mut().reset(last_frame + idle);
                 }
                 frame = stream.next(), if can_read => {
                     last_frame = Instant::now();
                     match frame {
-                        None | Some(Ok(Message::Close(_))) => return,
+                        None | Some(Ok(Message::Close(_))) => return Ending::ClientLeft,
                         Some(Err(e)) => {
-                            if is_too_big(&e) {
-                                self.out.close(Closing::TooBig);
-                            } else {
-                                tracing::debug!(conn = self.out.id, error = %e, "read failed");
-                            }
-                            return;
+                            return match tungstenite_cause(&e) {
+                                Some(tungstenite::Error::Capacity(_)) => {
+                                    Ending::Orderly(Closing::TooBig)
+                                }
+                                Some(tungstenite::Error::Utf8(_)) => {
+                                    Ending::Orderly(Closing::InvalidUtf8)
+                                }
+                                _ => {
+                                    tracing::debug!(conn = self.out.id, error = %e, "read failed");
+                                    Ending::ClientLeft
+                                }
+                            };
                         }
-                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(why) = self.on_text(text.as_str()).await {
+                                return Ending::Orderly(why);
+                            }
+                        }
                         Some(Ok(Message::Binary(_))) => {
+                            self.read.frames += 1;
                             let e = ErrorBody::new(
                                 ErrorCode::UnsupportedFrame,
                                 "binary frames are not part of the API; send JSON text frames",
@@ -186,6 +218,16 @@ impl Conn {
             }
         })
         .await;
+        self.abandon_pending();
+    }
+
+    /// Gives up on answers that cannot be delivered any more, counting them.
+    fn abandon_pending(&mut self) {
+        let n = self.pending.len();
+        if n > 0 {
+            metrics::counter!("gateway_undelivered_total").increment(n as u64);
+            self.pending.clear();
+        }
     }
 
     fn leave(&mut self) {
@@ -197,48 +239,47 @@ impl Conn {
         }
     }
 
-    async fn on_text(&mut self, text: &str) {
+    /// Handles one text frame; `Some` when the connection must close (after its answers).
+    async fn on_text(&mut self, text: &str) -> Option<Closing> {
         metrics::counter!("gateway_frames_total").increment(1);
         let parsed = parse_request(text);
-        if let Err(not_until) = self.limiter.check() {
-            let id = parsed.as_ref().map_or_else(|e| e.id, |r| Some(r.id));
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            metrics::counter!("gateway_shed_total", "reason" => "connection_rate").increment(1);
-            self.limited(id, rate_limited(wait, "connection"));
-            return;
+        let id = parsed.as_ref().map_or_else(|e| e.id, |r| Some(r.id));
+        self.read.frames += 1;
+        if id.is_some() {
+            self.read.last_request_id = id;
         }
+        if let Err(not_until) = self.limiter.check() {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            metrics::counter!("gateway_shed_total", "reason" => telemetry::SHED_CONNECTION_RATE)
+                .increment(1);
+            return self.limited(id, rate_limited(wait, "connection"));
+        }
+        // Only the connection's own limit counts toward `abuse`: an account-wide `rate_limited`
+        // (its budget spent by other connections) is answered like any other error.
+        self.limited_in_a_row = 0;
         match parsed {
-            Err(e) => {
-                self.limited_in_a_row = 0;
-                self.out.push(error_text(e.id, e.error));
-            }
+            Err(e) => self.out.push(error_text(e.id, e.error)),
             Ok(request) => {
                 let id = request.id;
                 match self.handle(request).await {
-                    Ok(Some(text)) => {
-                        self.limited_in_a_row = 0;
-                        self.out.push(text);
-                    }
-                    Ok(None) => self.limited_in_a_row = 0,
-                    Err(e) if e.code == ErrorCode::RateLimited => self.limited(Some(id), e),
-                    Err(e) => {
-                        self.limited_in_a_row = 0;
-                        self.out.push(error_text(Some(id), e));
-                    }
+                    Ok(Some(text)) => self.out.push(text),
+                    Ok(None) => {}
+                    Err(e) => self.out.push(error_text(Some(id), e)),
                 }
             }
         }
+        None
     }
 
-    /// Answers `rate_limited`, and closes the connection once it keeps ignoring that.
-    fn limited(&mut self, id: Option<u64>, e: ErrorBody) {
+    /// Answers `rate_limited`; asks to close the connection once it keeps ignoring that.
+    fn limited(&mut self, id: Option<u64>, e: ErrorBody) -> Option<Closing> {
+        self.out.push(error_text(id, e));
         self.limited_in_a_row += 1;
         if self.limited_in_a_row >= self.shared.config.limits.abuse_limited_in_a_row {
             tracing::info!(conn = self.out.id, "closing abusive connection");
-            self.out.close(Closing::Abuse);
-        } else {
-            self.out.push(error_text(id, e));
+            return Some(Closing::Abuse);
         }
+        None
     }
 
     /// Answers at once (`Some`), or later through `pending` (`None`).
@@ -508,8 +549,8 @@ async fn write_loop(
                             }
                         }
                     }
-                    Next::Close(why) => {
-                        closing = Some(why);
+                    Next::Close(why, read) => {
+                        closing = Some((why, read));
                         break;
                     }
                 };
@@ -527,14 +568,14 @@ async fn write_loop(
             Ok(Err(_)) => return,
             Err(_) => {
                 // The client does not read; its socket buffer is full. Drop it.
-                metrics::counter!("gateway_disconnects_total", "reason" => "write_timeout")
+                metrics::counter!("gateway_slow_consumers_total", "reason" => telemetry::SLOW_WRITE_TIMEOUT)
                     .increment(1);
                 out.close(Closing::SlowConsumer);
                 return;
             }
         }
-        if let Some(why) = closing {
-            close(&mut sink, why, write_timeout).await;
+        if let Some((why, read)) = closing {
+            close(&mut sink, why, read, write_timeout).await;
             return;
         }
     }
@@ -543,14 +584,15 @@ async fn write_loop(
 /// Frames written before one flush, so one busy connection cannot hog its worker.
 const WRITE_BURST_MAX: usize = 256;
 
-async fn close(sink: &mut SplitSink<WebSocket, Message>, why: Closing, timeout: Duration) {
+async fn close(
+    sink: &mut SplitSink<WebSocket, Message>,
+    why: Closing,
+    read: Option<ReadSoFar>,
+    timeout: Duration,
+) {
     let _ = tokio::time::timeout(timeout, async {
-        if let Some((status, message)) = why.status() {
-            let push = Push::Status {
-                status,
-                message: message.to_owned(),
-            };
-            let text = serde_json::to_string(&push).expect("pushes serialize");
+        if let Some(status) = status_push(why, read) {
+            let text = serde_json::to_string(&status).expect("pushes serialize");
             sink.send(Message::Text(text.into())).await?;
         }
         let frame = CloseFrame {
@@ -563,8 +605,38 @@ async fn close(sink: &mut SplitSink<WebSocket, Message>, why: Closing, timeout: 
     .await;
 }
 
+/// The `status` push before a close: why, and on an orderly close how far the gateway read.
+fn status_push(why: Closing, read: Option<ReadSoFar>) -> Option<Push> {
+    let (status, reason) = why.status()?;
+    let message = match read {
+        Some(ReadSoFar {
+            frames,
+            last_request_id,
+        }) => {
+            let last = last_request_id.map_or_else(String::new, |id| format!(", the last id {id}"));
+            format!(
+                "{reason}. Every request read was answered before this message ({frames} frames \
+                 read{last}); nothing sent after them was read or acted on"
+            )
+        }
+        None => format!("{reason}. Answers still queued were not delivered"),
+    };
+    Some(Push::Status {
+        status,
+        message,
+        frames_read: read.map(|r| r.frames),
+        last_request_id: read.and_then(|r| r.last_request_id),
+    })
+}
+
 fn format_levels(spec: &PairSpec, levels: &Levels, best_high: bool) -> Vec<[String; 2]> {
-    let fmt = |(p, q): (&i64, &i64)| [spec.format_price(Price(*p)), spec.format_qty(Qty(*q))];
+    // A removal is the bare "0" the API documents, whatever the pair's decimals, so a client
+    // comparing strings cannot miss it.
+    let qty = |q: i64| match q {
+        0 => "0".to_owned(),
+        q => spec.format_qty(Qty(q)),
+    };
+    let fmt = |(p, q): (&i64, &i64)| [spec.format_price(Price(*p)), qty(*q)];
     if best_high {
         levels.iter().rev().map(fmt).collect()
     } else {

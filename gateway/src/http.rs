@@ -45,12 +45,12 @@ async fn upgrade(State(app): State<App>, headers: HeaderMap, ws: WebSocketUpgrad
     if !limits.allowed_origins.is_empty() {
         let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
         if !origin.is_some_and(|o| limits.allowed_origins.iter().any(|a| a == o)) {
-            metrics::counter!("gateway_upgrades_refused_total", "reason" => "origin").increment(1);
+            metrics::counter!("gateway_upgrades_refused_total", "reason" => crate::telemetry::REFUSED_ORIGIN).increment(1);
             return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
         }
     }
     if !shared.try_open_connection() {
-        metrics::counter!("gateway_upgrades_refused_total", "reason" => "max_connections")
+        metrics::counter!("gateway_upgrades_refused_total", "reason" => crate::telemetry::REFUSED_MAX_CONNECTIONS)
             .increment(1);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     }

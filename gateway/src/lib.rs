@@ -18,6 +18,7 @@ pub mod provision;
 pub mod sink;
 pub mod snapshot;
 mod state;
+mod telemetry;
 pub mod validate;
 
 use axum::serve::ListenerExt;
@@ -83,7 +84,11 @@ impl Gateway {
 pub fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| infra::telemetry::install_prometheus_recorder().ok())
+        .get_or_init(|| {
+            let handle = infra::telemetry::install_prometheus_recorder().ok()?;
+            telemetry::register();
+            Some(handle)
+        })
         .clone()
 }
 

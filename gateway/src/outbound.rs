@@ -3,7 +3,10 @@
 //!
 //! - Responses and private pushes: a FIFO of at most `outbound_queue_max` messages. Overflow
 //!   means the client cannot keep up with its own stream: the connection is closed with
-//!   `slow_consumer` (policy: disconnect). Nothing is silently dropped.
+//!   `slow_consumer` (policy: disconnect) at once, ahead of what is queued; what could not be
+//!   delivered is counted in `gateway_undelivered_total`.
+//! - Every other close is orderly: the answers already due are written first, then the status
+//!   and the close frame (see [`Outbound::close_after_queue`]).
 //! - Public market data: at most one pending entry per (channel, pair), merged while the client
 //!   is behind (policy: conflate). Book deltas merge into one delta (the latest level state
 //!   wins) or into a pending snapshot; the ticker keeps the latest; trades keep the newest
@@ -28,6 +31,8 @@ pub enum Closing {
     ShuttingDown,
     IdleTimeout,
     TooBig,
+    /// A text frame that is not UTF-8 (RFC 6455 section 8.1).
+    InvalidUtf8,
 }
 
 impl Closing {
@@ -38,6 +43,7 @@ impl Closing {
             Closing::ShuttingDown => close_code::GOING_AWAY,
             Closing::IdleTimeout => close_code::IDLE_TIMEOUT,
             Closing::TooBig => close_code::MESSAGE_TOO_BIG,
+            Closing::InvalidUtf8 => close_code::INVALID_PAYLOAD,
         }
     }
 
@@ -60,7 +66,7 @@ impl Closing {
                 ConnectionStatus::IdleTimeout,
                 "nothing received from the client within the idle timeout",
             )),
-            Closing::TooBig => None,
+            Closing::TooBig | Closing::InvalidUtf8 => None,
         }
     }
 
@@ -71,8 +77,27 @@ impl Closing {
             Closing::ShuttingDown => "shutting_down",
             Closing::IdleTimeout => "idle_timeout",
             Closing::TooBig => "message_too_big",
+            Closing::InvalidUtf8 => "invalid_utf8",
         }
     }
+
+    /// Every reason, for registering the metrics at start.
+    pub const ALL: &'static [Closing] = &[
+        Closing::SlowConsumer,
+        Closing::Abuse,
+        Closing::ShuttingDown,
+        Closing::IdleTimeout,
+        Closing::TooBig,
+        Closing::InvalidUtf8,
+    ];
+}
+
+/// What the reader had read when it asked for an orderly close, for the status push: every
+/// request read was answered before it, nothing after it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadSoFar {
+    pub frames: u64,
+    pub last_request_id: Option<u64>,
 }
 
 /// Integer book levels: price units -> quantity units (0 removes the level).
@@ -113,7 +138,7 @@ pub enum MarketPending {
 pub enum Next {
     Text(String),
     Market(PairId, MarketPending),
-    Close(Closing),
+    Close(Closing, Option<ReadSoFar>),
 }
 
 #[derive(Debug, Default)]
@@ -123,7 +148,10 @@ struct OutState {
     market_order: VecDeque<(Channel, PairId)>,
     /// The close the writer has yet to send.
     close: Option<Closing>,
-    /// Set by the first `close`, never cleared: nothing more is queued after it.
+    /// Whether that close waits until the queue is written (orderly) or goes first (urgent).
+    close_after_queue: bool,
+    read_so_far: Option<ReadSoFar>,
+    /// Set by the first close, never cleared: nothing more is queued after it.
     closed: bool,
 }
 
@@ -168,7 +196,8 @@ impl Outbound {
         }
         if s.queue.len() >= self.queue_max {
             drop(s);
-            metrics::counter!("gateway_slow_consumers_total").increment(1);
+            metrics::counter!("gateway_slow_consumers_total", "reason" => crate::telemetry::SLOW_OUTBOUND_QUEUE)
+                .increment(1);
             self.close(Closing::SlowConsumer);
             return;
         }
@@ -226,17 +255,46 @@ impl Outbound {
         }
     }
 
-    /// Asks the writer to close the connection; the first reason wins.
+    /// Closes the connection now, ahead of anything queued (the client is not reading, so what
+    /// is queued could not be delivered anyway); the first close wins.
     pub fn close(&self, why: Closing) {
+        self.request_close(why, None);
+    }
+
+    /// Closes the connection once everything queued so far is written: the answers already
+    /// due reach the client before the status and the close frame. Nothing queued after this.
+    pub fn close_after_queue(&self, why: Closing, read: ReadSoFar) {
+        self.request_close(why, Some(read));
+    }
+
+    fn request_close(&self, why: Closing, read: Option<ReadSoFar>) {
         let mut s = self.state();
         if !s.closed {
             s.closed = true;
             s.close = Some(why);
+            s.close_after_queue = read.is_some();
+            s.read_so_far = read;
+            // Market data is public and conflated: nobody misses it after a close.
+            s.market.clear();
+            s.market_order.clear();
             metrics::counter!("gateway_disconnects_total", "reason" => why.reason()).increment(1);
         }
         drop(s);
         self.closing.cancel();
         self.notify.notify_one();
+    }
+
+    /// Drops what is still queued when the writer stops, counting it as undelivered.
+    pub fn discard(&self) -> usize {
+        let mut s = self.state();
+        s.closed = true;
+        let n = s.queue.len();
+        s.queue.clear();
+        drop(s);
+        if n > 0 {
+            metrics::counter!("gateway_undelivered_total").increment(n as u64);
+        }
+        n
     }
 
     /// Cancelled once a close was requested: the reader stops reading.
@@ -248,8 +306,8 @@ impl Outbound {
         self.state().queue.len()
     }
 
-    /// Waits for the next thing to write. Closing comes first, then responses and private
-    /// pushes, then market data.
+    /// Waits for the next thing to write. An urgent close comes first, then responses and
+    /// private pushes, then an orderly close, then market data.
     pub async fn next(&self) -> Next {
         loop {
             if let Some(next) = self.try_next() {
@@ -263,11 +321,14 @@ impl Outbound {
     /// The next thing to write if one is queued now, without waiting.
     pub fn try_next(&self) -> Option<Next> {
         let mut s = self.state();
-        if let Some(why) = s.close.take() {
-            return Some(Next::Close(why));
+        if s.close.is_some() && !s.close_after_queue {
+            return s.close.take().map(|why| Next::Close(why, None));
         }
         if let Some(text) = s.queue.pop_front() {
             return Some(Next::Text(text));
+        }
+        if let Some(why) = s.close.take() {
+            return Some(Next::Close(why, s.read_so_far));
         }
         while let Some(key) = s.market_order.pop_front() {
             if let Some(pending) = s.market.remove(&key) {
@@ -391,8 +452,32 @@ mod tests {
         assert!(out.closing().is_cancelled());
         assert!(matches!(
             out.next().await,
-            Next::Close(Closing::SlowConsumer)
+            Next::Close(Closing::SlowConsumer, None)
         ));
         assert!(matches!(out.next().await, Next::Text(t) if t == "a"));
+        assert_eq!(out.discard(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_orderly_close_comes_after_the_queued_answers_and_drops_market_data() {
+        let out = Outbound::new(1, 8, 2);
+        out.push("a".into());
+        out.push_market(Channel::Trades, 0, MarketUpdate::Trades(Vec::new()));
+        out.push("b".into());
+        let read = ReadSoFar {
+            frames: 2,
+            last_request_id: Some(7),
+        };
+        out.close_after_queue(Closing::Abuse, read);
+        assert!(out.closing().is_cancelled());
+        out.push("late".into());
+        assert!(matches!(out.next().await, Next::Text(t) if t == "a"));
+        assert!(matches!(out.next().await, Next::Text(t) if t == "b"));
+        assert!(matches!(
+            out.next().await,
+            Next::Close(Closing::Abuse, Some(r)) if r == read
+        ));
+        assert!(out.try_next().is_none());
+        assert_eq!(out.discard(), 0);
     }
 }

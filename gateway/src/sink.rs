@@ -54,6 +54,15 @@ pub enum Shed {
 }
 
 impl Shed {
+    /// Every [`Shed::label`].
+    pub const LABELS: &'static [&'static str] = &[
+        "in_flight",
+        "producer_queue",
+        "queue_delay",
+        "engine_delay",
+        "awaiting_verdict",
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Shed::InFlight(_) => "in_flight",

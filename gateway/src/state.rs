@@ -22,7 +22,7 @@ use crate::hub::Hub;
 use crate::ids::CommandIds;
 use crate::outbound::ConnId;
 use crate::sink::{Class, OrderSink, Permit, SendError};
-use crate::{GatewayError, now_ms};
+use crate::{GatewayError, now_ms, telemetry};
 
 pub(crate) struct Shared {
     pub config: Config,
@@ -55,13 +55,17 @@ pub(crate) fn rate_limited(wait: Duration, what: &str) -> ErrorBody {
     e
 }
 
-/// Counts an error by its code for `/metrics`.
-pub(crate) fn count_error(code: ErrorCode) {
-    let name = match serde_json::to_value(code) {
+/// An error code's wire name (`price_off_tick`).
+pub(crate) fn error_code_name(code: ErrorCode) -> String {
+    match serde_json::to_value(code) {
         Ok(serde_json::Value::String(s)) => s,
         _ => "unknown".to_owned(),
-    };
-    metrics::counter!("gateway_errors_total", "code" => name).increment(1);
+    }
+}
+
+/// Counts an error by its code for `/metrics`.
+pub(crate) fn count_error(code: ErrorCode) {
+    metrics::counter!("gateway_errors_total", "code" => error_code_name(code)).increment(1);
 }
 
 impl Shared {
@@ -135,7 +139,8 @@ impl Shared {
         self.account_limiter
             .check_key(&account)
             .map_err(|not_until| {
-                metrics::counter!("gateway_shed_total", "reason" => "account_rate").increment(1);
+                metrics::counter!("gateway_shed_total", "reason" => telemetry::SHED_ACCOUNT_RATE)
+                    .increment(1);
                 rate_limited(
                     not_until.wait_time_from(DefaultClock::default().now()),
                     "account",
@@ -191,7 +196,8 @@ impl Shared {
                 | SendError::Delivery(KafkaError::MessageProduction(
                     RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::QueueFull,
                 )) => {
-                    metrics::counter!("gateway_shed_total", "reason" => "kafka").increment(1);
+                    metrics::counter!("gateway_shed_total", "reason" => telemetry::SHED_KAFKA)
+                        .increment(1);
                     self.overloaded(format!("Kafka did not take the command: {e}"))
                 }
                 other => {

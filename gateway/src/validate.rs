@@ -5,7 +5,7 @@
 //! quantity, notional), so the same bad command gets the same code from either.
 
 use protocol::pairs::DecimalError;
-use protocol::ws::{Amend, Cancel, ErrorBody, ErrorCode, Place};
+use protocol::ws::{Amend, Cancel, ErrorBody, ErrorCode, JSON_SAFE_INT_MAX, Place};
 use protocol::{
     AccountId, AmendOrder, CancelOrder, OrderId, OrderRef, OrderType, PairSpec, PlaceOrder, Price,
     Qty, RejectReason, TimeInForce, is_valid_client_order_id,
@@ -87,9 +87,10 @@ pub fn place(
         .parse_qty(&p.qty)
         .map_err(|e| decimal_error("qty", spec, e))?;
     check_client_id(p.client_order_id.as_deref())?;
-    let market_gtc = p.order_type == OrderType::Market && p.tif == TimeInForce::Gtc;
+    let tif = p.time_in_force();
+    let market_gtc = p.order_type == OrderType::Market && tif == TimeInForce::Gtc;
     let bad_post_only =
-        p.post_only && (p.order_type != OrderType::Limit || p.tif != TimeInForce::Gtc);
+        p.post_only && (p.order_type != OrderType::Limit || tif != TimeInForce::Gtc);
     if market_gtc || bad_post_only {
         return Err(order_error(RejectReason::InvalidTimeInForce));
     }
@@ -110,7 +111,7 @@ pub fn place(
         order_type: p.order_type,
         price,
         qty,
-        tif: p.tif,
+        tif,
         post_only: p.post_only,
         stp: p.stp,
     })
@@ -122,6 +123,10 @@ fn order_ref(
     client_order_id: Option<&String>,
 ) -> Result<OrderRef, ErrorBody> {
     match (order_id, client_order_id) {
+        (Some(id), None) if id > JSON_SAFE_INT_MAX => Err(ErrorBody::new(
+            ErrorCode::InvalidOrderRef,
+            format!("order_id {id} cannot exist: order ids are below 2^53"),
+        )),
         (Some(id), None) => Ok(OrderRef::Id(OrderId(id))),
         (None, Some(c)) => {
             check_client_id(Some(c))?;
@@ -200,7 +205,7 @@ mod tests {
             order_type: OrderType::Limit,
             price: Some(price.into()),
             qty: qty.into(),
-            tif: TimeInForce::Gtc,
+            tif: None,
             post_only: false,
             client_order_id: None,
             stp: SelfTradePrevention::ExpireTaker,
@@ -234,11 +239,15 @@ mod tests {
         assert_eq!(bad(limit("100.123", "0.5")), ErrorCode::InvalidDecimal);
         let mut market = limit("100", "0.5");
         market.order_type = OrderType::Market;
+        market.tif = Some(TimeInForce::Gtc);
         assert_eq!(bad(market.clone()), ErrorCode::Order(InvalidTimeInForce));
-        market.tif = TimeInForce::Ioc;
+        market.tif = None;
         assert_eq!(bad(market.clone()), ErrorCode::Order(InvalidPrice));
         market.price = None;
-        assert!(place(&s, &market, a.0, a.1).is_ok());
+        let ok = place(&s, &market, a.0, a.1).expect("a market order without tif");
+        assert_eq!(ok.tif, TimeInForce::Ioc, "market orders default to ioc");
+        market.tif = Some(TimeInForce::Fok);
+        assert_eq!(place(&s, &market, a.0, a.1).unwrap().tif, TimeInForce::Fok);
         let mut cid = limit("100", "0.5");
         cid.client_order_id = Some("has space".into());
         assert_eq!(bad(cid), ErrorCode::Order(InvalidClientOrderId));
@@ -254,6 +263,16 @@ mod tests {
         assert_eq!(
             cancel(&c, AccountId(1)).unwrap_err().code,
             ErrorCode::InvalidOrderRef
+        );
+        let too_big = Cancel {
+            pair: "BTC-EUR".into(),
+            order_id: Some(1 << 60),
+            client_order_id: None,
+        };
+        assert_eq!(
+            cancel(&too_big, AccountId(1)).unwrap_err().code,
+            ErrorCode::InvalidOrderRef,
+            "order ids are below 2^53"
         );
         let a = Amend {
             pair: "BTC-EUR".into(),

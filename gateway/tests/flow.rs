@@ -132,6 +132,22 @@ async fn two_accounts_cross_and_a_third_sees_the_book_and_the_trade() {
     assert_eq!(update["type"], "update", "{update}");
     assert_eq!(update["prev_seq"].as_u64().unwrap(), snap_seq);
     assert_eq!(update["asks"][0], json!(["100.00", "0.20000000"]));
+    // A market order without `tif` is immediate-or-cancel; the level it empties is removed
+    // with the bare "0" the API documents, not the pair's "0.00000000".
+    let r = buyer
+        .request(
+            "place",
+            json!({"pair": "BTC-EUR", "side": "buy", "type": "market", "qty": "0.2"}),
+        )
+        .await;
+    assert_eq!(r["result"]["status"], "received", "{r}");
+    let req_id = r["id"].clone();
+    let accepted = buyer
+        .push_where(|v| is_order("accepted")(v) && v["req_id"] == req_id)
+        .await;
+    assert_eq!(accepted["tif"], "ioc", "{accepted}");
+    let update = late.push_where(|v| v["channel"] == "book").await;
+    assert_eq!(update["asks"], json!([["100.00", "0"]]), "{update}");
     second_stop.cancel();
     second.join().await.unwrap();
 

@@ -6,10 +6,12 @@
 //! - [`db`]: the PostgreSQL pool and the embedded migrations.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token every service drains on.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
+//! - [`metrics_doc`]: `docs/METRICS.md` and a scrape read as data, to hold one against the other.
 
 pub mod config;
 pub mod db;
 pub mod kafka;
+pub mod metrics_doc;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -238,7 +238,7 @@ impl Trader {
             order_type: OrderType::Limit,
             price: Some(pm.format_price(price)),
             qty: pm.format_qty(qty),
-            tif,
+            tif: Some(tif),
             post_only: false,
             client_order_id: None,
             stp: SelfTradePrevention::ExpireTaker,
@@ -523,7 +523,7 @@ mod tests {
                 order_type: place.order_type,
                 price: place.price.clone(),
                 qty: place.qty.clone(),
-                tif: place.tif,
+                tif: place.time_in_force(),
                 post_only: false,
             },
         });
@@ -548,7 +548,7 @@ mod tests {
             order_type: OrderType::Limit,
             price: Some("100.00".into()),
             qty: "0.01".into(),
-            tif: TimeInForce::Gtc,
+            tif: Some(TimeInForce::Gtc),
             post_only: false,
             stp: SelfTradePrevention::ExpireTaker,
         };
@@ -570,12 +570,12 @@ mod tests {
         let RequestBody::Place(p) = req.body else {
             panic!("not a place: {text}")
         };
-        assert_eq!(p.tif, TimeInForce::Gtc);
+        assert_eq!(p.tif, Some(TimeInForce::Gtc));
         let (text, _) = t.build(slot(Kind::Marketable), Instant::now());
         let RequestBody::Place(p) = parse_request(&text).unwrap().body else {
             panic!("not a place")
         };
-        assert_eq!(p.tif, TimeInForce::Ioc);
+        assert_eq!(p.tif, Some(TimeInForce::Ioc));
     }
 
     #[test]

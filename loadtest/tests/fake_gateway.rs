@@ -84,14 +84,14 @@ async fn connection(tcp: tokio::net::TcpStream, account: u64) {
                     order_type: OrderType::Limit,
                     price: p.price.clone(),
                     qty: p.qty.clone(),
-                    tif: p.tif,
+                    tif: p.time_in_force(),
                     post_only: false,
                 };
                 let mut out = vec![
                     respond(id, Some(received), None),
                     push(&p.pair, seq, id, accepted),
                 ];
-                if p.tif == TimeInForce::Gtc {
+                if p.time_in_force() == TimeInForce::Gtc {
                     live.insert(order_id);
                 } else {
                     let fill = OrderUpdateKind::Fill {

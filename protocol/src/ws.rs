@@ -101,14 +101,26 @@ pub struct Place {
     pub price: Option<String>,
     /// Decimal string, in the base currency.
     pub qty: String,
-    #[serde(default)]
-    pub tif: TimeInForce,
+    /// Absent: `gtc` for a limit order, `ioc` for a market order (see [`Place::time_in_force`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tif: Option<TimeInForce>,
     #[serde(default)]
     pub post_only: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_order_id: Option<ClientOrderId>,
     #[serde(default)]
     pub stp: SelfTradePrevention,
+}
+
+impl Place {
+    /// The time in force asked for, or the default: a market order never rests, so it is
+    /// immediate-or-cancel unless it says `fok`.
+    pub fn time_in_force(&self) -> TimeInForce {
+        self.tif.unwrap_or(match self.order_type {
+            OrderType::Limit => TimeInForce::Gtc,
+            OrderType::Market => TimeInForce::Ioc,
+        })
+    }
 }
 
 /// Names one order: exactly one of `order_id` and `client_order_id`.
@@ -266,10 +278,16 @@ pub enum Push {
     Heartbeat {
         ts_ms: u64,
     },
-    /// The server is about to close this connection, and why.
+    /// The server is about to close this connection, and why. On an orderly close every
+    /// request the gateway read was answered before this push; `frames_read` and
+    /// `last_request_id` say how far it read (nothing after that was read or acted on).
     Status {
         status: ConnectionStatus,
         message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        frames_read: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_request_id: Option<u64>,
     },
 }
 
@@ -434,6 +452,8 @@ pub const PUSH_CHANNELS: &[&str] = &["orders", "book", "trades", "ticker", "hear
 pub mod close_code {
     /// The gateway is shutting down (`shutting_down`).
     pub const GOING_AWAY: u16 = 1001;
+    /// A text frame that is not valid UTF-8 (`invalid_utf8`).
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Sustained abuse after rate limiting (`abuse`), or a refused Origin.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame or message above the gateway's size limit.
@@ -523,25 +543,30 @@ struct IdOnly {
 
 /// Parses one text frame in stages, so each failure gets its own code: not an object with an
 /// integer id and a method (`malformed_request`), an unknown method (`unknown_method`), or
-/// params of the wrong shape (`invalid_params`).
+/// params of the wrong shape (`invalid_params`). Messages are sentences for a person; the code
+/// is what a program matches on.
 pub fn parse_request(text: &str) -> Result<Request, RequestError> {
-    let raw: RawRequest = serde_json::from_str(text).map_err(|e| RequestError {
-        id: serde_json::from_str::<IdOnly>(text).ok().map(|r| r.id),
-        error: ErrorBody::new(
-            ErrorCode::MalformedRequest,
-            format!("expected {{\"id\": integer, \"method\": string, \"params\": object}}: {e}"),
-        ),
+    let raw: RawRequest = serde_json::from_str(text).map_err(|_| RequestError {
+        id: serde_json::from_str::<IdOnly>(text)
+            .ok()
+            .map(|r| r.id)
+            .filter(|id| *id <= JSON_SAFE_INT_MAX),
+        error: ErrorBody::new(ErrorCode::MalformedRequest, malformed_message(text)),
     })?;
+    if raw.id > JSON_SAFE_INT_MAX {
+        // Echoing it would hand a JavaScript client a number it cannot read exactly.
+        return Err(RequestError {
+            id: None,
+            error: ErrorBody::new(
+                ErrorCode::MalformedRequest,
+                "id must be an integer from 0 to 2^53 - 1 (9007199254740991)",
+            ),
+        });
+    }
     let fail = |code, message: String| RequestError {
         id: Some(raw.id),
         error: ErrorBody::new(code, message),
     };
-    if raw.id > JSON_SAFE_INT_MAX {
-        return Err(fail(
-            ErrorCode::MalformedRequest,
-            format!("id must be at most {JSON_SAFE_INT_MAX}"),
-        ));
-    }
     if !METHODS.contains(&raw.method) {
         return Err(fail(
             ErrorCode::UnknownMethod,
@@ -553,17 +578,71 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
         ));
     }
     let params = raw.params.map_or("null", RawValue::get);
+    if raw.method != "ping" && !params.trim_start().starts_with('{') {
+        return Err(fail(
+            ErrorCode::InvalidParams,
+            format!("params of {} must be a JSON object", raw.method),
+        ));
+    }
     let tagged = format!(r#"{{"method":"{}","params":{params}}}"#, raw.method);
     let body = match (raw.method, params) {
         ("ping", _) => RequestBody::Ping,
         _ => serde_json::from_str(&tagged).map_err(|e| {
             fail(
                 ErrorCode::InvalidParams,
-                format!("invalid params for {}: {e}", raw.method),
+                format!("invalid params for {}: {}", raw.method, plain(&e)),
             )
         })?,
     };
     Ok(Request { id: raw.id, body })
+}
+
+/// Says which part of the envelope is wrong, in the envelope's own terms.
+fn malformed_message(text: &str) -> String {
+    const SHAPE: &str =
+        r#"a request is one JSON object: {"id": integer, "method": string, "params": object}"#;
+    let what = match serde_json::from_str::<serde_json::Value>(text) {
+        Err(_) => "the frame is not valid JSON",
+        Ok(serde_json::Value::Object(m)) => match (m.get("id"), m.get("method")) {
+            (None, _) => "\"id\" is missing",
+            (Some(id), _) if !id.is_u64() => "\"id\" is not a whole number from 0 to 2^53 - 1",
+            (_, None) => "\"method\" is missing",
+            (_, Some(_)) => "\"method\" is not a string",
+        },
+        Ok(_) => "the frame is JSON but not an object",
+    };
+    format!("{what}; {SHAPE}")
+}
+
+/// serde's error as a sentence: without the parser's position, its Rust type names or its
+/// backquotes (the code, not the text, is the stable part of an error).
+fn plain(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    let mut out = text.replace('`', "\"");
+    for (rust, plain) in [
+        ("u64", "a whole number (0 or more)"),
+        ("u32", "a whole number (0 or more)"),
+        ("i64", "a whole number"),
+        ("a string", "a string"),
+        ("a boolean", "true or false"),
+        ("unit variant", "a name"),
+        ("struct ", "object "),
+        ("map", "object"),
+        ("unit value", "null"),
+    ] {
+        out = out.replace(&format!("expected {rust}"), &format!("expected {plain}"));
+    }
+    out.replace("invalid type: ", "wrong type: ")
+        .replace("invalid value: ", "wrong value: ")
+        .replace("unknown variant", "unknown value")
+        .replace(
+            "data did not match any variant of untagged enum",
+            "not one of the known values of",
+        )
 }
 
 impl Request {
@@ -594,7 +673,8 @@ mod tests {
         let RequestBody::Place(p) = r.body else {
             panic!("not a place")
         };
-        assert_eq!(p.tif, TimeInForce::Gtc);
+        assert_eq!(p.tif, None);
+        assert_eq!(p.time_in_force(), TimeInForce::Gtc);
         assert_eq!(p.stp, SelfTradePrevention::ExpireTaker);
         assert_eq!(p.price.as_deref(), Some("100.1"));
     }
@@ -621,8 +701,32 @@ mod tests {
         );
         assert_eq!(
             code_of(r#"{"id":9007199254740992,"method":"ping"}"#),
-            (Some(9007199254740992), ErrorCode::MalformedRequest)
+            (None, ErrorCode::MalformedRequest),
+            "an id above 2^53 - 1 is refused, not echoed"
         );
+        assert_eq!(
+            code_of(r#"{"id":9007199254740991,"method":"fly"}"#),
+            (Some(9007199254740991), ErrorCode::UnknownMethod)
+        );
+    }
+
+    #[test]
+    fn messages_are_sentences_without_parser_internals() {
+        for text in [
+            "{",
+            "[1,2]",
+            r#"{"id":"x","method":"ping"}"#,
+            r#"{"id":2,"method":"place","params":{"pair":"BTC-EUR"}}"#,
+            r#"{"id":3,"method":"cancel_all","params":{"pair":"X","extra":1}}"#,
+            r#"{"id":4,"method":"place","params":{"pair":"BTC-EUR","side":"up","type":"limit","qty":"1"}}"#,
+            r#"{"id":5,"method":"cancel","params":{"pair":"BTC-EUR","order_id":"7"}}"#,
+            r#"{"id":6,"method":"cancel_all_after","params":{"timeout_ms":-1}}"#,
+        ] {
+            let m = parse_request(text).unwrap_err().error.message;
+            for internal in ["line ", "column", "u64", "`", "struct", "variant"] {
+                assert!(!m.contains(internal), "{internal:?} in {m:?} (for {text})");
+            }
+        }
     }
 
     #[test]

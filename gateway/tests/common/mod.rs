@@ -212,7 +212,7 @@ impl Stack {
         consumer
     }
 
-    /// Reads `orders` records until `pred` has matched `n` of them.
+    /// Reads `orders` command lines until `pred` has matched at least `n` of them.
     pub async fn wait_orders(
         &self,
         consumer: &StreamConsumer,
@@ -226,9 +226,12 @@ impl Stack {
                 let key = std::str::from_utf8(m.key().unwrap_or_default())
                     .unwrap()
                     .to_owned();
-                let rec = OrderRecord::decode(m.payload().unwrap()).unwrap();
-                if pred(m.partition(), &key, &rec) {
-                    found.push((m.partition(), rec));
+                // A record packs one or more command lines.
+                for line in protocol::records::command_lines(m.payload()) {
+                    let rec = OrderRecord::decode(line.unwrap()).unwrap();
+                    if pred(m.partition(), &key, &rec) {
+                        found.push((m.partition(), rec));
+                    }
                 }
             }
         })
