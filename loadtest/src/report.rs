@@ -31,6 +31,9 @@ pub struct PhaseReport {
     /// The generator's own queue was full: it fell behind its schedule.
     pub generator_behind: u64,
     pub connection_closed: u64,
+    /// Written, but the gateway closed the connection before reading them (its status push
+    /// said how far it read): known not acted on, so not lost.
+    pub unread_at_close: u64,
     pub errors: BTreeMap<String, u64>,
     pub trades: u64,
     pub fills: u64,
@@ -63,6 +66,7 @@ impl PhaseReport {
             shed: b.shed(),
             generator_behind: b.generator_behind,
             connection_closed: b.connection_closed,
+            unread_at_close: b.unread_at_close,
             errors: b.errors(),
             trades: p.trades,
             fills: p.fills,
@@ -84,7 +88,8 @@ impl PhaseReport {
         if self.offered == 0 {
             0.0
         } else {
-            (self.shed + self.generator_behind + self.connection_closed) as f64
+            (self.shed + self.generator_behind + self.connection_closed + self.unread_at_close)
+                as f64
                 / self.offered as f64
         }
     }
@@ -247,13 +252,13 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  generator behind    {}   connection closed {}",
-            m.generator_behind, m.connection_closed
+            "  generator behind    {}   connection closed {}   unread at close {}",
+            m.generator_behind, m.connection_closed, m.unread_at_close
         );
         let _ = writeln!(s, "  timeouts            {}", m.timeouts);
         let _ = writeln!(
             s,
-            "  lost                {} (all phases: {})",
+            "  lost                {} in the window, {} in all phases (warm-up and drain too)",
             m.lost, self.lost_all_phases
         );
         let _ = writeln!(s, "  trades              {} ({} fills)", m.trades, m.fills);

@@ -40,6 +40,8 @@ pub enum Outcome {
     Timeout,
     /// No response of any kind before the drain deadline.
     Lost,
+    /// Written, but the gateway closed the connection before reading it, and said so.
+    UnreadAtClose,
     NotSent(NotSent),
 }
 
@@ -68,6 +70,7 @@ pub struct Buckets {
     pub gateway_rejected: BTreeMap<String, u64>,
     pub timeouts: u64,
     pub lost: u64,
+    pub unread_at_close: u64,
     pub generator_behind: u64,
     pub connection_closed: u64,
 }
@@ -84,6 +87,7 @@ impl Buckets {
             }
             Outcome::Timeout => self.timeouts += 1,
             Outcome::Lost => self.lost += 1,
+            Outcome::UnreadAtClose => self.unread_at_close += 1,
             Outcome::NotSent(NotSent::GeneratorBehind) => self.generator_behind += 1,
             Outcome::NotSent(NotSent::ConnectionClosed) => self.connection_closed += 1,
         }
@@ -95,6 +99,7 @@ impl Buckets {
             + self.gateway_rejected.values().sum::<u64>()
             + self.timeouts
             + self.lost
+            + self.unread_at_close
             + self.generator_behind
             + self.connection_closed
     }

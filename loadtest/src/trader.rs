@@ -290,12 +290,21 @@ impl Trader {
                 }
             }
             (Some("status"), _) => {
-                if let Ok(Push::Status { status, .. }) = serde_json::from_str::<Push>(text) {
+                if let Ok(Push::Status {
+                    status,
+                    last_request_id,
+                    frames_read,
+                    ..
+                }) = serde_json::from_str::<Push>(text)
+                {
                     let reason = serde_json::to_value(status)
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_default();
                     obs.push(Observation::Disconnected { reason });
+                    if frames_read.is_some() {
+                        self.unread_at_close(last_request_id.unwrap_or(0), obs);
+                    }
                 }
             }
             (Some(_), _) => {}
@@ -465,6 +474,25 @@ impl Trader {
         }
     }
 
+    /// On an orderly close the gateway answered every request up to `last_read` and read none
+    /// after it (ids are sent in increasing order): those are known not to have been acted on.
+    fn unread_at_close(&mut self, last_read: u64, obs: &mut Vec<Observation>) {
+        let unread: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(id, p)| **id > last_read && !p.acked && p.verdict.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unread {
+            let p = self.pending.remove(&id).expect("present");
+            self.release(p.target, None);
+            obs.push(Observation::Finished {
+                phase: p.phase,
+                outcome: Outcome::UnreadAtClose,
+            });
+        }
+    }
+
     /// At the drain deadline: every command still open gets its final bucket.
     pub fn give_up(&mut self, obs: &mut Vec<Observation>) {
         for (_, p) in self.pending.drain() {
@@ -492,7 +520,7 @@ fn verdict_outcome(v: Verdict) -> Outcome {
 mod tests {
     use super::*;
     use protocol::PairRegistry;
-    use protocol::ws::{ErrorCode, Response, parse_request};
+    use protocol::ws::{ConnectionStatus, ErrorCode, Response, parse_request};
 
     fn trader(live_max: usize) -> Trader {
         let reg = PairRegistry::from_toml(include_str!("../../config/pairs.toml")).unwrap();
@@ -675,6 +703,34 @@ mod tests {
         outcomes.sort_by_key(|o| format!("{o:?}"));
         assert_eq!(outcomes, vec![Outcome::Lost, Outcome::Timeout]);
         assert_eq!(t.pending_len(), 0);
+    }
+
+    #[test]
+    fn requests_the_gateway_never_read_before_closing_are_unread_not_lost() {
+        let mut t = trader(100);
+        let mut obs = Vec::new();
+        for _ in 0..4 {
+            t.build(slot(Kind::Limit), Instant::now());
+        }
+        t.handle_text(&received(1), &mut obs);
+        let status = Push::Status {
+            status: ConnectionStatus::Abuse,
+            message: String::new(),
+            frames_read: Some(2),
+            last_request_id: Some(2),
+        };
+        t.handle_text(&serde_json::to_string(&status).unwrap(), &mut obs);
+        assert_eq!(
+            finished(&obs),
+            vec![Outcome::UnreadAtClose; 2],
+            "ids 3 and 4"
+        );
+        obs.clear();
+        t.give_up(&mut obs);
+        let mut outcomes = finished(&obs);
+        outcomes.sort_by_key(|o| format!("{o:?}"));
+        // Id 2 was read and never answered: that is lost, whatever the status said.
+        assert_eq!(outcomes, vec![Outcome::Lost, Outcome::Timeout]);
     }
 
     #[test]

@@ -206,6 +206,7 @@ async fn every_command_is_accounted_for_and_the_report_is_written() {
         + m.errors.values().sum::<u64>()
         + m.timeouts
         + m.lost
+        + m.unread_at_close
         + m.generator_behind
         + m.connection_closed;
     assert_eq!(bucketed, m.offered, "every command in exactly one bucket");
