@@ -8,7 +8,8 @@
 ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
-# librdkafka is compiled from source by rdkafka-sys (make + a C compiler, both in this image).
+# librdkafka is compiled from source by rdkafka-sys (make + a C compiler, both in this image),
+# with OpenSSL for TLS and SASL/SCRAM to MSK: libssl-dev and pkg-config are in rust:bookworm too.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
@@ -19,9 +20,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
           target/release/loadtest /out/
 
 FROM debian:bookworm-slim AS runtime
-# No TLS stack or shell tools beyond bash: health checks use bash's /dev/tcp (see compose file).
+# No shell tools beyond bash: health checks use bash's /dev/tcp (see compose file). libssl3 and
+# the CA certificates let librdkafka verify the brokers' certificates (TLS to MSK).
+# DL3008 (pin apt versions): bookworm's security updates replace the exact versions, so pins would
+# break the build at the next point release; the base image tag pins the Debian release instead.
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app
 COPY --from=builder /out/ /usr/local/bin/
