@@ -1,0 +1,391 @@
+// The template checks linters cannot make, each paired with a way to break a template so that the
+// check must fail: a check that accepts anything would be worse than none. Each `run` throws an
+// AssertionError naming what is wrong; each `breakIt` changes a good template in one place.
+import assert from 'node:assert/strict';
+import { engineDrainBoundS, FARGATE_STOP_TIMEOUT_MAX_S } from '../../lib/engine';
+import { gatewayIdBlock } from '../../lib/network';
+import { MIN_INSYNC_REPLICAS, REPLICATION_FACTOR } from '../../lib/streaming';
+import type { Pair } from '../../lib/pairs';
+import { type BinaryName, type BinarySpec, effective } from './cli';
+import type { TemplateJson } from './synth';
+import { appContainers, attribute, type Container, containers, resource, resources, serviceOf } from './template';
+
+export interface CheckContext {
+  readonly pairs: readonly Pair[];
+  readonly specs: ReadonlyMap<BinaryName, BinarySpec>;
+  readonly repository: string;
+}
+
+export interface Check {
+  readonly name: string;
+  run(json: TemplateJson, ctx: CheckContext): void;
+  breakIt(json: TemplateJson): void;
+}
+
+type Props = Record<string, unknown>;
+
+const engines = (json: TemplateJson, ctx: CheckContext): Container[] =>
+  appContainers(json, ctx.repository).filter((c) => c.name === 'engine');
+const gateway = (json: TemplateJson, ctx: CheckContext): Container => {
+  const found = appContainers(json, ctx.repository).filter((c) => c.name === 'gateway');
+  assert.equal(found.length, 1, 'one gateway container');
+  return found[0]!;
+};
+const containerDef = (json: TemplateJson, name: string, nth = 0): Props => {
+  const c = containers(json).filter((x) => x.name === name)[nth];
+  assert.ok(c !== undefined, `no container ${name} #${nth}`);
+  return c.raw;
+};
+const groupOf = (subnet: Props): string | undefined =>
+  (subnet.Tags as { Key: string; Value: string }[] | undefined)?.find((t) => t.Key === 'aws-cdk:subnet-name')?.Value;
+const ref = (value: unknown): string | undefined => {
+  const v = value as { Ref?: string; 'Fn::GetAtt'?: [string, string] } | undefined;
+  return v?.Ref ?? v?.['Fn::GetAtt']?.[0];
+};
+/** Subnets whose route tables send 0.0.0.0/0 somewhere (an internet or NAT gateway). */
+const routedSubnets = (json: TemplateJson): Set<string> => {
+  const tables = new Set(
+    resources(json, 'AWS::EC2::Route')
+      .filter((r) => r.props.DestinationCidrBlock === '0.0.0.0/0')
+      .map((r) => ref(r.props.RouteTableId)!),
+  );
+  return new Set(
+    resources(json, 'AWS::EC2::SubnetRouteTableAssociation')
+      .filter((a) => tables.has(ref(a.props.RouteTableId)!))
+      .map((a) => ref(a.props.SubnetId)!),
+  );
+};
+const drainMs = (json: TemplateJson, ctx: CheckContext): number =>
+  Number(effective(ctx.specs, 'gateway', 'GW_DRAIN_TIMEOUT_MS', gateway(json, ctx).environment));
+
+export const CHECKS: readonly Check[] = [
+  {
+    name: 'three distinct availability zones, each subnet group in all three',
+    run(json) {
+      const subnets = resources(json, 'AWS::EC2::Subnet');
+      const azs = new Set(subnets.map((s) => s.props.AvailabilityZone as string));
+      assert.equal(azs.size, 3, `subnets span ${[...azs].join(', ')}`);
+      for (const az of azs) assert.ok(!/dummy/.test(az), `placeholder AZ ${az}: cdk.context.json lacks this account/region`);
+      const groups = new Map<string, Set<string>>();
+      for (const s of subnets) {
+        const g = groupOf(s.props) ?? '?';
+        groups.set(g, (groups.get(g) ?? new Set()).add(s.props.AvailabilityZone as string));
+      }
+      for (const [g, set] of groups) assert.equal(set.size, 3, `subnet group ${g} spans ${[...set].join(', ')}`);
+    },
+    breakIt(json) {
+      const [a, b] = resources(json, 'AWS::EC2::Subnet');
+      json.Resources[b!.id]!.Properties!.AvailabilityZone = a!.props.AvailabilityZone;
+    },
+  },
+  {
+    name: 'every pair of config/pairs.toml owned by exactly one engine service',
+    run(json, ctx) {
+      const owners = new Map<string, string[]>();
+      const list = engines(json, ctx);
+      assert.ok(list.length > 0, 'no engine container');
+      for (const c of list) {
+        const service = serviceOf(json, c.taskId);
+        assert.ok(service !== undefined, `${c.taskId} runs in no service`);
+        const pairs = c.environment.ENGINE_PAIRS;
+        if (pairs === undefined) {
+          assert.equal(list.length, 1, 'consumer-group mode is one service owning every pair');
+          for (const p of ctx.pairs) owners.set(p.symbol, [service.id]);
+          continue;
+        }
+        assert.equal(service.props.DesiredCount, 1, `${service.id}: a static owner runs one task`);
+        for (const symbol of String(pairs).split(',')) owners.set(symbol, [...(owners.get(symbol) ?? []), service.id]);
+      }
+      for (const p of ctx.pairs) assert.equal(owners.get(p.symbol)?.length, 1, `${p.symbol} owners: ${owners.get(p.symbol)?.join(', ') ?? 'none'}`);
+      const known = new Set(ctx.pairs.map((p) => p.symbol));
+      for (const symbol of owners.keys()) assert.ok(known.has(symbol), `${symbol} is not in config/pairs.toml`);
+    },
+    breakIt(json) {
+      const list = containers(json).filter((c) => c.name === 'engine');
+      const env = (list[1]!.raw.Environment as { Name: string; Value: unknown }[]).find((e) => e.Name === 'ENGINE_PAIRS')!;
+      env.Value = list[0]!.environment.ENGINE_PAIRS;
+    },
+  },
+  {
+    name: "stop timeouts within Fargate's 120 s and above each drain bound",
+    run(json, ctx) {
+      const list = engines(json, ctx);
+      for (const c of list) {
+        const pairs = c.environment.ENGINE_PAIRS;
+        const tasks = Number(serviceOf(json, c.taskId)!.props.DesiredCount);
+        const owned = pairs === undefined ? Math.ceil(ctx.pairs.length / tasks) : String(pairs).split(',').length;
+        const bound = engineDrainBoundS(owned);
+        assert.ok(c.stopTimeout !== undefined, `${c.taskId}: no stopTimeout (Fargate's default 30 s)`);
+        assert.ok(c.stopTimeout <= FARGATE_STOP_TIMEOUT_MAX_S, `${c.taskId}: stopTimeout ${c.stopTimeout} s`);
+        assert.ok(c.stopTimeout > bound, `${c.taskId}: stopTimeout ${c.stopTimeout} s, drain bound ${bound} s`);
+      }
+      const gw = gateway(json, ctx);
+      assert.ok(gw.stopTimeout !== undefined && gw.stopTimeout <= FARGATE_STOP_TIMEOUT_MAX_S);
+      assert.ok(gw.stopTimeout * 1000 > drainMs(json, ctx), `gateway stopTimeout ${gw.stopTimeout} s vs GW_DRAIN_TIMEOUT_MS`);
+    },
+    breakIt(json) {
+      containerDef(json, 'engine').StopTimeout = 30;
+    },
+  },
+  {
+    name: "ALB idle timeouts at least three of the gateway's ping intervals",
+    run(json, ctx) {
+      const pingMs = Number(effective(ctx.specs, 'gateway', 'GW_PING_INTERVAL_MS', gateway(json, ctx).environment));
+      const albs = resources(json, 'AWS::ElasticLoadBalancingV2::LoadBalancer');
+      assert.ok(albs.length > 0);
+      for (const alb of albs) {
+        const idleS = Number(attribute(alb, 'idle_timeout.timeout_seconds') ?? 60);
+        assert.ok(idleS * 1000 >= 3 * pingMs, `${alb.id}: idle timeout ${idleS} s, ping every ${pingMs} ms`);
+      }
+    },
+    breakIt(json) {
+      const alb = resources(json, 'AWS::ElasticLoadBalancingV2::LoadBalancer')[0]!;
+      const attrs = json.Resources[alb.id]!.Properties!.LoadBalancerAttributes as { Key: string; Value: string }[];
+      attrs.find((a) => a.Key === 'idle_timeout.timeout_seconds')!.Value = '30';
+    },
+  },
+  {
+    name: "deregistration delay within the gateway's stop timeout",
+    run(json, ctx) {
+      const stop = gateway(json, ctx).stopTimeout!;
+      const groups = resources(json, 'AWS::ElasticLoadBalancingV2::TargetGroup');
+      assert.ok(groups.length > 0);
+      for (const tg of groups) {
+        const delay = Number(attribute(tg, 'deregistration_delay.timeout_seconds') ?? 300);
+        assert.ok(delay <= stop, `${tg.id}: deregistration delay ${delay} s > stopTimeout ${stop} s`);
+      }
+    },
+    breakIt(json) {
+      const tg = resources(json, 'AWS::ElasticLoadBalancingV2::TargetGroup')[0]!;
+      const attrs = json.Resources[tg.id]!.Properties!.TargetGroupAttributes as { Key: string; Value: string }[];
+      attrs.find((a) => a.Key === 'deregistration_delay.timeout_seconds')!.Value = '300';
+    },
+  },
+  {
+    name: 'MSK: brokers a multiple of 3, RF 3, min.insync.replicas 2, no unclean election, TLS, SCRAM, isolated',
+    run(json) {
+      const [cluster] = resources(json, 'AWS::MSK::Cluster');
+      assert.ok(cluster !== undefined, 'no MSK cluster');
+      const brokers = Number(cluster.props.NumberOfBrokerNodes);
+      assert.ok(brokers >= 3 && brokers % 3 === 0, `${brokers} brokers`);
+      const config = resources(json, 'AWS::MSK::Configuration')[0]!.props.ServerProperties as string;
+      for (const line of [
+        `default.replication.factor=${REPLICATION_FACTOR}`,
+        `min.insync.replicas=${MIN_INSYNC_REPLICAS}`,
+        'unclean.leader.election.enable=false',
+        'auto.create.topics.enable=false',
+      ]) {
+        assert.ok(config.split('\n').includes(line), `server.properties lacks ${line}`);
+      }
+      assert.equal(REPLICATION_FACTOR, 3);
+      assert.equal(MIN_INSYNC_REPLICAS, 2);
+      assert.deepEqual(cluster.props.EncryptionInfo, { EncryptionInTransit: { ClientBroker: 'TLS', InCluster: true } });
+      assert.deepEqual(cluster.props.ClientAuthentication, {
+        Sasl: { Scram: { Enabled: true } },
+        Unauthenticated: { Enabled: false },
+      });
+      const subnets = ((cluster.props.BrokerNodeGroupInfo as Props).ClientSubnets as unknown[]).map(ref);
+      assert.equal(new Set(subnets.map((s) => resource(json, s!).props.AvailabilityZone)).size, 3, 'brokers in 3 AZs');
+      const routed = routedSubnets(json);
+      for (const s of subnets) assert.ok(!routed.has(s!), `broker subnet ${s} routes to the internet`);
+    },
+    breakIt(json) {
+      json.Resources[resources(json, 'AWS::MSK::Cluster')[0]!.id]!.Properties!.NumberOfBrokerNodes = 4;
+    },
+  },
+  {
+    name: 'database not public, encrypted, backed up, protected; writer and reader in different AZs',
+    run(json) {
+      const [cluster] = resources(json, 'AWS::RDS::DBCluster');
+      assert.ok(cluster !== undefined);
+      assert.equal(cluster.props.StorageEncrypted, true);
+      assert.equal(cluster.props.DeletionProtection, true);
+      assert.ok(Number(cluster.props.BackupRetentionPeriod) >= 1, 'backups');
+      const instances = resources(json, 'AWS::RDS::DBInstance');
+      assert.ok(instances.length >= 2, 'a writer and a reader');
+      for (const i of instances) assert.equal(i.props.PubliclyAccessible, false, `${i.id} public`);
+      const azs = instances.map((i) => i.props.AvailabilityZone);
+      assert.equal(new Set(azs).size, instances.length, `instances in ${azs.join(', ')}`);
+      const group = resource(json, ref(cluster.props.DBSubnetGroupName)!);
+      const routed = routedSubnets(json);
+      for (const s of (group.props.SubnetIds as unknown[]).map(ref)) {
+        assert.ok(!routed.has(s!), `database subnet ${s} routes to the internet`);
+      }
+    },
+    breakIt(json) {
+      const [writer, reader] = resources(json, 'AWS::RDS::DBInstance');
+      json.Resources[reader!.id]!.Properties!.AvailabilityZone = writer!.props.AvailabilityZone;
+    },
+  },
+  {
+    name: "no security group open to the internet but the public ALB's 443",
+    run(json) {
+      const publicAlbSgs = new Set(
+        resources(json, 'AWS::ElasticLoadBalancingV2::LoadBalancer')
+          .filter((lb) => lb.props.Scheme === 'internet-facing')
+          .flatMap((lb) => (lb.props.SecurityGroups as unknown[]).map(ref)),
+      );
+      const rules: { sg: string; rule: Props }[] = [
+        ...resources(json, 'AWS::EC2::SecurityGroup').flatMap((sg) =>
+          ((sg.props.SecurityGroupIngress as Props[] | undefined) ?? []).map((rule) => ({ sg: sg.id, rule })),
+        ),
+        ...resources(json, 'AWS::EC2::SecurityGroupIngress').map((r) => ({ sg: ref(r.props.GroupId)!, rule: r.props })),
+      ];
+      for (const { sg, rule } of rules) {
+        if (rule.CidrIp !== '0.0.0.0/0' && rule.CidrIpv6 !== '::/0') continue;
+        assert.ok(publicAlbSgs.has(sg), `${sg} is open to the internet`);
+        assert.ok(rule.IpProtocol === 'tcp' && rule.FromPort === 443 && rule.ToPort === 443, `${sg}: ${JSON.stringify(rule)}`);
+      }
+    },
+    breakIt(json) {
+      const sg = resources(json, 'AWS::EC2::SecurityGroup').find((s) => /^GatewaySg/.test(s.id))!;
+      const props = json.Resources[sg.id]!.Properties!;
+      props.SecurityGroupIngress = [{ CidrIp: '0.0.0.0/0', IpProtocol: 'tcp', FromPort: 22, ToPort: 22 }];
+    },
+  },
+  {
+    name: 'gateway: HTTPS listener, /readyz behind the ALB, /healthz in the container, nofile raised',
+    run(json, ctx) {
+      for (const tg of resources(json, 'AWS::ElasticLoadBalancingV2::TargetGroup')) {
+        assert.equal(tg.props.HealthCheckPath, '/readyz', tg.id);
+      }
+      const publicAlb = resources(json, 'AWS::ElasticLoadBalancingV2::LoadBalancer').find((lb) => lb.props.Scheme === 'internet-facing')!;
+      const listeners = resources(json, 'AWS::ElasticLoadBalancingV2::Listener').filter((l) => ref(l.props.LoadBalancerArn) === publicAlb.id);
+      assert.deepEqual(listeners.map((l) => [l.props.Protocol, l.props.Port]), [['HTTPS', 443]]);
+      const gw = gateway(json, ctx).raw;
+      assert.match((gw.HealthCheck as { Command: string[] }).Command.join(' '), /\/dev\/tcp\/127\.0\.0\.1\/8080.*GET \/healthz/);
+      const nofile = (gw.Ulimits as { Name: string; SoftLimit: number }[] | undefined)?.find((u) => u.Name === 'nofile');
+      assert.ok(nofile !== undefined && nofile.SoftLimit > 65_535, `nofile ${JSON.stringify(nofile)}: Fargate's default is 65,535`);
+    },
+    breakIt(json) {
+      const tg = resources(json, 'AWS::ElasticLoadBalancingV2::TargetGroup')[0]!;
+      json.Resources[tg.id]!.Properties!.HealthCheckPath = '/healthz';
+    },
+  },
+  {
+    name: 'gateway scales on CPU and on connections per task',
+    run(json) {
+      const policies = resources(json, 'AWS::ApplicationAutoScaling::ScalingPolicy').map(
+        (p) => p.props.TargetTrackingScalingPolicyConfiguration as Props,
+      );
+      const cpu = policies.some(
+        (p) => (p.PredefinedMetricSpecification as Props | undefined)?.PredefinedMetricType === 'ECSServiceAverageCPUUtilization',
+      );
+      const connections = policies.some(
+        (p) => (p.CustomizedMetricSpecification as Props | undefined)?.MetricName === 'gateway_connections',
+      );
+      assert.ok(cpu, 'no CPU target tracking');
+      assert.ok(connections, 'no connections-per-task target tracking');
+    },
+    breakIt(json) {
+      for (const p of resources(json, 'AWS::ApplicationAutoScaling::ScalingPolicy')) {
+        if (JSON.stringify(p.props).includes('gateway_connections')) delete json.Resources[p.id];
+      }
+    },
+  },
+  {
+    name: 'engine deploys never run two owners of a pair, and roll one service at a time',
+    run(json, ctx) {
+      const list = engines(json, ctx).filter((c) => c.environment.ENGINE_PAIRS !== undefined);
+      const services = list.map((c) => serviceOf(json, c.taskId)!);
+      for (const s of services) {
+        const d = s.props.DeploymentConfiguration as Props;
+        assert.equal(d.MinimumHealthyPercent, 0, s.id);
+        assert.ok(Number(d.MaximumPercent) <= 100, `${s.id}: maximum ${String(d.MaximumPercent)}%`);
+      }
+      for (let i = 1; i < services.length; i++) {
+        const deps = json.Resources[services[i]!.id]!.DependsOn;
+        assert.ok(([] as unknown[]).concat(deps ?? []).includes(services[i - 1]!.id), `${services[i]!.id} rolls in parallel`);
+      }
+    },
+    breakIt(json) {
+      const s = resources(json, 'AWS::ECS::Service').find((x) => /Engine/.test(x.id))!;
+      (json.Resources[s.id]!.Properties!.DeploymentConfiguration as Props).MaximumPercent = 200;
+    },
+  },
+  {
+    name: 'service tasks start after stackctl prepare succeeded',
+    run(json, ctx) {
+      for (const c of [...engines(json, ctx), gateway(json, ctx)]) {
+        const prepare = containers(json).find((x) => x.taskId === c.taskId && x.name === 'prepare');
+        assert.ok(prepare !== undefined, `${c.taskId}: no prepare container`);
+        assert.match(prepare.command.join(' '), /stackctl prepare/);
+        assert.equal(prepare.essential, false);
+        assert.deepEqual(c.raw.DependsOn, [{ ContainerName: 'prepare', Condition: 'SUCCESS' }], `${c.taskId}/${c.name}`);
+      }
+    },
+    breakIt(json) {
+      delete containerDef(json, 'gateway').DependsOn;
+    },
+  },
+  {
+    name: "gateway ids: gateway tasks alone in the gateway subnets, which share one /26",
+    run(json, ctx) {
+      const gw = gateway(json, ctx);
+      const service = serviceOf(json, gw.taskId)!;
+      const subnetsOf = (s: Props): string[] =>
+        (((s.NetworkConfiguration as Props).AwsvpcConfiguration as Props).Subnets as unknown[]).map((x) => ref(x)!);
+      const mine = subnetsOf(service.props);
+      const cidrs = mine.map((s) => resource(json, s).props.CidrBlock as string);
+      const block = gatewayIdBlock(cidrs);
+      for (const other of resources(json, 'AWS::ECS::Service').filter((s) => s.id !== service.id)) {
+        for (const s of subnetsOf(other.props)) assert.ok(!mine.includes(s), `${other.id} runs in gateway subnet ${s}`);
+      }
+      const script = gw.command[2] ?? '';
+      assert.match(script, /GW_GATEWAY_ID=\$\(\(octet - \d+\)\)/);
+      assert.ok(script.includes(block.prefix), `the start script does not match ${block.cidr}`);
+      const max = Number(resources(json, 'AWS::ApplicationAutoScaling::ScalableTarget')[0]!.props.MaxCapacity);
+      const surge = Number((service.props.DeploymentConfiguration as Props).MaximumPercent) / 100;
+      assert.ok(max * surge <= block.usableAddresses, `${max} tasks x ${surge} > ${block.usableAddresses} addresses`);
+    },
+    breakIt(json) {
+      const gwService = resources(json, 'AWS::ECS::Service').find((s) => /GatewayService/.test(s.id))!;
+      const engine = resources(json, 'AWS::ECS::Service').find((s) => /Engine/.test(s.id))!;
+      (json.Resources[engine.id]!.Properties!.NetworkConfiguration as Props).AwsvpcConfiguration = structuredClone(
+        (gwService.props.NetworkConfiguration as Props).AwsvpcConfiguration,
+      );
+    },
+  },
+  {
+    name: 'every log group keeps its logs for a bounded time',
+    run(json) {
+      for (const lg of resources(json, 'AWS::Logs::LogGroup')) assert.ok(Number(lg.props.RetentionInDays) > 0, lg.id);
+      for (const lr of resources(json, 'Custom::LogRetention')) assert.ok(Number(lr.props.RetentionInDays) > 0, lr.id);
+    },
+    breakIt(json) {
+      delete json.Resources[resources(json, 'AWS::Logs::LogGroup')[0]!.id]!.Properties!.RetentionInDays;
+    },
+  },
+  {
+    name: 'metrics shipped from every service task; alarms on shed rate, lag, paused, restarts, 5xx, Aurora CPU',
+    run(json, ctx) {
+      for (const c of [...engines(json, ctx), gateway(json, ctx)]) {
+        const sidecar = containers(json).find((x) => x.taskId === c.taskId && x.name === 'metrics');
+        assert.ok(sidecar !== undefined, `${c.taskId}: no metrics collector`);
+        // The configuration embeds the log group's name, so the template holds it as an Fn::Join.
+        const config = JSON.stringify(sidecar.environment.AOT_CONFIG_CONTENT);
+        const port = c.name === 'engine' ? 9100 : 8080;
+        assert.ok(config.includes(`127.0.0.1:${port}`), `${c.taskId}: scrapes another port`);
+        assert.ok(config.includes('awsemf'), `${c.taskId}: ships nowhere`);
+      }
+      const alarms = resources(json, 'AWS::CloudWatch::Alarm');
+      const named = alarms.map((a) => JSON.stringify(a.props));
+      for (const metric of [
+        'gateway_shed_total',
+        'engine_consumer_lag_records',
+        'engine_paused',
+        'engine_actor_restarts_total',
+        'HTTPCode_Target_5XX_Count',
+        'CPUUtilization',
+      ]) {
+        assert.ok(named.some((a) => a.includes(`"${metric}"`)), `no alarm on ${metric}`);
+      }
+      for (const a of alarms) assert.ok((a.props.AlarmActions as unknown[] | undefined)?.length, `${a.id} notifies nobody`);
+    },
+    breakIt(json) {
+      for (const a of resources(json, 'AWS::CloudWatch::Alarm')) {
+        if (JSON.stringify(a.props).includes('"engine_paused"')) delete json.Resources[a.id];
+      }
+    },
+  },
+];

@@ -1,0 +1,108 @@
+// The default deployment, synthesized once and read as a reviewer would. Every check runs on the
+// real template and on a copy broken in one place, where it must fail.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { before, describe, test } from 'node:test';
+import { binarySpecs } from './support/cli';
+import { type CheckContext, CHECKS } from './support/checks';
+import { environmentProblems } from './support/environment';
+import { copy, PLACEHOLDERS, type Synthesized, synth } from './support/synth';
+import { appContainers, containers } from './support/template';
+
+let base: Synthesized;
+let ctx: CheckContext;
+
+before(() => {
+  base = synth();
+  ctx = { pairs: base.pairs, specs: binarySpecs(), repository: PLACEHOLDERS.imageRepository! };
+});
+
+describe('template checks', () => {
+  for (const check of CHECKS) {
+    test(check.name, () => check.run(base.json, ctx));
+    test(`${check.name}: fails on a broken template`, () => {
+      const broken = copy(base.json);
+      check.breakIt(broken);
+      assert.throws(() => check.run(broken, ctx), assert.AssertionError);
+    });
+  }
+});
+
+describe('task definitions set exactly the settings the binaries read', () => {
+  test('every app container: nothing unknown set, nothing required missing', () => {
+    assert.deepEqual(environmentProblems(base.json, ctx.repository, ctx.specs), []);
+    const names = appContainers(base.json, ctx.repository).map((c) => c.name);
+    for (const expected of ['engine', 'gateway', 'prepare', 'stackctl', 'loadtest']) {
+      assert.ok(names.includes(expected), `no ${expected} container was checked`);
+    }
+  });
+
+  const broken = (edit: (env: { Name: string; Value: unknown }[], name: string) => void, container: string): string[] => {
+    const json = copy(base.json);
+    const c = containers(json).find((x) => x.name === container)!;
+    edit(c.raw.Environment as { Name: string; Value: unknown }[], container);
+    return environmentProblems(json, ctx.repository, ctx.specs);
+  };
+
+  test('fails on a setting no binary reads (a typo)', () => {
+    const problems = broken((env) => env.push({ Name: 'GW_PING_INTERVALL_MS', Value: '20000' }), 'gateway');
+    assert.equal(problems.length, 1);
+    assert.match(problems[0]!, /sets GW_PING_INTERVALL_MS, which none of gateway reads/);
+  });
+
+  test('fails on a required setting missing', () => {
+    const problems = broken((env) => env.splice(env.findIndex((e) => e.Name === 'KAFKA_BROKERS'), 1), 'engine');
+    assert.ok(problems.some((p) => /engine requires KAFKA_BROKERS/.test(p)), problems.join('\n'));
+  });
+
+  test('fails on a connection setting left at its localhost default', () => {
+    const problems = broken((env) => env.splice(env.findIndex((e) => e.Name === 'LOADTEST_URL'), 1), 'loadtest');
+    assert.ok(problems.some((p) => /would use LOADTEST_URL=ws:\/\/127\.0\.0\.1/.test(p)), problems.join('\n'));
+  });
+
+  test('fails on a librdkafka property that does not exist, or a value it refuses', () => {
+    const unknown = broken((env) => env.push({ Name: 'KAFKA_CFG_SASL_MECHANISMZ', Value: 'x' }), 'gateway');
+    assert.ok(unknown.some((p) => /librdkafka has no property sasl\.mechanismz/.test(p)), unknown.join('\n'));
+    const value = broken((env) => {
+      env.find((e) => e.Name === 'KAFKA_CFG_SECURITY_PROTOCOL')!.Value = 'SASL_TLS';
+    }, 'gateway');
+    assert.ok(value.some((p) => /security\.protocol takes .*sasl_ssl.*, not SASL_TLS/.test(p)), value.join('\n'));
+  });
+});
+
+describe('the gateway start script derives a unique GW_GATEWAY_ID', () => {
+  /** Runs the synthesized script with `hostname -I` answering `addresses`. */
+  const run = (addresses: string): { status: number; out: string } => {
+    const gw = containers(base.json).find((c) => c.name === 'gateway')!;
+    const dir = mkdtempSync(path.join(tmpdir(), 'gateway-id-'));
+    writeFileSync(path.join(dir, 'hostname'), `#!/bin/sh\necho "${addresses} "\n`);
+    writeFileSync(path.join(dir, 'gateway'), '#!/bin/sh\necho "id=$GW_GATEWAY_ID"\n');
+    chmodSync(path.join(dir, 'hostname'), 0o755);
+    chmodSync(path.join(dir, 'gateway'), 0o755);
+    try {
+      const out = execFileSync('bash', ['-c', gw.command[2]!], {
+        env: { PATH: `${dir}:${process.env.PATH ?? ''}` },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }).toString();
+      return { status: 0, out };
+    } catch (err) {
+      const e = err as { status: number; stderr: Buffer };
+      return { status: e.status, out: e.stderr.toString() };
+    }
+  };
+
+  test('the offset of the address in the gateway /26, ignoring other interfaces', () => {
+    // The default VPC puts the gateway subnets at 10.0.3.0/28, .16/28 and .32/28.
+    assert.deepEqual(run('169.254.172.2 10.0.3.37 fe80::1'), { status: 0, out: 'id=37\n' });
+    assert.deepEqual(run('10.0.3.4'), { status: 0, out: 'id=4\n' });
+  });
+
+  test('refuses to start outside the gateway subnets', () => {
+    const outside = run('10.0.16.7');
+    assert.notEqual(outside.status, 0);
+    assert.match(outside.out, /no address in 10\.0\.3\.0\/26/);
+  });
+});
