@@ -1,6 +1,7 @@
 // Network: a VPC over three availability zones. Public subnets hold only the ALB and the NAT
 // gateways; tasks run in private subnets; Aurora and the MSK brokers sit in isolated subnets
 // with no route to the internet. Gateway tasks get subnets of their own (see GatewayIdBlock).
+import { Annotations } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
@@ -99,6 +100,11 @@ export class Network extends Construct {
           availabilityZone: existing.availabilityZones[i % AZ_COUNT],
           ipv4CidrBlock: existing.gatewaySubnetCidrs[i],
         }),
+      );
+      // The stack never reads the imported subnets' route tables, so none are asked for.
+      Annotations.of(this).acknowledgeWarning(
+        '@aws-cdk/aws-ec2:noSubnetRouteTableId',
+        'routes of an existing VPC are its owner\'s; nothing here reads them',
       );
       this.albSubnets = { subnetType: ec2.SubnetType.PUBLIC };
       this.appSubnets = { subnetType: ec2.SubnetType.PRIVATE_WITH_EGRESS };
