@@ -28,7 +28,8 @@ use crate::sink::Class;
 use crate::state::{Shared, count_error, quota, rate_limited};
 use crate::{deadman, now_ms, telemetry, validate};
 
-type Pending = Pin<Box<dyn Future<Output = String> + Send>>;
+/// A request waiting for Kafka: its id, then its answer.
+type Pending = Pin<Box<dyn Future<Output = (u64, String)> + Send>>;
 
 /// A successful [`Response`] as it is written: the result serialized in place, without first
 /// building it as a `serde_json::Value` (a map and a string per key, for every command's ack).
@@ -83,6 +84,8 @@ struct Conn {
     limiter: DefaultDirectRateLimiter,
     limited_in_a_row: u32,
     pending: FuturesUnordered<Pending>,
+    /// The ids in `pending` (a client may reuse one), to answer them if the wait runs out.
+    pending_ids: HashMap<u64, u32>,
     read: ReadSoFar,
 }
 
@@ -110,6 +113,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
         subs: HashSet::new(),
         limited_in_a_row: 0,
         pending: FuturesUnordered::new(),
+        pending_ids: HashMap::new(),
         read: ReadSoFar::default(),
     };
     let ending = conn.read_loop(stream).await;
@@ -163,8 +167,8 @@ impl Conn {
                 biased;
                 _ = &mut closed => return Ending::Closed,
                 _ = &mut shutting_down => return Ending::Orderly(Closing::ShuttingDown),
-                Some(text) = self.pending.next(), if !self.pending.is_empty() => {
-                    self.out.push(text);
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.answer_pending(done);
                 }
                 _ = &mut idle_timer => {
                     if last_frame.elapsed() >= idle {
@@ -210,15 +214,42 @@ impl Conn {
         }
     }
 
-    /// Answers what is already on its way to Kafka before the connection closes.
+    fn answer_pending(&mut self, (id, text): (u64, String)) {
+        if let Some(n) = self.pending_ids.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_ids.remove(&id);
+            }
+        }
+        self.out.push(text);
+    }
+
+    /// Answers what is already on its way to Kafka before the connection closes. What Kafka
+    /// has not acknowledged within `limit` is answered `outcome_unknown`: the client still gets
+    /// one answer per request, and learns that this one may or may not take effect.
     async fn finish_pending(&mut self, limit: Duration) {
         let _ = tokio::time::timeout(limit, async {
-            while let Some(text) = self.pending.next().await {
-                self.out.push(text);
+            while let Some(done) = self.pending.next().await {
+                self.answer_pending(done);
             }
         })
         .await;
-        self.abandon_pending();
+        let waited_ms = limit.as_millis();
+        for (id, n) in self.pending_ids.drain() {
+            for _ in 0..n {
+                let e = ErrorBody::new(
+                    ErrorCode::OutcomeUnknown,
+                    format!(
+                        "the connection is closing and Kafka has not acknowledged this command \
+                         within {waited_ms} ms: it may or may not take effect; its verdict goes \
+                         to the account's other connections"
+                    ),
+                );
+                self.out.push(error_text(Some(id), e));
+            }
+        }
+        // Dropping a produce future does not take back a record the producer already holds.
+        self.pending.clear();
     }
 
     /// Gives up on answers that cannot be delivered any more, counting them.
@@ -227,6 +258,7 @@ impl Conn {
         if n > 0 {
             metrics::counter!("gateway_undelivered_total").increment(n as u64);
             self.pending.clear();
+            self.pending_ids.clear();
         }
     }
 
@@ -384,11 +416,13 @@ impl Conn {
         id: u64,
         work: impl Future<Output = Result<Received, ErrorBody>> + Send + 'static,
     ) {
+        *self.pending_ids.entry(id).or_default() += 1;
         self.pending.push(Box::pin(async move {
-            match work.await {
+            let text = match work.await {
                 Ok(r) => ok_text(id, r),
                 Err(e) => error_text(Some(id), e),
-            }
+            };
+            (id, text)
         }));
     }
 

@@ -213,6 +213,9 @@ pub enum ErrorCode {
     NotSubscribed,
     /// Something broke on our side; the message says what, never a secret.
     Internal,
+    /// The connection is closing and Kafka has not acknowledged the command in time: it may or
+    /// may not take effect (its verdict reaches the account's other connections).
+    OutcomeUnknown,
     /// The matching engine refused the command; the reason is the code.
     #[serde(untagged)]
     Order(RejectReason),
@@ -497,6 +500,7 @@ impl ErrorCode {
         ErrorCode::TooManySubscriptions,
         ErrorCode::NotSubscribed,
         ErrorCode::Internal,
+        ErrorCode::OutcomeUnknown,
     ];
 
     /// Every engine reject reason, which `ErrorCode::Order` carries.
@@ -776,13 +780,14 @@ mod tests {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::TooManySubscriptions
                 | ErrorCode::NotSubscribed
-                | ErrorCode::Internal => ErrorCode::GATEWAY.contains(&c),
+                | ErrorCode::Internal
+                | ErrorCode::OutcomeUnknown => ErrorCode::GATEWAY.contains(&c),
             }
         }
         for c in ErrorCode::GATEWAY {
             assert!(gateway_listed(*c));
         }
-        assert_eq!(ErrorCode::GATEWAY.len(), 19);
+        assert_eq!(ErrorCode::GATEWAY.len(), 20);
         for r in ErrorCode::ORDER_REASONS {
             assert!(gateway_listed(ErrorCode::Order(*r)), "{}", r.code());
         }
