@@ -116,7 +116,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
         pending_ids: HashMap::new(),
         read: ReadSoFar::default(),
     };
-    let ending = conn.read_loop(stream).await;
+    let mut stream = stream;
+    let ending = conn.read_loop(&mut stream).await;
+    let orderly = matches!(ending, Ending::Orderly(_));
     conn.leave();
     match ending {
         Ending::Orderly(why) => {
@@ -137,8 +139,35 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
         Ending::Closed => conn.abandon_pending(),
     }
     let grace = Duration::from_millis(2 * limits.write_timeout_ms);
-    if tokio::time::timeout(grace, &mut writer).await.is_err() {
-        tracing::debug!(conn = out.id, "writer did not finish in time");
+    // On an orderly close, read on (and drop) what the client still sends until its close
+    // frame: a socket closed with unread input makes the kernel reset the connection, and a
+    // reset can discard answers the client has not read yet.
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    tokio::pin!(drain);
+    let finished = tokio::time::timeout(grace, async {
+        let mut drained = !orderly;
+        while !drained {
+            tokio::select! {
+                _ = &mut writer => break,
+                _ = &mut drain => drained = true,
+            }
+        }
+        if drained {
+            let _ = (&mut writer).await;
+        } else {
+            // The close frame is out; a client that answers it does so at once.
+            let _ = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, &mut drain).await;
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::debug!(conn = out.id, "the close did not finish in time");
         writer.abort();
     }
     out.discard();
@@ -146,7 +175,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
 }
 
 impl Conn {
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> Ending {
+    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) -> Ending {
         let limits = self.shared.config.limits.clone();
         let idle = Duration::from_millis(limits.idle_timeout_ms);
         // One timer per idle period, not one per frame: a frame only notes the time, and the
@@ -614,6 +643,9 @@ async fn write_loop(
         }
     }
 }
+
+/// How long an orderly close waits for the client's close frame after sending its own.
+const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
 
 /// Frames written before one flush, so one busy connection cannot hog its worker.
 const WRITE_BURST_MAX: usize = 256;
