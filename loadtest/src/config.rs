@@ -17,6 +17,7 @@ pub enum Mode {
 #[command(
     name = "loadtest",
     about = "Open-loop WebSocket load generator for the trading gateway",
+    after_help = "To add up the reports of generators run side by side: loadtest merge REPORT.json... (see loadtest merge --help)",
     // The last of a repeated flag wins, so `scripts/run`'s defaults yield to flags after `--`.
     args_override_self = true
 )]

@@ -11,6 +11,7 @@ pub mod chart;
 pub mod config;
 pub mod conn;
 pub mod market;
+pub mod merge;
 pub mod mix;
 pub mod procmem;
 pub mod report;

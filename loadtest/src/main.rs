@@ -1,6 +1,23 @@
-//! `loadtest`: parses the configuration, runs the load, prints the summary.
+//! `loadtest`: parses the configuration, runs the load, prints the summary. `loadtest merge
+//! REPORT.json...` instead adds up the reports of generators that ran side by side.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::Parser;
+
+/// `loadtest merge`: one report from several generators' `report.json` (fixed runs side by
+/// side against one system): counts and rates add, latency histograms add exactly.
+#[derive(Parser)]
+#[command(name = "loadtest merge", bin_name = "loadtest merge")]
+struct MergeCli {
+    /// The reports, two or more.
+    #[arg(required = true, num_args = 2..)]
+    reports: Vec<PathBuf>,
+    /// Where the merged report is written.
+    #[arg(long, default_value = "target/loadtest/merged.json")]
+    out: PathBuf,
+}
 
 // The services allocate per message on many threads; mimalloc's thread-local heaps keep that
 // off the profile, where glibc malloc showed up first.
@@ -9,6 +26,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("merge") {
+        let cli = MergeCli::parse_from(std::env::args().skip(1));
+        let merged = loadtest::merge::merge(&cli.reports)?;
+        print!("{}", merged.summary());
+        let json = serde_json::to_string_pretty(&merged)?;
+        std::fs::write(&cli.out, json).with_context(|| format!("writing {}", cli.out.display()))?;
+        println!("report: {}", cli.out.display());
+        return Ok(());
+    }
     let config = loadtest::Config::parse();
     let out_dir = config.out_dir.clone();
     let report = loadtest::run(config).await?;

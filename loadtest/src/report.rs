@@ -3,15 +3,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Mode;
+use crate::merge::LatencyHistograms;
 use crate::procmem::round1;
 use crate::schedule::Arrival;
 use crate::stats::{Percentiles, PhaseStats, SecondPoint, Snapshot};
 
 /// One phase (warm-up, the measured window, or a ramp step) in the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseReport {
     pub phase: String,
     pub target_events_per_min: u64,
@@ -110,6 +111,9 @@ pub struct Report {
     pub measured: PhaseReport,
     /// Lost commands over every phase, warm-up included.
     pub lost_all_phases: u64,
+    /// The measured window's latency histograms, exact, so reports of generators run in
+    /// parallel merge into one (`loadtest merge`).
+    pub histograms: LatencyHistograms,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub highest_passing_events_per_min: Option<u64>,
     pub phases: Vec<PhaseReport>,
@@ -183,6 +187,7 @@ impl Report {
             warmup_s: base.warmup_s,
             measured: phases[measured_phase].clone(),
             lost_all_phases,
+            histograms: LatencyHistograms::of(&snapshot.phases[measured_phase]),
             highest_passing_events_per_min: None,
             phases,
             disconnects: snapshot.disconnects.clone(),
@@ -199,12 +204,6 @@ impl Report {
     pub fn summary(&self) -> String {
         let m = &self.measured;
         let mut s = String::new();
-        let pct = |p: &Percentiles| {
-            format!(
-                "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms",
-                p.p50, p.p90, p.p99, p.p999, p.max
-            )
-        };
         let _ = writeln!(
             s,
             "loadtest: {} mode, {} arrival, {} connections -> {}",
@@ -226,60 +225,7 @@ impl Report {
                 self.slo_p99_ms
             );
         }
-        let _ = writeln!(
-            s,
-            "  window ({})         {:.0} s at {} events/min target",
-            m.phase, m.duration_s, m.target_events_per_min
-        );
-        let _ = writeln!(
-            s,
-            "  achieved            {:.0} events/min ({:.0}/s) engine verdicts",
-            m.achieved_events_per_min,
-            m.achieved_events_per_min / 60.0
-        );
-        let _ = writeln!(s, "  offered             {}", m.offered);
-        let _ = writeln!(s, "  acknowledged        {}", m.acknowledged);
-        let _ = writeln!(
-            s,
-            "  engine verdicts     {} (accepted {}, rejected {})",
-            m.verdicts, m.accepted, m.rejected
-        );
-        let _ = writeln!(
-            s,
-            "  shed                {} ({:.3}% of offered)",
-            m.shed,
-            100.0 * m.shed as f64 / m.offered.max(1) as f64
-        );
-        let _ = writeln!(
-            s,
-            "  generator behind    {}   connection closed {}   unread at close {}",
-            m.generator_behind, m.connection_closed, m.unread_at_close
-        );
-        let _ = writeln!(s, "  timeouts            {}", m.timeouts);
-        let _ = writeln!(
-            s,
-            "  lost                {} in the window, {} in all phases (warm-up and drain too)",
-            m.lost, self.lost_all_phases
-        );
-        let _ = writeln!(s, "  trades              {} ({} fills)", m.trades, m.fills);
-        let _ = writeln!(s, "  ack latency         {}", pct(&m.ack_latency_ms));
-        let _ = writeln!(s, "  accept latency      {}", pct(&m.accept_latency_ms));
-        let _ = writeln!(s, "  generator send lag  {}", pct(&m.send_lag_ms));
-        if !m.errors.is_empty() {
-            let list: Vec<String> = m.errors.iter().map(|(c, n)| format!("{c} {n}")).collect();
-            let _ = writeln!(s, "  errors by code      {}", list.join(", "));
-        }
-        let kinds: Vec<String> = m
-            .sent_by_kind
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
-        let _ = writeln!(
-            s,
-            "  sent by kind        {} (substituted {})",
-            kinds.join(", "),
-            m.substituted
-        );
+        phase_lines(&mut s, m, self.lost_all_phases);
         if self.mode == Mode::Ramp {
             for p in &self.phases {
                 let _ = writeln!(
@@ -345,6 +291,70 @@ impl Report {
 }
 
 /// Mean and largest unread backlog of each side over the seconds of one phase.
+/// The measured window's lines of the summary, shared by a run's report and a merged one.
+pub(crate) fn phase_lines(s: &mut String, m: &PhaseReport, lost_all_phases: u64) {
+    let pct = |p: &Percentiles| {
+        format!(
+            "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms",
+            p.p50, p.p90, p.p99, p.p999, p.max
+        )
+    };
+    let _ = writeln!(
+        s,
+        "  window ({})         {:.0} s at {} events/min target",
+        m.phase, m.duration_s, m.target_events_per_min
+    );
+    let _ = writeln!(
+        s,
+        "  achieved            {:.0} events/min ({:.0}/s) engine verdicts",
+        m.achieved_events_per_min,
+        m.achieved_events_per_min / 60.0
+    );
+    let _ = writeln!(s, "  offered             {}", m.offered);
+    let _ = writeln!(s, "  acknowledged        {}", m.acknowledged);
+    let _ = writeln!(
+        s,
+        "  engine verdicts     {} (accepted {}, rejected {})",
+        m.verdicts, m.accepted, m.rejected
+    );
+    let _ = writeln!(
+        s,
+        "  shed                {} ({:.3}% of offered)",
+        m.shed,
+        100.0 * m.shed as f64 / m.offered.max(1) as f64
+    );
+    let _ = writeln!(
+        s,
+        "  generator behind    {}   connection closed {}   unread at close {}",
+        m.generator_behind, m.connection_closed, m.unread_at_close
+    );
+    let _ = writeln!(s, "  timeouts            {}", m.timeouts);
+    let _ = writeln!(
+        s,
+        "  lost                {} in the window, {} in all phases (warm-up and drain too)",
+        m.lost, lost_all_phases
+    );
+    let _ = writeln!(s, "  trades              {} ({} fills)", m.trades, m.fills);
+    let _ = writeln!(s, "  ack latency         {}", pct(&m.ack_latency_ms));
+    let _ = writeln!(s, "  accept latency      {}", pct(&m.accept_latency_ms));
+    let _ = writeln!(s, "  generator send lag  {}", pct(&m.send_lag_ms));
+    if !m.errors.is_empty() {
+        let list: Vec<String> = m.errors.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        let _ = writeln!(s, "  errors by code      {}", list.join(", "));
+    }
+    let kinds: Vec<String> = m
+        .sent_by_kind
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "  sent by kind        {} (substituted {})",
+        kinds.join(", "),
+        m.substituted
+    );
+}
+
 fn unread_ms(series: &[SecondPoint], phase: &str) -> BTreeMap<String, MeanMax> {
     let mut acc: BTreeMap<String, (f64, f64, u32)> = BTreeMap::new();
     for p in series.iter().filter(|p| p.phase == phase) {

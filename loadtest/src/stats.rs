@@ -123,7 +123,7 @@ impl Buckets {
 }
 
 /// p50/p90/p99/p99.9/max in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Percentiles {
     pub count: u64,
     pub p50: f64,
@@ -150,6 +150,9 @@ impl Percentiles {
         }
     }
 }
+
+/// Significant digits of a phase's latency histograms (what `loadtest merge` adds up).
+pub const LATENCY_DIGITS: u8 = 3;
 
 pub fn latency_histogram(significant_digits: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, significant_digits)
@@ -197,9 +200,9 @@ impl PhaseStats {
             acknowledged: 0,
             verdicts: 0,
             buckets: Buckets::default(),
-            ack_us: latency_histogram(3),
-            accept_us: latency_histogram(3),
-            send_lag_us: latency_histogram(3),
+            ack_us: latency_histogram(LATENCY_DIGITS),
+            accept_us: latency_histogram(LATENCY_DIGITS),
+            send_lag_us: latency_histogram(LATENCY_DIGITS),
             last_verdict: None,
             trades: 0,
             fills: 0,

@@ -126,64 +126,97 @@ async fn a_short_run_against_gateway_and_engine_loses_nothing() {
     .await;
     assert!(ready.is_ok(), "the gateway never became ready within 60 s");
 
+    // Two generators side by side against the one gateway, as N load-generator tasks run in
+    // AWS; their reports are then merged into one, which must account for every command.
     let out = std::env::temp_dir().join(unique("loadtest_e2e"));
-    std::fs::create_dir_all(&out).unwrap();
-    let accounts: String = creds
-        .iter()
-        .map(|c| {
-            format!(
-                "{{\"key_id\":\"{}\",\"secret\":\"{}\",\"account_id\":{}}}\n",
-                c.key_id, c.secret, c.account_id
-            )
-        })
-        .collect();
-    std::fs::write(out.join("accounts.jsonl"), accounts).unwrap();
-    let config = loadtest::Config::parse_from([
-        "loadtest".to_owned(),
-        format!("--url=ws://{addr}/ws"),
-        format!("--accounts-file={}", out.join("accounts.jsonl").display()),
-        format!("--pairs-file={}", pairs_file.display()),
-        format!("--out-dir={}", out.display()),
-        format!("--connections={CONNECTIONS}"),
-        "--rate-per-min=30000".into(),
-        "--duration-s=5".into(),
-        "--warmup-s=1".into(),
-        "--drain-timeout-s=30".into(),
-        "--quiet".into(),
-    ]);
-    let report = tokio::time::timeout(Duration::from_secs(120), loadtest::run(config))
-        .await
-        .expect("the run ends")
-        .expect("the run succeeds");
-    let m = &report.measured;
-    eprintln!("{}", report.summary());
-
-    assert!(m.offered > 0);
+    let generator = |half: usize| {
+        let dir = out.join(format!("gen{half}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let accounts: String = creds[half * CONNECTIONS / 2..(half + 1) * CONNECTIONS / 2]
+            .iter()
+            .map(|c| {
+                format!(
+                    "{{\"key_id\":\"{}\",\"secret\":\"{}\",\"account_id\":{}}}\n",
+                    c.key_id, c.secret, c.account_id
+                )
+            })
+            .collect();
+        std::fs::write(dir.join("accounts.jsonl"), accounts).unwrap();
+        let config = loadtest::Config::parse_from([
+            "loadtest".to_owned(),
+            format!("--url=ws://{addr}/ws"),
+            format!("--accounts-file={}", dir.join("accounts.jsonl").display()),
+            format!("--pairs-file={}", pairs_file.display()),
+            format!("--out-dir={}", dir.display()),
+            format!("--connections={}", CONNECTIONS / 2),
+            "--rate-per-min=15000".into(),
+            "--duration-s=5".into(),
+            "--warmup-s=1".into(),
+            "--drain-timeout-s=30".into(),
+            format!("--seed={}", 1 + half),
+            "--quiet".into(),
+        ]);
+        async move {
+            tokio::time::timeout(Duration::from_secs(120), loadtest::run(config))
+                .await
+                .expect("the run ends")
+                .expect("the run succeeds")
+        }
+    };
+    let (first, second) = tokio::join!(generator(0), generator(1));
+    for r in [&first, &second] {
+        eprintln!("{}", r.summary());
+        assert!(r.measured.offered > 0);
+    }
+    let reports = [0, 1].map(|half| out.join(format!("gen{half}")).join("report.json"));
+    let merged = loadtest::merge::merge(&reports).expect("the two reports merge");
+    eprintln!("{}", merged.summary());
+    let m = &merged.measured;
+    assert_eq!(m.offered, first.measured.offered + second.measured.offered);
     assert_eq!(
-        (m.lost, m.timeouts, report.lost_all_phases),
+        m.accept_latency_ms.count,
+        first.measured.accept_latency_ms.count + second.measured.accept_latency_ms.count,
+        "the histograms add"
+    );
+    let p99s = [
+        first.measured.accept_latency_ms.p99,
+        second.measured.accept_latency_ms.p99,
+    ];
+    let (low, high) = (p99s[0].min(p99s[1]), p99s[0].max(p99s[1]));
+    assert!(
+        (low..=high).contains(&m.accept_latency_ms.p99),
+        "the merged p99 {} lies between the generators' {p99s:?}",
+        m.accept_latency_ms.p99
+    );
+
+    assert_eq!(
+        (m.lost, m.timeouts, merged.lost_all_phases),
         (0, 0, 0),
         "every command answered"
     );
     assert_eq!(
-        (m.generator_behind, m.connection_closed),
-        (0, 0),
-        "(generator behind, connection closed)"
+        (m.generator_behind, m.connection_closed, m.unread_at_close),
+        (0, 0, 0),
+        "(generator behind, connection closed, unread at close)"
     );
     assert_eq!(m.shed, 0, "500 commands/s is far below every limit");
     assert_eq!(m.acknowledged, m.offered, "each command got its `received`");
     assert_eq!(m.verdicts, m.offered, "and the engine's verdict");
     assert!(m.accepted > m.offered / 2, "{:?}", m.errors);
     assert!(m.trades > 0, "marketable orders trade with resting ones");
-    assert!(out.join("report.json").exists() && out.join("throughput.png").exists());
+    assert!(reports.iter().all(|r| r.exists()));
+    assert!(out.join("gen0").join("throughput.png").exists());
 
     // The run leaves no book behind: each connection's cancel_all was accepted, and once the
     // engine has applied them PostgreSQL holds no open order of these accounts.
-    let cleanup = report.cleanup.clone().expect("cleanup is on by default");
-    assert_eq!(
-        (cleanup.connections, cleanup.accepted),
-        (CONNECTIONS, CONNECTIONS),
-        "{cleanup:?}"
-    );
+    for report in [&first, &second] {
+        let cleanup = report.cleanup.clone().expect("cleanup is on by default");
+        assert_eq!(
+            (cleanup.connections, cleanup.accepted),
+            (CONNECTIONS / 2, CONNECTIONS / 2),
+            "{cleanup:?}"
+        );
+    }
     let open = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let open: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'open'")
