@@ -96,6 +96,8 @@ pub struct Trader {
     rng: Rng,
     next_id: u64,
     pending: HashMap<u64, Pending>,
+    /// Set by an orderly close's status push: the gateway read no request after this id.
+    read_up_to: Option<u64>,
     live: Vec<LiveOrder>,
     live_max: usize,
     /// The end-of-run `cancel_all`: its request id, and where its answer goes (true: accepted).
@@ -117,6 +119,7 @@ impl Trader {
             rng: Rng::new(seed),
             next_id: first_id,
             pending: HashMap::new(),
+            read_up_to: None,
             live: Vec::new(),
             live_max,
             cleanup: None,
@@ -477,6 +480,7 @@ impl Trader {
     /// On an orderly close the gateway answered every request up to `last_read` and read none
     /// after it (ids are sent in increasing order): those are known not to have been acted on.
     fn unread_at_close(&mut self, last_read: u64, obs: &mut Vec<Observation>) {
+        self.read_up_to = Some(last_read);
         let unread: Vec<u64> = self
             .pending
             .iter()
@@ -494,11 +498,15 @@ impl Trader {
     }
 
     /// At the drain deadline: every command still open gets its final bucket.
+    /// Commands built after an orderly close was announced (queued at the writer, or written
+    /// to the closed socket in vain) were never read by the gateway either.
     pub fn give_up(&mut self, obs: &mut Vec<Observation>) {
-        for (_, p) in self.pending.drain() {
+        let read_up_to = self.read_up_to.unwrap_or(u64::MAX);
+        for (id, p) in self.pending.drain() {
             let outcome = match (p.verdict, p.acked) {
                 (Some(v), _) => verdict_outcome(v),
                 (None, true) => Outcome::Timeout,
+                (None, false) if id > read_up_to => Outcome::UnreadAtClose,
                 (None, false) => Outcome::Lost,
             };
             obs.push(Observation::Finished {
@@ -726,11 +734,16 @@ mod tests {
             "ids 3 and 4"
         );
         obs.clear();
+        // Built after the status: the gateway never reads it.
+        t.build(slot(Kind::Limit), Instant::now());
         t.give_up(&mut obs);
         let mut outcomes = finished(&obs);
         outcomes.sort_by_key(|o| format!("{o:?}"));
         // Id 2 was read and never answered: that is lost, whatever the status said.
-        assert_eq!(outcomes, vec![Outcome::Lost, Outcome::Timeout]);
+        assert_eq!(
+            outcomes,
+            vec![Outcome::Lost, Outcome::Timeout, Outcome::UnreadAtClose]
+        );
     }
 
     #[test]
