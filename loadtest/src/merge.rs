@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::report::{PhaseReport, phase_lines};
+use crate::report::{PhaseReport, disconnect_line, phase_lines};
 use crate::stats::{LATENCY_DIGITS, Percentiles, PhaseStats, latency_histogram};
 
 /// A histogram as `[value_us, count]` per recorded bucket: exact, and readable without a codec.
@@ -206,14 +206,7 @@ impl Merged {
             self.urls.join(", ")
         );
         phase_lines(&mut s, &self.measured, self.lost_all_phases);
-        if !self.disconnects.is_empty() {
-            let list: Vec<String> = self
-                .disconnects
-                .iter()
-                .map(|(c, n)| format!("{c} x{n}"))
-                .collect();
-            let _ = writeln!(s, "  disconnects         {}", list.join(", "));
-        }
+        disconnect_line(&mut s, &self.disconnects);
         s
     }
 }

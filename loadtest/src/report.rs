@@ -244,14 +244,7 @@ impl Report {
                 );
             }
         }
-        if !self.disconnects.is_empty() {
-            let list: Vec<String> = self
-                .disconnects
-                .iter()
-                .map(|(c, n)| format!("{c} x{n}"))
-                .collect();
-            let _ = writeln!(s, "  disconnects         {}", list.join(", "));
-        }
+        disconnect_line(&mut s, &self.disconnects);
         for (name, mib) in &self.peak_rss_mib {
             let _ = writeln!(s, "  peak RSS {name:<10} {mib:.1} MiB");
         }
@@ -291,6 +284,17 @@ impl Report {
 }
 
 /// Mean and largest unread backlog of each side over the seconds of one phase.
+/// Connections closed during the run, by reason, when there were any.
+pub(crate) fn disconnect_line(s: &mut String, disconnects: &BTreeMap<String, u64>) {
+    if !disconnects.is_empty() {
+        let list: Vec<String> = disconnects
+            .iter()
+            .map(|(c, n)| format!("{c} x{n}"))
+            .collect();
+        let _ = writeln!(s, "  disconnects         {}", list.join(", "));
+    }
+}
+
 /// The measured window's lines of the summary, shared by a run's report and a merged one.
 pub(crate) fn phase_lines(s: &mut String, m: &PhaseReport, lost_all_phases: u64) {
     let pct = |p: &Percentiles| {
