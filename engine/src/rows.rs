@@ -412,6 +412,7 @@ mod tests {
 
     fn place(id: u64, account: u64, side: Side, price: i64, qty: i64) -> Command {
         Command::Place(PlaceOrder {
+            quote_budget: None,
             order_id: OrderId(id),
             account_id: AccountId(account),
             client_order_id: None,

@@ -75,6 +75,7 @@ impl Workload {
             command_id,
             pair: self.spec.symbol.clone(),
             ts_ns,
+            src: None,
             command,
         }
     }
@@ -112,6 +113,7 @@ impl Workload {
             self.live.push((id, account_id));
         }
         Command::Place(PlaceOrder {
+            quote_budget: None,
             order_id: id,
             account_id,
             client_order_id: None,

@@ -26,6 +26,7 @@ async fn orders_for_several_pairs_become_events_and_rows() {
             command_id: 4,
             pair: "ETH-EUR".into(),
             ts_ns: 1_700_000_000_000_000_004,
+            src: None,
             command: Command::Cancel(CancelOrder {
                 account_id: AccountId(3),
                 target: OrderRef::Id(OrderId(201)),

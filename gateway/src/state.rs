@@ -183,6 +183,7 @@ impl Shared {
             command_id,
             pair: spec.symbol.clone(),
             ts_ns: now_ms().saturating_mul(1_000_000),
+            src: None,
             command,
         };
         if let Some((conn, req_id)) = origin {

@@ -104,6 +104,7 @@ pub fn place(
         check_notional(spec, price, qty)?;
     }
     Ok(PlaceOrder {
+        quote_budget: None,
         order_id,
         account_id,
         client_order_id: p.client_order_id.clone(),

@@ -116,6 +116,15 @@ pub struct PlaceOrder {
     pub post_only: bool,
     #[serde(default)]
     pub stp: SelfTradePrevention,
+    /// A market buy's budget: the most quote it may spend, in the pair's notional units (price
+    /// units x quantity units, like `min_notional`). The book stops the order where the budget
+    /// stops. Absent for every other order. A JSON string of the integer (`crate::accounts::units`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::accounts::opt_units"
+    )]
+    pub quote_budget: Option<i128>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

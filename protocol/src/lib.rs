@@ -1,5 +1,6 @@
 //! The vocabulary shared by the gateway, the engine and the load generator.
 //!
+//! - [`accounts`]: the account stage's Kafka records (`accounts`, `account_events`).
 //! - [`domain`]: commands and events in integer units, the input and output of the matching core.
 //! - [`pairs`]: the pair registry (`config/pairs.toml`) and decimal <-> integer conversion.
 //! - [`records`]: the Kafka record envelopes on the `orders` and `events` topics.
@@ -7,6 +8,7 @@
 //!
 //! Nothing here does I/O; reading the registry file is the caller's job.
 
+pub mod accounts;
 pub mod domain;
 mod event_de;
 pub mod pairs;

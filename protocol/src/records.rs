@@ -20,6 +20,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::accounts::Source;
 use crate::domain::{AccountId, Command, Event};
 
 pub const ORDERS_TOPIC: &str = "orders";
@@ -40,6 +41,10 @@ pub struct OrderRecord {
     pub pair: String,
     /// When the gateway received the command; the core's only notion of time.
     pub ts_ns: u64,
+    /// Set when an account shard reserved funds for the command and forwarded it: the engine
+    /// applies each source once (`crate::accounts::Source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<Source>,
     pub command: Command,
 }
 
@@ -193,7 +198,9 @@ mod tests {
             command_id: 7,
             pair: "BTC-EUR".into(),
             ts_ns: 1_700_000_000_000_000_000,
+            src: None,
             command: Command::Place(PlaceOrder {
+                quote_budget: None,
                 order_id: OrderId(7),
                 account_id: AccountId(3),
                 client_order_id: Some("c-1".into()),
@@ -210,6 +217,14 @@ mod tests {
         let text = std::str::from_utf8(&bytes).unwrap();
         assert!(text.contains(r#""type":"place""#), "{text}");
         assert_eq!(OrderRecord::decode(&bytes).unwrap(), rec);
+        assert!(!text.contains("quote_budget"), "absent, not null: {text}");
+        let mut budgeted = rec.clone();
+        if let Command::Place(p) = &mut budgeted.command {
+            p.quote_budget = Some(1 << 70);
+        }
+        let text = String::from_utf8(budgeted.encode()).unwrap();
+        assert!(text.contains(r#""quote_budget":"1180591620717411303424""#), "{text}");
+        assert_eq!(OrderRecord::decode(text.as_bytes()).unwrap(), budgeted);
     }
 
     #[test]

@@ -52,6 +52,7 @@ impl Rng {
 
 fn limit(id: u64, acct: u64, side: Side, price: i64, qty: i64, tif: TimeInForce) -> Command {
     Command::Place(PlaceOrder {
+        quote_budget: None,
         order_id: OrderId(id),
         account_id: AccountId(acct),
         client_order_id: None,
@@ -245,6 +246,7 @@ fn deep_book() -> (OrderBook, Command, u64) {
         }
     }
     let sweep = Command::Place(PlaceOrder {
+        quote_budget: None,
         order_id: OrderId(id + 1),
         account_id: AccountId(2),
         client_order_id: None,

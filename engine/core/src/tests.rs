@@ -27,6 +27,7 @@ fn spec() -> PairSpec {
 
 fn lim(id: u64, acct: u64, side: Side, price: i64, qty: i64) -> PlaceOrder {
     PlaceOrder {
+        quote_budget: None,
         order_id: OrderId(id),
         account_id: AccountId(acct),
         client_order_id: None,

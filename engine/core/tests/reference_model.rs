@@ -693,6 +693,7 @@ impl Driver {
                 oddity,
             } => {
                 let mut p = PlaceOrder {
+                    quote_budget: None,
                     order_id: OrderId(self.next_id),
                     account_id: AccountId(acct),
                     client_order_id: cid.map(|c| format!("c{c}")),

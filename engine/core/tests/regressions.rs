@@ -30,6 +30,7 @@ fn place(
     tif: TimeInForce,
 ) -> Command {
     Command::Place(PlaceOrder {
+        quote_budget: None,
         order_id: OrderId(id),
         account_id: AccountId(acct),
         client_order_id: None,

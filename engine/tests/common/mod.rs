@@ -253,7 +253,9 @@ pub fn limit(
         command_id,
         pair: pair.to_owned(),
         ts_ns: 1_700_000_000_000_000_000 + command_id,
+        src: None,
         command: Command::Place(PlaceOrder {
+            quote_budget: None,
             order_id: OrderId(order_id),
             account_id: AccountId(account),
             client_order_id: None,
