@@ -4,6 +4,7 @@ use protocol::{AccountId, DoneReason, OrderId, OrderType, PairId, Price, Qty, Si
 use serde::{Deserialize, Serialize};
 
 use crate::assets::AssetId;
+use crate::event::Liquidity;
 
 /// One input of [`crate::Ledger::apply`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +20,8 @@ pub enum LedgerCommand {
     Amend(Amend),
     /// One trade, settled for both orders.
     Fill(Fill),
+    /// One side of a trade: what a shard that holds only one of the two accounts settles.
+    FillLeg(FillLeg),
     /// The order is done (filled, cancelled, expired) or was rejected: what is left reserved
     /// goes back to available and the order is forgotten.
     Release(Release),
@@ -81,6 +84,14 @@ pub struct Fill {
     pub maker_account_id: AccountId,
     pub taker_order_id: OrderId,
     pub taker_account_id: AccountId,
+}
+
+/// One side of [`Fill`]: the maker's or the taker's. Settling both legs of a fill, maker first,
+/// is exactly settling the fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FillLeg {
+    pub fill: Fill,
+    pub liquidity: Liquidity,
 }
 
 /// The end of an order's life, whatever ended it.

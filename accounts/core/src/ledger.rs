@@ -137,6 +137,39 @@ impl Ledger {
             .map(|(&(acc, asset), &b)| (acc, asset, b))
     }
 
+    /// Puts back a balance read from storage (an actor's recovery). Refuses a negative one.
+    pub fn restore_balance(
+        &mut self,
+        account_id: AccountId,
+        asset_id: AssetId,
+        balance: Balance,
+    ) -> Result<(), LedgerError> {
+        if self.assets.get(asset_id).is_none() {
+            return Err(LedgerError::UnknownAsset { asset_id });
+        }
+        if balance.available_units < 0 || balance.reserved_units < 0 {
+            return Err(LedgerError::InvalidAmount {
+                amount_units: balance.available_units.min(balance.reserved_units),
+            });
+        }
+        self.balances.insert((account_id, asset_id), balance);
+        Ok(())
+    }
+
+    /// Puts back an open order's reservation read from storage (an actor's recovery).
+    pub fn restore_reservation(
+        &mut self,
+        order_id: OrderId,
+        reservation: Reservation,
+    ) -> Result<(), LedgerError> {
+        self.pair(reservation.pair_id)?;
+        if self.orders.contains_key(&order_id) {
+            return Err(LedgerError::DuplicateOrderId { order_id });
+        }
+        self.orders.insert(order_id, reservation);
+        Ok(())
+    }
+
     pub fn reservation(&self, order_id: OrderId) -> Option<&Reservation> {
         self.orders.get(&order_id)
     }
@@ -158,7 +191,8 @@ impl Ledger {
             LedgerCommand::Withdraw(t) => self.withdraw(t, out),
             LedgerCommand::Reserve(r) => self.reserve(r, out),
             LedgerCommand::Amend(a) => self.amend(a, out),
-            LedgerCommand::Fill(f) => self.fill(f, out),
+            LedgerCommand::Fill(f) => self.fill(f, out, None),
+            LedgerCommand::FillLeg(l) => self.fill(&l.fill, out, Some(l.liquidity)),
             LedgerCommand::Release(r) => self.release(r, out),
         }
     }
@@ -285,7 +319,13 @@ impl Ledger {
         Ok(())
     }
 
-    fn fill(&mut self, f: &Fill, out: &mut Vec<LedgerEvent>) -> Result<(), LedgerError> {
+    /// Settles both legs of `f`, or only the one of `only`.
+    fn fill(
+        &mut self,
+        f: &Fill,
+        out: &mut Vec<LedgerEvent>,
+        only: Option<Liquidity>,
+    ) -> Result<(), LedgerError> {
         let pair = *self.pair(f.pair_id)?;
         let inconsistent = inconsistent(f);
         if f.qty.0 <= 0 || f.price.0 <= 0 {
@@ -309,10 +349,23 @@ impl Ledger {
             liquidity: Liquidity::Taker,
             fee_ppm: fees.taker_fee_ppm,
         };
-        // Both legs are checked before either moves, so a refusal changes nothing.
-        let legs = [self.leg(f, &pair, &maker)?, self.leg(f, &pair, &taker)?];
-        for leg in &legs {
-            self.settle(f, leg, out);
+        match only {
+            None => {
+                // Both legs are checked before either moves, so a refusal changes nothing.
+                let legs = [self.leg(f, &pair, &maker)?, self.leg(f, &pair, &taker)?];
+                for leg in &legs {
+                    self.settle(f, leg, out);
+                }
+            }
+            Some(liquidity) => {
+                let side = if liquidity == Liquidity::Maker {
+                    &maker
+                } else {
+                    &taker
+                };
+                let leg = self.leg(f, &pair, side)?;
+                self.settle(f, &leg, out);
+            }
         }
         Ok(())
     }

@@ -54,7 +54,7 @@ mod event;
 mod ledger;
 
 pub use assets::{Asset, AssetId, AssetRegistry, PairAssets};
-pub use command::{Amend, Fill, LedgerCommand, Release, ReleaseReason, Reserve, Transfer};
+pub use command::{Amend, Fill, FillLeg, LedgerCommand, Release, ReleaseReason, Reserve, Transfer};
 pub use error::{ConfigError, LedgerError};
 pub use event::{Balance, Cause, LedgerEvent, Liquidity};
 pub use ledger::{Ledger, LedgerConfig, PPM_WHOLE, PairFees, Reservation, fee_units};

@@ -791,3 +791,90 @@ fn fees_above_the_whole_or_for_unknown_pairs_are_refused() {
         ConfigError::UnknownPair { pair_id: unknown }
     );
 }
+
+#[test]
+fn two_shards_settling_one_leg_each_equal_one_ledger_settling_both() {
+    // One ledger holds both accounts; two others hold one each, as two shards would.
+    let mut both = setup(&[("BTC-EUR", 1_000, 2_000)]);
+    let mut maker_shard = setup(&[("BTC-EUR", 1_000, 2_000)]);
+    let mut taker_shard = setup(&[("BTC-EUR", 1_000, 2_000)]);
+    for t in [&mut both, &mut maker_shard] {
+        t.deposit(ALICE, "BTC", "1");
+        t.apply(t.limit(1, ALICE, "BTC-EUR", Side::Sell, "60000", "1"))
+            .unwrap();
+    }
+    for t in [&mut both, &mut taker_shard] {
+        t.deposit(BOB, "EUR", "50000");
+        t.apply(t.limit(2, BOB, "BTC-EUR", Side::Buy, "61000", "0.4"))
+            .unwrap();
+    }
+    let fill = both.fill("BTC-EUR", "60000", "0.4", Side::Sell, (1, ALICE), (2, BOB));
+    both.apply(fill.clone()).unwrap();
+    let LedgerCommand::Fill(f) = fill else {
+        unreachable!()
+    };
+    let leg = |liquidity| LedgerCommand::FillLeg(FillLeg { fill: f, liquidity });
+    maker_shard.apply(leg(Liquidity::Maker)).unwrap();
+    taker_shard.apply(leg(Liquidity::Taker)).unwrap();
+    // The other shard's order is unknown here: its leg is inconsistent and changes nothing.
+    assert_eq!(
+        code(maker_shard.apply(leg(Liquidity::Taker))),
+        "inconsistent_fill"
+    );
+
+    for asset in ["BTC", "EUR"] {
+        assert_eq!(
+            maker_shard.balance(ALICE, asset),
+            both.balance(ALICE, asset)
+        );
+        assert_eq!(taker_shard.balance(BOB, asset), both.balance(BOB, asset));
+        let fees = |t: &T| t.balance(FEES, asset).0;
+        assert_eq!(
+            fees(&maker_shard) + fees(&taker_shard),
+            fees(&both),
+            "{asset}"
+        );
+    }
+    assert_eq!(
+        maker_shard.ledger.reservation(OrderId(1)),
+        both.ledger.reservation(OrderId(1))
+    );
+    assert_eq!(
+        taker_shard.ledger.reservation(OrderId(2)),
+        both.ledger.reservation(OrderId(2))
+    );
+}
+
+#[test]
+fn a_restored_ledger_continues_like_the_original() {
+    let mut t = setup(&[]);
+    t.deposit(ALICE, "EUR", "1000");
+    t.apply(t.limit(1, ALICE, "BTC-EUR", Side::Buy, "60000", "0.01"))
+        .unwrap();
+    let mut copy = setup(&[]);
+    for (acc, asset, b) in t.ledger.balances() {
+        copy.ledger.restore_balance(acc, asset, b).unwrap();
+    }
+    for (id, r) in t.ledger.reservations() {
+        copy.ledger.restore_reservation(id, *r).unwrap();
+    }
+    assert_eq!(format!("{:?}", copy.ledger), format!("{:?}", t.ledger));
+    let reservation = *t.ledger.reservation(OrderId(1)).unwrap();
+    assert_eq!(
+        code(copy.ledger.restore_reservation(OrderId(1), reservation)),
+        "duplicate_order_id"
+    );
+    let eur = t.asset("EUR");
+    let negative = Balance {
+        available_units: -1,
+        reserved_units: 0,
+    };
+    assert_eq!(
+        code(copy.ledger.restore_balance(BOB, eur, negative)),
+        "invalid_amount"
+    );
+    for l in [&mut t, &mut copy] {
+        l.apply(T::release(1, ALICE)).unwrap();
+    }
+    assert_eq!(t.balance(ALICE, "EUR"), copy.balance(ALICE, "EUR"));
+}
