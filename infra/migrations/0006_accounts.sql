@@ -3,10 +3,14 @@
 -- One account shard writes its rows in one transaction per commit together with its consumed
 -- `accounts` offset, fenced on the previous one (as pair_offsets is for a pair).
 --
+-- Offsets here are *positions* (protocol::accounts::position): the `accounts` record's offset
+-- x 2^16 + the line's index in it, since a record packs lines; position >> 16 is the offset.
+--
 -- Amounts are in the asset's smallest unit and can exceed 64 bits (an i128 in the service), so
 -- they are numeric(39,0); the service binds and reads them as text, losing nothing.
 
--- Where each shard resumes: the last `accounts` offset whose effects are committed here.
+-- Where each shard resumes: the position of the last `accounts` line whose effects are
+-- committed here (-1 before any; a shard commits whole records).
 CREATE TABLE account_shards (
     shard       integer     PRIMARY KEY CHECK (shard >= 0),
     last_offset bigint      NOT NULL,

@@ -29,12 +29,30 @@ pub fn account_shard(account_id: AccountId, shards: u32) -> u32 {
     (account_id.0 % u64::from(shards)) as u32
 }
 
+/// A record packs at most this many lines that a shard tells apart ([`position`]).
+pub const LINES_PER_RECORD_MAX: usize = 1 << 16;
+
+/// A line's position in its `accounts` partition: the record's offset x 2^16 + the line's index
+/// in the record (a record packs lines). Unique and increasing along the partition, so every
+/// consumer of a shard's outputs drops repeats by comparing positions. Every `offset` of this
+/// module's records, and the account stage's `accounts_offset` / `last_offset` columns, is one.
+pub fn position(offset: i64, line: usize) -> i64 {
+    assert!(line < LINES_PER_RECORD_MAX, "line index {line} beyond a record's lines");
+    (offset << 16) | line as i64
+}
+
+/// The Kafka offset of the record holding the line at `position`.
+pub fn record_offset(position: i64) -> i64 {
+    position >> 16
+}
+
 /// Where a command forwarded to `orders` by an account shard came from: the shard and the
-/// offset of its `accounts` line. Per pair, a shard's sources only increase, so an engine keeps
-/// the last one per shard and drops anything at or below it.
+/// [`position`] of its `accounts` line. Per pair, a shard's sources only increase, so an engine
+/// keeps the last one per shard and drops anything at or below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Source {
     pub shard: u32,
+    /// A [`position`], not a bare Kafka offset.
     pub offset: i64,
 }
 
@@ -124,7 +142,8 @@ pub struct Refusal {
 pub struct AccountEventRecord {
     pub v: u16,
     pub shard: u32,
-    /// The `accounts` offset this answers; with `shard`, unique and increasing per shard.
+    /// The [`position`] of the `accounts` line this answers; with `shard`, unique and
+    /// increasing per shard.
     pub accounts_offset: i64,
     /// The gateway command this answers, for an `order` line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,6 +209,14 @@ mod tests {
     use super::*;
     use crate::domain::*;
     use crate::records::RECORD_VERSION;
+
+    #[test]
+    fn positions_order_lines_within_and_across_records() {
+        assert!(position(5, 0) > position(4, LINES_PER_RECORD_MAX - 1));
+        assert!(position(5, 1) > position(5, 0));
+        assert_eq!(record_offset(position(5, 300)), 5);
+        assert_eq!(record_offset(position(-1, 0)), -1);
+    }
 
     #[test]
     fn shards_spread_accounts_and_stay_put() {
