@@ -20,13 +20,23 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
           target/release/loadtest /out/
 
 FROM debian:bookworm-slim AS runtime
+# Amazon's RDS CA bundle (every region's roots) for TLS to Aurora (sslmode=verify-full, see
+# docs/DEPLOY.md). As a local CA, update-ca-certificates (below, and in ca-certificates' own
+# install) adds it to the system bundle that OpenSSL, hence sqlx's native-tls, trusts, and links
+# it as /etc/ssl/certs/rds-global-bundle.pem, the sslrootcert the services' DATABASE_URL names.
+# Unpinned on purpose: AWS adds CAs to it, and a build is where AWS is reachable.
+ADD --chmod=644 https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem \
+    /usr/local/share/ca-certificates/rds-global-bundle.crt
 # No shell tools beyond bash: health checks use bash's /dev/tcp (see compose file). libssl3 and
-# the CA certificates let librdkafka verify the brokers' certificates (TLS to MSK).
+# the CA certificates let librdkafka verify the brokers' certificates (TLS to MSK) and sqlx
+# Aurora's (above).
 # DL3008 (pin apt versions): bookworm's security updates replace the exact versions, so pins would
 # break the build at the next point release; the base image tag pins the Debian release instead.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
+    && update-ca-certificates \
+    && test -s /etc/ssl/certs/rds-global-bundle.pem \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app
 COPY --from=builder /out/ /usr/local/bin/

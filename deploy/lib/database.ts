@@ -2,7 +2,9 @@
 // reader is the failover target), isolated subnets, encrypted storage, backups and deletion
 // protection on. The master credentials live in Secrets Manager and reach the services as ECS
 // secrets PGUSER / PGPASSWORD, which sqlx reads when DATABASE_URL names no user: the URL in the
-// task definition carries only the writer's address.
+// task definition carries only the writer's address and the TLS settings. TLS is required on both
+// ends: the cluster refuses plain connections (rds.force_ssl), and the services verify the
+// certificate against Amazon's RDS CAs and the host name against the endpoint (verify-full).
 import { Duration, RemovalPolicy } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
@@ -12,6 +14,15 @@ import { Construct } from 'constructs';
 import type { DatabaseConfig } from './config';
 
 export const DATABASE_NAME = 'trading';
+/**
+ * The RDS CA bundle in the image (Dockerfile): the global bundle, every region's roots, added to
+ * the system trust store by update-ca-certificates, which links it here. sqlx's native-tls backend
+ * adds only the first certificate of `sslrootcert` to OpenSSL's default store (the system bundle,
+ * which holds all of them), so the system store is what verifies; naming the file anyway fails
+ * the connection loudly when an image lacks it, and keeps the URL right for psql, which trusts
+ * exactly this file.
+ */
+export const RDS_CA_BUNDLE = '/etc/ssl/certs/rds-global-bundle.pem';
 
 export interface DatabaseProps {
   readonly config: DatabaseConfig;
@@ -23,7 +34,7 @@ export interface DatabaseProps {
 
 export class Database extends Construct {
   readonly cluster: rds.DatabaseCluster;
-  /** `postgres://<writer endpoint>:<port>/trading`: no credentials in it. */
+  /** `postgres://<writer endpoint>:<port>/trading?sslmode=verify-full&sslrootcert=...`: no credentials in it. */
   readonly url: string;
   readonly secrets: Readonly<Record<string, ecs.Secret>>;
 
@@ -69,17 +80,19 @@ export class Database extends Construct {
       cloudwatchLogsRetention: props.logRetention,
       parameterGroup: new rds.ParameterGroup(this, 'Parameters', {
         engine,
-        description: 'trading: the services connect without TLS (see docs/DEPLOY.md)',
+        description: 'trading: TLS required (see docs/DEPLOY.md)',
         parameters: {
-          // The services' sqlx is built without a TLS backend today (Cargo.toml); the traffic
-          // stays inside the VPC between security groups. docs/DEPLOY.md, "Known gaps".
-          'rds.force_ssl': '0',
+          // Connections without TLS are refused; the services connect with sslmode=verify-full.
+          'rds.force_ssl': '1',
           // Same as the local stack: slow statements in the log.
           log_min_duration_statement: '1000',
         },
       }),
     });
-    this.url = `postgres://${this.cluster.clusterEndpoint.socketAddress}/${DATABASE_NAME}`;
+    // verify-full: the certificate chains to an RDS CA and names the cluster endpoint.
+    this.url =
+      `postgres://${this.cluster.clusterEndpoint.socketAddress}/${DATABASE_NAME}` +
+      `?sslmode=verify-full&sslrootcert=${RDS_CA_BUNDLE}`;
     const secret = this.cluster.secret;
     if (secret === undefined) throw new Error('the cluster has no generated secret');
     this.secrets = {

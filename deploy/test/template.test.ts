@@ -2,14 +2,15 @@
 // real template and on a copy broken in one place, where it must fail.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { before, describe, test } from 'node:test';
+import { RDS_CA_BUNDLE } from '../lib/database';
 import { binarySpecs } from './support/cli';
 import { type CheckContext, CHECKS } from './support/checks';
 import { environmentProblems } from './support/environment';
-import { copy, PLACEHOLDERS, type Synthesized, synth } from './support/synth';
+import { copy, PLACEHOLDERS, REPO_DIR, type Synthesized, synth } from './support/synth';
 import { appContainers, containers } from './support/template';
 
 let base: Synthesized;
@@ -104,5 +105,33 @@ describe('the gateway start script derives a unique GW_GATEWAY_ID', () => {
     const outside = run('10.0.16.7');
     assert.notEqual(outside.status, 0);
     assert.match(outside.out, /no address in 10\.0\.3\.0\/26/);
+  });
+});
+
+describe("the image trusts Aurora's CA as DATABASE_URL expects", () => {
+  // sqlx's native-tls backend adds only the first certificate of sslrootcert; the RDS bundle holds
+  // one per region and CA, so it must reach OpenSSL's system store: a local CA that
+  // update-ca-certificates adds to the system bundle and links as /etc/ssl/certs/<name>.pem.
+  const problems = (dockerfile: string): string[] => {
+    // The runtime stage, its continued lines joined.
+    const runtime = dockerfile.slice(dockerfile.lastIndexOf('\nFROM ')).replace(/\s*\\\n\s*/g, ' ');
+    const local = `/usr/local/share/ca-certificates/${path.basename(RDS_CA_BUNDLE, '.pem')}.crt`;
+    const url = 'https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem';
+    const out: string[] = [];
+    if (!runtime.includes(`\nADD --chmod=644 ${url} ${local}\n`)) out.push(`the runtime stage does not add ${url} as ${local}`);
+    const link = `&& update-ca-certificates && test -s ${RDS_CA_BUNDLE} `;
+    if (!runtime.includes(link)) out.push(`the runtime stage does not run "${link}"`);
+    return out;
+  };
+  const dockerfile = readFileSync(path.join(REPO_DIR, 'Dockerfile'), 'utf8');
+
+  test('the RDS bundle is a local CA of the runtime image, linked where sslrootcert points', () => {
+    assert.deepEqual(problems(dockerfile), []);
+  });
+
+  test('fails on the bundle copied straight to sslrootcert, outside the system store', () => {
+    const broken = dockerfile.replace(/\/usr\/local\/share\/ca-certificates\/rds-global-bundle\.crt/, RDS_CA_BUNDLE);
+    assert.notEqual(broken, dockerfile);
+    assert.equal(problems(broken).length, 1, problems(broken).join('\n'));
   });
 });

@@ -218,6 +218,49 @@ export const CHECKS: readonly Check[] = [
     },
   },
   {
+    name: 'database refuses connections without TLS (rds.force_ssl 1)',
+    run(json) {
+      const [cluster] = resources(json, 'AWS::RDS::DBCluster');
+      assert.ok(cluster !== undefined);
+      const group = ref(cluster.props.DBClusterParameterGroupName);
+      assert.ok(group !== undefined, 'the cluster has no parameter group of its own');
+      const parameters = resource(json, group).props.Parameters as Props;
+      assert.equal(parameters['rds.force_ssl'], '1', 'rds.force_ssl');
+    },
+    breakIt(json) {
+      const group = resources(json, 'AWS::RDS::DBClusterParameterGroup')[0]!;
+      (json.Resources[group.id]!.Properties!.Parameters as Props)['rds.force_ssl'] = '0';
+    },
+  },
+  {
+    name: "every DATABASE_URL verifies the writer endpoint's certificate (verify-full, RDS CA bundle)",
+    run(json) {
+      const [cluster] = resources(json, 'AWS::RDS::DBCluster');
+      const urls = containers(json).filter((c) => c.environment.DATABASE_URL !== undefined);
+      assert.ok(urls.length > 0, 'no container sets DATABASE_URL');
+      for (const c of urls) {
+        // An Fn::Join of strings and the endpoint's GetAtt; the host must be the writer endpoint.
+        const value = c.environment.DATABASE_URL as { 'Fn::Join'?: [string, unknown[]] } | string;
+        const parts = typeof value === 'string' ? [value] : (value['Fn::Join']?.[1] ?? []);
+        const text = parts.map((p) => (typeof p === 'string' ? p : `<${JSON.stringify(p)}>`)).join('');
+        const where = `${c.taskId}/${c.name}`;
+        assert.ok(
+          text.startsWith(`postgres://<${JSON.stringify({ 'Fn::GetAtt': [cluster!.id, 'Endpoint.Address'] })}>:`),
+          `${where}: DATABASE_URL does not name the writer endpoint: ${text}`,
+        );
+        const query = new URLSearchParams(text.split('?')[1] ?? '');
+        assert.equal(query.get('sslmode'), 'verify-full', `${where}: sslmode in ${text}`);
+        assert.equal(query.get('sslrootcert'), '/etc/ssl/certs/rds-global-bundle.pem', `${where}: sslrootcert in ${text}`);
+      }
+    },
+    breakIt(json) {
+      const env = (containerDef(json, 'gateway').Environment as { Name: string; Value: unknown }[]).find(
+        (e) => e.Name === 'DATABASE_URL',
+      )!;
+      env.Value = JSON.parse(JSON.stringify(env.Value).replace('sslmode=verify-full&', ''));
+    },
+  },
+  {
     name: "no security group open to the internet but the public ALB's 443",
     run(json) {
       const publicAlbSgs = new Set(

@@ -148,10 +148,15 @@ function rdkafkaProperties(file: string): Map<string, string[]> {
   return out;
 }
 
-/** Source directories of crates in the workspace's lock file (cargo metadata, offline). */
+/**
+ * Source directories of crates in the workspace's lock file (cargo metadata, offline). Only the
+ * host's packages: `cargo build` downloads no others (native-tls's macOS and Windows backends),
+ * and without the filter cargo metadata wants every package of the lock file.
+ */
 function crateSources(names: string[]): Record<string, string> {
+  const host = /^host: (\S+)$/m.exec(execFileSync('rustc', ['-vV']).toString())![1]!;
   const metadata = JSON.parse(
-    execFileSync('cargo', ['metadata', '--format-version', '1', '--offline'], {
+    execFileSync('cargo', ['metadata', '--format-version', '1', '--offline', '--filter-platform', host], {
       cwd: REPO_DIR,
       maxBuffer: 64 * 1024 * 1024,
     }).toString(),
