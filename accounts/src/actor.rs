@@ -1,0 +1,249 @@
+//! One shard's I/O loop: read a batch of its `accounts` partition, decide it ([`ShardState`]),
+//! publish the forwards and answers, and once Kafka holds them commit the batch to PostgreSQL.
+//! Any error ends the actor (its state holds decisions that did not commit); the supervisor
+//! recovers it from PostgreSQL and the partition is read again from the committed position, so
+//! the same lines decide the same again and every consumer drops what it already has.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use accounts_core::{AssetRegistry, Ledger};
+use protocol::PairRegistry;
+use protocol::accounts::{LINES_PER_RECORD_MAX, position, record_offset};
+use protocol::records::{
+    EVENTS_PAYLOAD_MAX, ORDERS_PAYLOAD_MAX, command_lines, pack_lines, push_line,
+};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::Config;
+use crate::shard::{Effects, ShardState};
+use crate::store::{self, StoreError};
+
+/// What every shard actor shares.
+pub struct Stage {
+    pub config: Config,
+    pub pairs: Arc<PairRegistry>,
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+    pub shards: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("Kafka: cannot {what}: {source}")]
+    Kafka {
+        what: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("a delivery was cancelled (producer gone)")]
+    Cancelled,
+}
+
+fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> ActorError {
+    move |source| ActorError::Kafka { what, source }
+}
+
+/// Runs a shard's actor; restarts it from PostgreSQL after an error or a panic, with backoff,
+/// until `stop`.
+pub async fn supervise(stage: Arc<Stage>, shard: u32, stop: CancellationToken) {
+    const BACKOFF_MIN: Duration = Duration::from_millis(100);
+    let labels = [("shard", shard.to_string())];
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = Instant::now();
+        match tokio::spawn(run(Arc::clone(&stage), shard, stop.clone())).await {
+            Ok(Ok(())) => return,
+            Ok(Err(err)) => {
+                tracing::warn!(shard, error = %err, "shard actor failed; restarting from PostgreSQL");
+            }
+            Err(join) if join.is_panic() => {
+                tracing::error!(shard, "shard actor panicked; restarting from PostgreSQL");
+            }
+            Err(_) => return,
+        }
+        metrics::counter!("accounts_actor_restarts_total", &labels).increment(1);
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(stage.config.restart_backoff_max);
+    }
+}
+
+/// A shard's state, recovered from PostgreSQL: its position and ledger.
+pub async fn recover(stage: &Stage, shard: u32) -> Result<(ShardState, i64), ActorError> {
+    let ledger = Ledger::new(
+        AssetRegistry::from_pairs(&stage.pairs),
+        stage.config.ledger_config(),
+    )
+    .expect("checked at start");
+    let mut state = ShardState::new(shard, stage.shards, Arc::clone(&stage.pairs), ledger);
+    let last = store::recover(&stage.pool, &mut state).await?;
+    Ok((state, last))
+}
+
+async fn run(stage: Arc<Stage>, shard: u32, stop: CancellationToken) -> Result<(), ActorError> {
+    let (mut state, mut last) = recover(&stage, shard).await?;
+    let consumer: StreamConsumer = infra::kafka::client_config(
+        &stage.config.brokers,
+        &format!("accounts-{shard}"),
+        infra::kafka::Role::Consumer,
+    )
+    .set("group.id", "accounts")
+    .create()
+    .map_err(kafka("create the consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    let next = record_offset(last) + 1;
+    tpl.add_partition_offset(
+        &stage.config.accounts_topic,
+        shard as i32,
+        Offset::Offset(next),
+    )
+    .map_err(kafka("position the partition"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(kafka("assign the partition"))?;
+    tracing::info!(
+        shard,
+        next_offset = next,
+        balances = state.ledger.balances().count(),
+        open_orders = state.ledger.reservations().count(),
+        "shard actor started"
+    );
+    let labels = [("shard", shard.to_string())];
+    let batch_max = stage.config.batch_records_max.max(1);
+    loop {
+        let mut fx = Effects::default();
+        let mut records = 0usize;
+        let mut batch_last = last;
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            msg = consumer.recv() => msg,
+        };
+        let deadline = tokio::time::Instant::now() + stage.config.batch_linger;
+        let mut msg = Some(first);
+        while let Some(m) = msg.take() {
+            match m {
+                Ok(m) => {
+                    if m.offset() > record_offset(batch_last) {
+                        let lines = command_lines(m.payload());
+                        for (i, line) in lines.iter().enumerate().take(LINES_PER_RECORD_MAX) {
+                            state.apply_line(position(m.offset(), i), *line, &mut fx);
+                        }
+                        let kept = lines.len().min(LINES_PER_RECORD_MAX);
+                        batch_last = position(m.offset(), kept - 1);
+                        records += 1;
+                    }
+                }
+                Err(err) => tracing::warn!(shard, error = %err, "accounts partition read error"),
+            }
+            if records >= batch_max {
+                break;
+            }
+            msg = tokio::select! {
+                biased;
+                _ = stop.cancelled() => None,
+                _ = tokio::time::sleep_until(deadline) => None,
+                m = consumer.recv() => Some(m),
+            };
+        }
+        if batch_last == last {
+            continue;
+        }
+        metrics::counter!("accounts_records_total", &labels).increment(records as u64);
+        metrics::counter!("accounts_repeats_total", &labels).increment(fx.repeats);
+        if fx.inconsistent > 0 {
+            metrics::counter!("accounts_inconsistent_total", &labels).increment(fx.inconsistent);
+        }
+        let refused = fx.answers.iter().filter(|a| a.refusal.is_some()).count();
+        metrics::counter!("accounts_refused_total", &labels).increment(refused as u64);
+        let deliveries = publish(&stage, shard, &fx).await?;
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((source, _))) => return Err(kafka("publish")(source)),
+                Err(_) => return Err(ActorError::Cancelled),
+            }
+        }
+        let started = Instant::now();
+        store::persist(&stage.pool, &state, last, batch_last, &fx).await?;
+        metrics::histogram!("accounts_commit_seconds").record(started.elapsed().as_secs_f64());
+        last = batch_last;
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+    }
+}
+
+/// Hands the batch's forwards (per pair partition of `orders`) and answers (the shard's
+/// partition of `account_events`) to the producer, packed into as few records as allowed.
+async fn publish(
+    stage: &Stage,
+    shard: u32,
+    fx: &Effects,
+) -> Result<Vec<DeliveryFuture>, ActorError> {
+    let mut deliveries = Vec::new();
+    let mut per_pair: Vec<(Vec<u8>, Vec<std::ops::Range<usize>>)> =
+        vec![(Vec::new(), Vec::new()); stage.pairs.len()];
+    for (pair_id, rec) in &fx.forwards {
+        let (buf, lines) = &mut per_pair[*pair_id as usize];
+        push_line(buf, lines, rec);
+    }
+    for (pair_id, (buf, lines)) in per_pair.iter().enumerate() {
+        if lines.is_empty() {
+            continue;
+        }
+        let spec = stage.pairs.get(pair_id as u32).expect("a registry pair");
+        for range in pack_lines(lines, ORDERS_PAYLOAD_MAX) {
+            let record = FutureRecord::to(&stage.config.orders_topic)
+                .partition(pair_id as i32)
+                .key(spec.symbol.as_str())
+                .payload(&buf[range]);
+            deliveries.push(send(stage, record).await?);
+        }
+    }
+    let mut buf = Vec::new();
+    let mut lines = Vec::new();
+    for a in &fx.answers {
+        push_line(&mut buf, &mut lines, a);
+    }
+    let key = shard.to_string();
+    for range in pack_lines(&lines, EVENTS_PAYLOAD_MAX) {
+        let record = FutureRecord::to(&stage.config.account_events_topic)
+            .partition(shard as i32)
+            .key(key.as_str())
+            .payload(&buf[range]);
+        deliveries.push(send(stage, record).await?);
+    }
+    Ok(deliveries)
+}
+
+/// Sends one record, waiting while the producer's queue is full.
+async fn send<'a>(
+    stage: &Stage,
+    mut record: FutureRecord<'a, str, [u8]>,
+) -> Result<DeliveryFuture, ActorError> {
+    loop {
+        match stage.producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((source, _)) => return Err(kafka("publish")(source)),
+        }
+    }
+}

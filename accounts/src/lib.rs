@@ -1,0 +1,165 @@
+//! The account stage: one actor per account shard, between the `accounts` topic, PostgreSQL,
+//! the pairs' `orders` partitions and `account_events` (docs/ARCHITECTURE.md, "Accounts and
+//! balances").
+//!
+//! ```text
+//! accounts[s] --> shard actor s: decode, ledger (reserve / transfer / settle), batch
+//!                   | forwards --> orders[pair]          (each with its Source: applied once)
+//!                   | answers  --> account_events[s]     (refusals, balances after each line)
+//!                   v once Kafka acknowledged both:
+//!                 PostgreSQL, one transaction: balances, reservations, ledger rows, transfers,
+//!                 settled seqs per pair, position (fenced on the previous one)
+//! ```
+//!
+//! - [`shard`]: the decisions, pure and deterministic (a replay decides the same).
+//! - [`store`]: recovery and the batch transaction.
+//! - [`actor`]: the I/O loop of one shard and its supervisor.
+
+pub mod actor;
+pub mod shard;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use accounts_core::{AssetRegistry, LedgerConfig, PairFees};
+use protocol::{AccountId, PairId, PairRegistry};
+use tokio_util::sync::CancellationToken;
+
+/// Everything the stage needs, already parsed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub brokers: String,
+    pub database_url: String,
+    pub registry: PairRegistry,
+    pub accounts_topic: String,
+    pub orders_topic: String,
+    pub account_events_topic: String,
+    /// `Some`: only these shards. `None`: every partition of `accounts_topic`.
+    pub static_shards: Option<Vec<u32>>,
+    /// The account every fee is credited to.
+    pub fee_account_id: AccountId,
+    pub pair_fees: BTreeMap<PairId, PairFees>,
+    /// A batch ends after this many records...
+    pub batch_records_max: usize,
+    /// ...or this long after its first.
+    pub batch_linger: Duration,
+    pub restart_backoff_max: Duration,
+    /// Where `/metrics` is served; `None`: not served.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Config {
+    pub fn new(brokers: String, database_url: String, registry: PairRegistry) -> Config {
+        Config {
+            brokers,
+            database_url,
+            registry,
+            accounts_topic: protocol::accounts::ACCOUNTS_TOPIC.to_owned(),
+            orders_topic: protocol::records::ORDERS_TOPIC.to_owned(),
+            account_events_topic: protocol::accounts::ACCOUNT_EVENTS_TOPIC.to_owned(),
+            static_shards: None,
+            fee_account_id: AccountId(0),
+            pair_fees: BTreeMap::new(),
+            batch_records_max: 2000,
+            batch_linger: Duration::from_millis(2),
+            restart_backoff_max: Duration::from_secs(5),
+            metrics_addr: None,
+        }
+    }
+
+    pub fn ledger_config(&self) -> LedgerConfig {
+        LedgerConfig {
+            fee_account_id: self.fee_account_id,
+            pair_fees: self.pair_fees.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    #[error(transparent)]
+    Db(#[from] infra::db::DbError),
+    #[error(transparent)]
+    Kafka(#[from] infra::kafka::KafkaSetupError),
+    #[error(
+        "topic {0:?} does not exist: create it with one partition per account shard (scripts/stack up)"
+    )]
+    NoTopic(String),
+    #[error("shard {shard} is not a partition of {topic:?} (it has {shards})")]
+    NoShard {
+        shard: u32,
+        topic: String,
+        shards: u32,
+    },
+    #[error("cannot create the Kafka producer: {0}")]
+    Producer(#[source] rdkafka::error::KafkaError),
+    #[error("fees: {0}")]
+    Fees(#[from] accounts_core::ConfigError),
+    #[error(transparent)]
+    Telemetry(#[from] infra::telemetry::TelemetryError),
+}
+
+/// The number of account shards: the partition count of the `accounts` topic.
+pub async fn shard_count(brokers: &str, topic: &str) -> Result<u32, AccountsError> {
+    let counts = infra::kafka::topic_partitions(brokers, &[topic]).await?;
+    match counts.first().and_then(|(_, n)| *n) {
+        Some(n) => Ok(u32::try_from(n).expect("partition counts fit u32")),
+        None => Err(AccountsError::NoTopic(topic.to_owned())),
+    }
+}
+
+/// Runs the stage until `shutdown`, then lets every shard finish and commit its batch.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AccountsError> {
+    let shards = shard_count(&config.brokers, &config.accounts_topic).await?;
+    let owned: Vec<u32> = match &config.static_shards {
+        Some(list) => list.clone(),
+        None => (0..shards).collect(),
+    };
+    if let Some(&shard) = owned.iter().find(|&&s| s >= shards) {
+        return Err(AccountsError::NoShard {
+            shard,
+            topic: config.accounts_topic.clone(),
+            shards,
+        });
+    }
+    // Checked once here, so an actor's restart cannot fail on it.
+    accounts_core::Ledger::new(
+        AssetRegistry::from_pairs(&config.registry),
+        config.ledger_config(),
+    )?;
+    if let Some(addr) = config.metrics_addr {
+        infra::telemetry::serve_prometheus(addr)?;
+    }
+    let pool = infra::db::connect(&config.database_url, owned.len() as u32 + 2).await?;
+    let producer = infra::kafka::client_config(
+        &config.brokers,
+        "accounts",
+        infra::kafka::Role::BatchProducer,
+    )
+    .create()
+    .map_err(AccountsError::Producer)?;
+    let stage = Arc::new(actor::Stage {
+        pairs: Arc::new(config.registry.clone()),
+        config,
+        pool,
+        producer,
+        shards,
+    });
+    tracing::info!(shards, owned = ?owned, "account stage started");
+    let mut tasks = Vec::new();
+    for shard in owned {
+        tasks.push(tokio::spawn(actor::supervise(
+            Arc::clone(&stage),
+            shard,
+            shutdown.clone(),
+        )));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("account stage stopped");
+    Ok(())
+}
