@@ -197,6 +197,16 @@ pub enum KafkaSetupError {
         actual: usize,
         expected: usize,
     },
+    #[error(
+        "topic {topic} has {actual} partitions but ACCOUNT_SHARDS is {expected}: an account's \
+         shard is its id modulo the count, so the count never changes once balances exist \
+         (set ACCOUNT_SHARDS={actual})"
+    )]
+    ShardCount {
+        topic: String,
+        actual: usize,
+        expected: usize,
+    },
     #[error("topic {topic} did not get {expected} partitions with leaders within {waited_ms} ms")]
     TopicNotReady {
         topic: String,
@@ -243,6 +253,39 @@ pub async fn ensure_topics(
     let mut reports = Vec::with_capacity(2);
     for topic in [ORDERS_TOPIC, EVENTS_TOPIC] {
         reports.push(ensure_topic(&admin, brokers, topic, registry.len(), &config).await?);
+    }
+    Ok(reports)
+}
+
+/// Account shards the stack creates when `accounts` does not exist yet (`ACCOUNT_SHARDS`).
+pub const ACCOUNT_SHARDS_DEFAULT: usize = 4;
+
+/// Makes `accounts` and `account_events` exist with `shards` partitions each. Unlike the pair
+/// topics they never grow: an account's shard is its id modulo the count, so a new count would
+/// move accounts away from their balances. A topic with another count is an error.
+pub async fn ensure_account_topics(
+    brokers: &str,
+    shards: usize,
+) -> Result<Vec<TopicReport>, KafkaSetupError> {
+    use protocol::accounts::{ACCOUNT_EVENTS_TOPIC, ACCOUNTS_TOPIC};
+    let admin = Arc::new(admin_client(brokers)?);
+    let config = [
+        ("retention.ms", TOPIC_RETENTION_MS),
+        ("retention.bytes", TOPIC_RETENTION_BYTES_PER_PARTITION),
+        ("segment.bytes", TOPIC_SEGMENT_BYTES),
+    ];
+    let mut reports = Vec::with_capacity(2);
+    for topic in [ACCOUNTS_TOPIC, ACCOUNT_EVENTS_TOPIC] {
+        match partition_count(&admin, brokers, topic).await? {
+            Some(actual) if actual != shards => {
+                return Err(KafkaSetupError::ShardCount {
+                    topic: topic.to_owned(),
+                    actual,
+                    expected: shards,
+                });
+            }
+            _ => reports.push(ensure_topic(&admin, brokers, topic, shards, &config).await?),
+        }
     }
     Ok(reports)
 }

@@ -120,9 +120,22 @@ async fn run() -> Result<()> {
 async fn prepare(brokers: &str, database_url: &str) -> Result<()> {
     let (pairs_path, registry) = config::load_pairs()?;
     println!("pairs: {} from {}", registry.len(), pairs_path.display());
-    let reports = kafka::ensure_topics(brokers, &registry)
+    let mut reports = kafka::ensure_topics(brokers, &registry)
         .await
         .with_context(|| format!("preparing topics on Kafka at {brokers}"))?;
+    let shards = match std::env::var("ACCOUNT_SHARDS") {
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("ACCOUNT_SHARDS={v:?} is not a positive count"))?,
+        Err(_) => kafka::ACCOUNT_SHARDS_DEFAULT,
+    };
+    reports.extend(
+        kafka::ensure_account_topics(brokers, shards)
+            .await
+            .with_context(|| format!("preparing the account topics on Kafka at {brokers}"))?,
+    );
     for report in reports {
         let what = match report.action {
             TopicAction::Created => "created".to_owned(),
@@ -233,6 +246,27 @@ async fn status(brokers: &str, database_url: &str) -> Result<()> {
         Err(err) => {
             ok = false;
             println!("kafka at {brokers}: {err}");
+        }
+    }
+    use protocol::accounts::{ACCOUNT_EVENTS_TOPIC, ACCOUNTS_TOPIC};
+    if let Ok(topics) =
+        kafka::topic_partitions(brokers, &[ACCOUNTS_TOPIC, ACCOUNT_EVENTS_TOPIC]).await
+    {
+        let counts: Vec<Option<usize>> = topics.iter().map(|(_, n)| *n).collect();
+        for (topic, partitions) in topics {
+            let verdict = match partitions {
+                None => {
+                    ok = false;
+                    "MISSING: run scripts/stack up".to_owned()
+                }
+                Some(_) if counts.iter().any(|c| *c != partitions) => {
+                    ok = false;
+                    "MISMATCH: both account topics need one partition per shard".to_owned()
+                }
+                Some(_) => "ok, one per account shard".to_owned(),
+            };
+            let count = partitions.map_or("-".to_owned(), |n| n.to_string());
+            println!("topic {topic}: {count} partitions ({verdict})");
         }
     }
     match db::connect(database_url, 1).await {
