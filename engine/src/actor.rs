@@ -9,10 +9,18 @@
 //! crash, the records past it are applied again to the same book and give the same events (same
 //! `seq`, same content), which consumers drop as duplicates.
 //!
+//! A command an account shard forwarded is applied once per source ([`Sources`]); the map of
+//! last sources per shard commits with the offset, so a restart decides repeats as before. With
+//! an `accounts` topic, a batch's settlement lines (one per command line and account shard it
+//! moves funds in) are produced right after its events, and the committer waits for both: the
+//! shards are never behind what PostgreSQL says was applied, and a restart sends the same lines
+//! (same `seq`) again, which the shards drop.
+//!
 //! Nothing on this path is shared with other pairs. Any error ends the actor (its book holds
 //! batches that did not commit, so it must never be reused); the supervisor restarts it from
 //! PostgreSQL.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use engine_core::OrderBook;
 use protocol::records::{
-    EVENTS_PAYLOAD_MAX, EventRecord, RECORD_VERSION, command_lines, pack_lines,
+    EVENTS_PAYLOAD_MAX, EventRecord, ORDERS_PAYLOAD_MAX, RECORD_VERSION, command_lines, pack_lines,
 };
 use protocol::{Command, Event, PairSpec};
 use rdkafka::Message;
@@ -32,8 +40,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, PairQueue};
-use crate::record::{Outcome, apply_record};
+use crate::record::{Outcome, Sources, apply_record};
 use crate::rows::{self, Applied, RowChanges, RowsError};
+use crate::settle::Settlements;
 use crate::store::{self, BatchWrite, StoreError};
 use crate::telemetry as m;
 
@@ -43,14 +52,16 @@ pub enum ActorError {
     Store(#[from] StoreError),
     #[error("batch rows: {0}")]
     Rows(#[from] RowsError),
-    #[error("cannot publish events for pair {pair}: {source}")]
+    #[error("cannot publish {what} for pair {pair}: {source}")]
     Publish {
         pair: String,
+        /// "events" or "settlements".
+        what: &'static str,
         #[source]
         source: KafkaError,
     },
-    #[error("events delivery for pair {pair} was cancelled (producer gone)")]
-    DeliveryCancelled { pair: String },
+    #[error("{what} delivery for pair {pair} was cancelled (producer gone)")]
+    DeliveryCancelled { pair: String, what: &'static str },
     #[error("cannot position partition {partition} at offset {offset}: {source}")]
     Seek {
         partition: i32,
@@ -92,6 +103,8 @@ struct Batch {
     /// Records consumed, probes included.
     consumed: u64,
     poison: u64,
+    /// Command lines skipped as repeats of a source already applied.
+    repeated: u64,
     records: Vec<EventRecord>,
     commands: Vec<Option<Command>>,
     /// Injected fault: the commit holding this batch fails.
@@ -109,6 +122,7 @@ impl Commit {
             last_trade_id: batch.last_trade_id,
             commands: batch.commands,
             rows: batch.rows,
+            sources: batch.sources,
             published: batch.published,
             batches: 1,
             #[cfg(feature = "fault-injection")]
@@ -124,6 +138,7 @@ impl Commit {
         self.last_trade_id = batch.last_trade_id;
         self.commands += batch.commands;
         self.rows.absorb(batch.rows);
+        self.sources.extend(batch.sources);
         self.batches += 1;
         #[cfg(feature = "fault-injection")]
         {
@@ -139,6 +154,7 @@ impl Batch {
             last_offset: -1,
             consumed: 0,
             poison: 0,
+            repeated: 0,
             records: Vec::new(),
             commands: Vec::new(),
             #[cfg(feature = "fault-injection")]
@@ -154,7 +170,12 @@ struct Staged {
     last_trade_id: u64,
     commands: u64,
     rows: RowChanges,
+    /// The shards whose last applied source moved in this batch.
+    sources: BTreeMap<u32, i64>,
+    /// Its `events` records.
     deliveries: Vec<DeliveryFuture>,
+    /// Its settlement records (empty without an `accounts` topic).
+    settle_deliveries: Vec<DeliveryFuture>,
     /// When its events were handed to the producer.
     published: Instant,
     #[cfg(feature = "fault-injection")]
@@ -170,6 +191,10 @@ struct Matcher {
     book: OrderBook,
     /// Last `orders` offset applied to the book (committed or not).
     applied_offset: i64,
+    /// The last source applied per shard, as of `applied_offset`.
+    sources: Sources,
+    /// A batch's settlement lines per shard; `None` without an `accounts` topic.
+    settle: Option<Settlements>,
     events: Vec<Event>,
     staged: mpsc::Sender<Staged>,
     labels: [(&'static str, String); 1],
@@ -224,6 +249,8 @@ pub(crate) async fn run(
         queue,
         stop,
         applied_offset: recovered.last_offset,
+        sources: recovered.sources,
+        settle: engine.settle.as_ref().map(|t| Settlements::new(t.shards)),
         book: recovered.book,
         events: Vec::new(),
         staged,
@@ -331,7 +358,27 @@ impl Matcher {
                 account_id,
                 command,
                 poison,
-            } = apply_record(&mut self.book, line, kafka_ts_ns, &mut self.events);
+                repeat,
+            } = apply_record(
+                &mut self.book,
+                &mut self.sources,
+                line,
+                kafka_ts_ns,
+                &mut self.events,
+            );
+            if let Some(src) = repeat {
+                // A restarted account shard forwarded it again: applied once already, and
+                // answered then.
+                batch.repeated += 1;
+                tracing::debug!(
+                    pair = %self.spec.symbol,
+                    offset,
+                    shard = src.shard,
+                    source_offset = src.offset,
+                    "repeated command skipped"
+                );
+                continue;
+            }
             if let Some(reason) = poison {
                 batch.poison += 1;
                 tracing::warn!(
@@ -393,12 +440,26 @@ impl Matcher {
         let book = &self.book;
         let rows = rows::derive(applied, |id| book.get(id))?;
         let (buf, ranges) = EventRecord::encode_lines(&batch.records);
-        let deliveries = self.produce(&buf, ranges).await?;
+        let partition = partition_of(&self.spec);
+        let deliveries = send_packed(
+            &self.engine,
+            &self.spec,
+            EVENTS,
+            &self.engine.config.events_topic,
+            partition,
+            &buf,
+            pack_lines(&ranges, EVENTS_PAYLOAD_MAX),
+        )
+        .await?;
+        let settle_deliveries = self.send_settlements(&batch.records).await?;
         metrics::histogram!(m::BATCH_WAIT_SECONDS).record(batch.started.elapsed().as_secs_f64());
         metrics::histogram!(m::BATCH_RECORDS).record(batch.consumed as f64);
         metrics::histogram!(m::BATCH_COMMANDS).record(batch.records.len() as f64);
         if batch.poison > 0 {
             metrics::counter!(m::POISON_RECORDS_TOTAL, &self.labels).increment(batch.poison);
+        }
+        if batch.repeated > 0 {
+            metrics::counter!(m::REPEATED_COMMANDS_TOTAL, &self.labels).increment(batch.repeated);
         }
         self.applied_offset = batch.last_offset;
         let staged = Staged {
@@ -407,7 +468,9 @@ impl Matcher {
             last_trade_id: self.book.last_trade_id(),
             commands: batch.records.len() as u64,
             rows,
+            sources: self.sources.take_changed(),
             deliveries,
+            settle_deliveries,
             published: Instant::now(),
             #[cfg(feature = "fault-injection")]
             fail_commit: batch.fail_commit,
@@ -419,44 +482,84 @@ impl Matcher {
         Ok(())
     }
 
-    /// Hands the records to the producer, packed into as few Kafka records as the payload limit
-    /// allows; waits (bounded queue) when the producer's queue is full.
-    async fn produce(
+    /// Hands the batch's settlement lines to the producer, per shard packed into as few records
+    /// as `ORDERS_PAYLOAD_MAX` allows (the `accounts` topic's packing), keyed by the pair.
+    /// Nothing without an `accounts` topic.
+    async fn send_settlements(
         &mut self,
-        buf: &[u8],
-        ranges: Vec<Range<usize>>,
+        records: &[EventRecord],
     ) -> Result<Vec<DeliveryFuture>, ActorError> {
-        let topic = self.engine.config.events_topic.as_str();
-        let partition = partition_of(&self.spec);
-        let payloads = pack_lines(&ranges, EVENTS_PAYLOAD_MAX);
-        let mut deliveries = Vec::with_capacity(payloads.len());
-        for range in payloads {
-            let mut record = FutureRecord::to(topic)
-                .partition(partition)
-                .key(self.spec.symbol.as_str())
-                .payload(&buf[range]);
-            loop {
-                match self.engine.producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        // Policy when full: block this pair until the producer drains.
-                        record = back;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    Err((source, _)) => {
-                        return Err(ActorError::Publish {
-                            pair: self.spec.symbol.clone(),
-                            source,
-                        });
-                    }
-                }
-            }
+        let (Some(settle), Some(target)) = (self.settle.as_mut(), self.engine.settle.as_ref())
+        else {
+            return Ok(Vec::new());
+        };
+        settle.clear();
+        for r in records {
+            settle.add(&self.spec.symbol, &r.events);
+        }
+        let mut deliveries = Vec::new();
+        for (shard, lines) in settle.shards() {
+            let partition = i32::try_from(shard).expect("shards are partition numbers");
+            deliveries.extend(
+                send_packed(
+                    &self.engine,
+                    &self.spec,
+                    SETTLEMENTS,
+                    &target.topic,
+                    partition,
+                    &lines.buf,
+                    pack_lines(&lines.lines, ORDERS_PAYLOAD_MAX),
+                )
+                .await?,
+            );
         }
         Ok(deliveries)
     }
+}
+
+/// What a batch publishes, as errors name it.
+const EVENTS: &str = "events";
+const SETTLEMENTS: &str = "settlements";
+
+/// Hands `payloads` (ranges of `buf`) to the producer as records of `topic`'s `partition`, keyed
+/// by the pair; waits (bounded queue) when the producer's queue is full.
+async fn send_packed(
+    engine: &Engine,
+    spec: &PairSpec,
+    what: &'static str,
+    topic: &str,
+    partition: i32,
+    buf: &[u8],
+    payloads: Vec<Range<usize>>,
+) -> Result<Vec<DeliveryFuture>, ActorError> {
+    let mut deliveries = Vec::with_capacity(payloads.len());
+    for range in payloads {
+        let mut record = FutureRecord::to(topic)
+            .partition(partition)
+            .key(spec.symbol.as_str())
+            .payload(&buf[range]);
+        loop {
+            match engine.producer.send_result(record) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // Policy when full: block this pair until the producer drains.
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((source, _)) => {
+                    return Err(ActorError::Publish {
+                        pair: spec.symbol.clone(),
+                        what,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(deliveries)
 }
 
 impl Committer {
@@ -493,12 +596,15 @@ impl Committer {
         Ok(())
     }
 
-    /// Waits until Kafka holds every record of a batch's events; returns the offset of the
-    /// last one (-1 when there was none).
+    /// Waits until Kafka holds every record of a batch's events and settlements; returns the
+    /// offset of the last `events` record (-1 when there was none).
     async fn acknowledged(&self, batch: &mut Staged) -> Result<i64, ActorError> {
         let mut last = -1;
         for delivery in batch.deliveries.drain(..) {
-            last = last.max(delivered(&self.spec, delivery.await)?);
+            last = last.max(delivered(&self.spec, EVENTS, delivery.await)?);
+        }
+        for delivery in batch.settle_deliveries.drain(..) {
+            delivered(&self.spec, SETTLEMENTS, delivery.await)?;
         }
         Ok(last)
     }
@@ -519,6 +625,7 @@ impl Committer {
             last_trade_id: c.last_trade_id,
             events_offset: c.events_offset,
             rows: &c.rows,
+            sources: &c.sources,
         };
         let started = Instant::now();
         store::persist(&self.engine.pool, &write).await?;
@@ -558,6 +665,8 @@ struct Commit {
     last_trade_id: u64,
     commands: u64,
     rows: RowChanges,
+    /// The shards whose last applied source moved in these batches, and where to.
+    sources: BTreeMap<u32, i64>,
     /// When the first batch's events were handed to the producer.
     published: Instant,
     batches: usize,
@@ -571,20 +680,23 @@ fn wall_clock_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The outcome of one event record's delivery: its offset.
+/// The outcome of one record's delivery (of `what`): its offset.
 /// (`Err(_)`: the producer dropped it, cancelled.)
 fn delivered<E>(
     spec: &PairSpec,
+    what: &'static str,
     result: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, E>,
 ) -> Result<i64, ActorError> {
     match result {
         Ok(Ok(delivery)) => Ok(delivery.offset),
         Ok(Err((source, _))) => Err(ActorError::Publish {
             pair: spec.symbol.clone(),
+            what,
             source,
         }),
         Err(_) => Err(ActorError::DeliveryCancelled {
             pair: spec.symbol.clone(),
+            what,
         }),
     }
 }

@@ -36,10 +36,20 @@ struct PairSlot {
     progress: Arc<AtomicI64>,
 }
 
+/// Where settlements go: the `accounts` topic and its partition count (the number of shards).
+#[derive(Debug, Clone)]
+pub(crate) struct SettleTarget {
+    pub(crate) topic: String,
+    pub(crate) shards: u32,
+}
+
 pub(crate) struct Engine {
     pub(crate) config: Config,
     pub(crate) pool: PgPool,
+    /// Idempotent: events, and settlements when [`Engine::settle`] is set.
     pub(crate) producer: FutureProducer,
+    /// `None`: no settlement feed (no `accounts` topic configured).
+    pub(crate) settle: Option<SettleTarget>,
     consumer: Arc<StreamConsumer<EngineContext>>,
     pairs: Mutex<HashMap<u32, PairSlot>>,
     /// Parent of every pair's stop token: cancelled on shutdown.
@@ -109,6 +119,10 @@ impl Engine {
         config: Config,
         shutdown: CancellationToken,
     ) -> Result<Arc<Engine>, EngineError> {
+        let settle = match &config.accounts_topic {
+            Some(topic) => Some(settle_target(&config.brokers, topic).await?),
+            None => None,
+        };
         let pool = infra::db::connect(&config.database_url, config.db_connections_max).await?;
         let client_id = format!("engine-{}", std::process::id());
         let producer: FutureProducer = infra::kafka::client_config(
@@ -137,6 +151,7 @@ impl Engine {
             config,
             pool,
             producer,
+            settle,
             consumer: Arc::new(consumer),
             pairs: Mutex::new(HashMap::new()),
             shutdown,
@@ -481,6 +496,22 @@ impl Engine {
             }
         }
     }
+}
+
+/// The `accounts` topic's partition count is the number of account shards; a topic that does
+/// not exist (or has no partition yet) is an error, never a guess.
+async fn settle_target(brokers: &str, topic: &str) -> Result<SettleTarget, EngineError> {
+    let found = infra::kafka::topic_partitions(brokers, &[topic]).await?;
+    let partitions = found.first().and_then(|(_, n)| *n).unwrap_or(0);
+    if partitions == 0 {
+        return Err(EngineError::AccountsTopicMissing(topic.to_owned()));
+    }
+    let shards = u32::try_from(partitions).expect("a partition count fits u32");
+    tracing::info!(topic, shards, "settlements go to the account shards");
+    Ok(SettleTarget {
+        topic: topic.to_owned(),
+        shards,
+    })
 }
 
 fn partition(spec: &PairSpec) -> i32 {

@@ -7,12 +7,18 @@
 //!                               |  once Kafka acknowledged the batch's events:
 //!                               v
 //!                           PostgreSQL: one transaction per batch (or several waiting ones):
-//!                           orders, trades, offset (fenced)
+//!                           orders, trades, sources, offset (fenced)
 //! ```
 //!
+//! With an `accounts` topic configured ([`Config::accounts_topic`]), each batch also sends its
+//! settlement lines to the account shards, right after its events, and commits only once Kafka
+//! holds both.
+//!
 //! - [`run`] is the whole process; the `engine` binary only parses flags and calls it.
-//! - [`record`]: decoding one record and applying it (public, so a test can replay a log).
+//! - [`record`]: decoding one record and applying it, each forwarded command once (public, so a
+//!   test can replay a log).
 //! - [`rows`]: a batch's events to row changes (pure).
+//! - [`settle`]: a batch's events to settlement lines per account shard (pure).
 //! - [`store`]: PostgreSQL recovery and the batch transaction.
 //!
 //! The runtime must be tokio's multi-threaded one: group-mode rebalance callbacks block their
@@ -24,6 +30,7 @@ mod engine;
 pub mod fault;
 pub mod record;
 pub mod rows;
+pub mod settle;
 pub mod store;
 pub mod telemetry;
 pub mod workload;
@@ -46,6 +53,10 @@ pub struct Config {
     pub registry: PairRegistry,
     pub orders_topic: String,
     pub events_topic: String,
+    /// `Some`: send each batch's settlements to the account shards on this topic, one partition
+    /// per shard (its partition count, read at start, is the number of shards; the topic must
+    /// exist). `None`: no settlement feed.
+    pub accounts_topic: Option<String>,
     pub group_id: String,
     /// `Some`: static mode, these pair symbols only. `None`: consumer-group mode.
     pub static_pairs: Option<Vec<String>>,
@@ -77,6 +88,7 @@ impl Config {
             registry,
             orders_topic: protocol::records::ORDERS_TOPIC.to_owned(),
             events_topic: protocol::records::EVENTS_TOPIC.to_owned(),
+            accounts_topic: None,
             group_id: "engine".to_owned(),
             static_pairs: None,
             batch_records_max: 2000,
@@ -122,6 +134,13 @@ pub enum EngineError {
     },
     #[error("pair {0:?} is not in the pairs file")]
     UnknownPair(String),
+    #[error(
+        "the accounts topic {0:?} does not exist: create it with one partition per account \
+         shard, or start without an accounts topic"
+    )]
+    AccountsTopicMissing(String),
+    #[error("cannot read the accounts topic's partitions: {0}")]
+    AccountsTopic(#[from] infra::kafka::KafkaSetupError),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,

@@ -8,6 +8,9 @@ use engine_core::{BookState, OrderBook, RestingOrder, RestoreError};
 use protocol::{AccountId, OrderId, PairSpec, Price, Qty};
 use sqlx::{PgPool, Row};
 
+use std::collections::BTreeMap;
+
+use crate::record::Sources;
 use crate::rows::{self, RowChanges};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,8 @@ pub enum StoreError {
         column: &'static str,
         value: String,
     },
+    #[error("pair {pair_id}: pair_sources holds an unreadable shard {shard}")]
+    BadShard { pair_id: u32, shard: i32 },
     #[error("pair {pair_id}: the stored book cannot be restored: {source}")]
     Restore {
         pair_id: u32,
@@ -49,6 +54,8 @@ pub struct Recovered {
     pub book: OrderBook,
     /// Last `orders` offset applied; -1 before the first.
     pub last_offset: i64,
+    /// The last source applied per account shard, as of `last_offset`.
+    pub sources: Sources,
 }
 
 /// Creates the pair's offsets row if it is missing; refuses a row naming another symbol.
@@ -90,26 +97,46 @@ pub async fn last_offsets(pool: &PgPool, specs: &[PairSpec]) -> Result<Vec<i64>,
     Ok(out)
 }
 
-/// Loads the pair's counters and open orders and rebuilds its book.
+/// Loads the pair's counters, sources and open orders and rebuilds its book, all from one
+/// snapshot (they were written by the same transactions).
 pub async fn recover(pool: &PgPool, spec: &PairSpec) -> Result<Recovered, StoreError> {
     ensure_pair(pool, spec).await?;
     let pair_id = spec.id;
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
     let row = sqlx::query(
         "SELECT last_offset, last_seq, last_trade_id FROM pair_offsets WHERE pair_id = $1",
     )
     .bind(pair_id_i32(pair_id))
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
     let last_offset: i64 = row.try_get(0)?;
     let last_seq: i64 = row.try_get(1)?;
     let last_trade_id: i64 = row.try_get(2)?;
+    let stored: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT shard, last_offset FROM pair_sources WHERE pair_id = $1")
+            .bind(pair_id_i32(pair_id))
+            .fetch_all(&mut *tx)
+            .await?;
+    let sources = stored
+        .into_iter()
+        .map(|(shard, last)| {
+            u32::try_from(shard)
+                .map(|shard| (shard, last))
+                .map_err(|_| StoreError::BadShard { pair_id, shard })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let sources = Sources::from_stored(sources);
     let rows = sqlx::query(
         "SELECT order_id, account_id, client_order_id, side, price, qty, filled_qty, stp, \
          priority_seq FROM orders WHERE pair_id = $1 AND status = 'open'",
     )
     .bind(pair_id_i32(pair_id))
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     let mut orders = Vec::with_capacity(rows.len());
     for row in rows {
         let order_id: i64 = row.try_get(0)?;
@@ -141,7 +168,11 @@ pub async fn recover(pool: &PgPool, spec: &PairSpec) -> Result<Recovered, StoreE
     };
     let book = OrderBook::restore(spec.clone(), state)
         .map_err(|source| StoreError::Restore { pair_id, source })?;
-    Ok(Recovered { book, last_offset })
+    Ok(Recovered {
+        book,
+        last_offset,
+        sources,
+    })
 }
 
 /// Everything one batch writes.
@@ -155,6 +186,8 @@ pub struct BatchWrite<'a> {
     /// Offset of the last `events` record of these batches; -1 when they published none.
     pub events_offset: i64,
     pub rows: &'a RowChanges,
+    /// The account shards whose last applied source moved in these batches, and where to.
+    pub sources: &'a BTreeMap<u32, i64>,
 }
 
 /// Writes one batch (or several consecutive ones, absorbed) atomically, in ONE statement: one
@@ -164,7 +197,9 @@ pub struct BatchWrite<'a> {
 /// while `last_offset` is still the one this batch was applied on top of. A second owner blocks
 /// on that row lock, then (READ COMMITTED re-check) finds the offset moved, matches nothing, and
 /// so writes nothing at all. The parts never touch the same row twice: `rows::derive` (and
-/// `RowChanges::absorb`) split inserts from updates and collapse each order to its final state.
+/// `RowChanges::absorb`) split inserts from updates and collapse each order to its final state,
+/// and `sources` holds each shard once. Only the shards that moved are upserted in
+/// `pair_sources`, in the same statement, so the sources never disagree with `last_offset`.
 pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError> {
     let ins = InsertColumns::new(&w.rows.inserts);
     let mut upd = OrderColumns::with_capacity(w.rows.updates.len());
@@ -172,7 +207,14 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
         upd.push(r);
     }
     let tr = TradeColumns::new(&w.rows.trades);
-    let row = match run_persist(pool, PERSIST_SQL, w, &ins, &upd, &tr).await {
+    let src = SourceColumns::new(w.sources);
+    let cols = Columns {
+        ins: &ins,
+        upd: &upd,
+        tr: &tr,
+        src: &src,
+    };
+    let row = match run_persist(pool, PERSIST_SQL, w, &cols).await {
         Err(sqlx::Error::Database(e))
             if e.code().as_deref() == Some("23505") && e.constraint() == Some("orders_pkey") =>
         {
@@ -184,7 +226,7 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
                 error = %e,
                 "an order id was used twice; the newest order replaces the stored one"
             );
-            run_persist(pool, PERSIST_UPSERT_SQL, w, &ins, &upd, &tr).await?
+            run_persist(pool, PERSIST_UPSERT_SQL, w, &cols).await?
         }
         other => other?,
     };
@@ -208,15 +250,22 @@ pub async fn persist(pool: &PgPool, w: &BatchWrite<'_>) -> Result<(), StoreError
     Ok(())
 }
 
+/// A batch's values as the statement's arrays.
+struct Columns<'a> {
+    ins: &'a InsertColumns,
+    upd: &'a OrderColumns,
+    tr: &'a TradeColumns,
+    src: &'a SourceColumns,
+}
+
 /// Runs one form of the batch statement with the batch's values.
 async fn run_persist(
     pool: &PgPool,
     sql: &'static str,
     w: &BatchWrite<'_>,
-    ins: &InsertColumns,
-    upd: &OrderColumns,
-    tr: &TradeColumns,
+    cols: &Columns<'_>,
 ) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
+    let Columns { ins, upd, tr, src } = *cols;
     sqlx::query(sql)
         .bind(pair_id_i32(w.pair_id))
         .bind(w.last_offset)
@@ -262,6 +311,9 @@ async fn run_persist(
         .bind(&tr.offset)
         .bind(&tr.ts_ns)
         .bind(w.events_offset)
+        // sources ($42..$43)
+        .bind(&src.shard)
+        .bind(&src.last_offset)
         .fetch_one(pool)
         .await
 }
@@ -309,6 +361,13 @@ WITH fence AS (
     $34::text[], $35::bigint[], $36::bigint[], $37::bigint[], $38::bigint[], $39::bigint[],
     $40::bigint[]) AS u
   WHERE EXISTS (SELECT 1 FROM fence)
+  RETURNING 1
+), src AS (
+  INSERT INTO pair_sources (pair_id, shard, last_offset)
+  SELECT $1, u.shard, u.last_offset FROM UNNEST($42::integer[], $43::bigint[])
+    AS u(shard, last_offset)
+  WHERE EXISTS (SELECT 1 FROM fence)
+  ON CONFLICT (pair_id, shard) DO UPDATE SET last_offset = EXCLUDED.last_offset
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM upd),
@@ -414,6 +473,24 @@ impl TradeColumns {
             taker_account: col(&|t| t.taker_account_id.0 as i64),
             offset: col(&|t| t.orders_offset),
             ts_ns: col(&|t| t.ts_ns as i64),
+        }
+    }
+}
+
+/// The account shards whose last source moved, and their new offsets.
+struct SourceColumns {
+    shard: Vec<i32>,
+    last_offset: Vec<i64>,
+}
+
+impl SourceColumns {
+    fn new(sources: &BTreeMap<u32, i64>) -> SourceColumns {
+        SourceColumns {
+            shard: sources
+                .keys()
+                .map(|s| i32::try_from(*s).expect("shards are partition numbers"))
+                .collect(),
+            last_offset: sources.values().copied().collect(),
         }
     }
 }

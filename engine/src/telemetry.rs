@@ -20,6 +20,7 @@ pub const CONSUMER_LAG_RECORDS: &str = "engine_consumer_lag_records";
 pub const PAUSED: &str = "engine_paused";
 pub const ACTOR_RESTARTS_TOTAL: &str = "engine_actor_restarts_total";
 pub const POISON_RECORDS_TOTAL: &str = "engine_poison_records_total";
+pub const REPEATED_COMMANDS_TOTAL: &str = "engine_repeated_commands_total";
 pub const COMMIT_LAG_SECONDS: &str = "engine_commit_lag_seconds";
 pub const COMMIT_BATCHES: &str = "engine_commit_batches";
 
@@ -75,6 +76,11 @@ pub fn describe() {
         Unit::Count,
         "records rejected as malformed_record or wrong_pair, per pair"
     );
+    describe_counter!(
+        REPEATED_COMMANDS_TOTAL,
+        Unit::Count,
+        "forwarded command lines skipped because their source (account shard and position) was applied already, per pair"
+    );
     describe_histogram!(
         COMMIT_BATCHES,
         Unit::Count,
@@ -96,6 +102,7 @@ pub fn register<'a>(pairs: impl IntoIterator<Item = &'a str>) {
         metrics::counter!(COMMANDS_TOTAL, &labels).increment(0);
         metrics::counter!(ACTOR_RESTARTS_TOTAL, &labels).increment(0);
         metrics::counter!(POISON_RECORDS_TOTAL, &labels).increment(0);
+        metrics::counter!(REPEATED_COMMANDS_TOTAL, &labels).increment(0);
         metrics::gauge!(CONSUMER_LAG_RECORDS, &labels).set(0.0);
         metrics::gauge!(PAUSED, &labels).set(0.0);
     }

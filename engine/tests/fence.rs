@@ -1,13 +1,16 @@
 //! The fence: a batch applied on top of an offset that is no longer the pair's durable one (a
-//! second owner committed first) must be refused whole, and change nothing in PostgreSQL.
+//! second owner committed first) must be refused whole, and change nothing in PostgreSQL (its
+//! sources included).
 
 mod common;
+
+use std::collections::BTreeMap;
 
 use engine::rows::{NewOrder, OrderRow, OrderStatus, RowChanges};
 use engine::store::{self, BatchWrite, StoreError};
 use protocol::{AccountId, OrderId, OrderType, Price, SelfTradePrevention, Side, TimeInForce};
 
-async fn counts(world: &common::World) -> (i64, i64, i64) {
+async fn counts(world: &common::World) -> (i64, i64, i64, i64) {
     let one = |sql: &'static str| {
         let pool = world.pool.clone();
         async move {
@@ -21,6 +24,7 @@ async fn counts(world: &common::World) -> (i64, i64, i64) {
         one("SELECT count(*) FROM orders").await,
         one("SELECT count(*) FROM trades").await,
         one("SELECT last_offset FROM pair_offsets WHERE pair_id = 0").await,
+        one("SELECT count(*) FROM pair_sources").await,
     )
 }
 
@@ -48,7 +52,11 @@ fn resting(order_id: u64, account: u64) -> OrderRow {
     }
 }
 
-fn batch(expected_offset: i64, rows: &RowChanges) -> BatchWrite<'_> {
+fn batch<'a>(
+    expected_offset: i64,
+    rows: &'a RowChanges,
+    sources: &'a BTreeMap<u32, i64>,
+) -> BatchWrite<'a> {
     BatchWrite {
         pair_id: 0,
         expected_offset,
@@ -57,6 +65,7 @@ fn batch(expected_offset: i64, rows: &RowChanges) -> BatchWrite<'_> {
         last_trade_id: 0,
         events_offset: -1,
         rows,
+        sources,
     }
 }
 
@@ -72,7 +81,8 @@ async fn with_order_7(test: &str, tag: &str) -> Option<common::World> {
         inserts: vec![resting(7, 1)],
         ..RowChanges::default()
     };
-    store::persist(&world.pool, &batch(-1, &rows))
+    let sources = BTreeMap::from([(0, 5)]);
+    store::persist(&world.pool, &batch(-1, &rows, &sources))
         .await
         .expect("the first batch commits");
     Some(world)
@@ -85,14 +95,15 @@ async fn a_batch_on_a_stale_offset_is_refused_whole() {
         return;
     };
     let after_first = counts(&world).await;
-    assert_eq!(after_first, (1, 0, 0));
+    assert_eq!(after_first, (1, 0, 0, 1));
 
     // A second owner that applied its batch on top of the same old offset -1.
     let other = RowChanges {
         inserts: vec![resting(8, 2)],
         ..RowChanges::default()
     };
-    let refused = store::persist(&world.pool, &batch(-1, &other)).await;
+    let sources = BTreeMap::from([(1, 9)]);
+    let refused = store::persist(&world.pool, &batch(-1, &other, &sources)).await;
     assert!(
         matches!(
             refused,
@@ -124,7 +135,7 @@ async fn a_reused_order_id_commits_with_the_newest_order() {
         inserts: vec![resting(7, 2), resting(8, 2)],
         ..RowChanges::default()
     };
-    store::persist(&world.pool, &batch(0, &again))
+    store::persist(&world.pool, &batch(0, &again, &BTreeMap::new()))
         .await
         .expect("a batch reusing an order id still commits");
     let owners: Vec<(i64, i64)> =
@@ -133,6 +144,6 @@ async fn a_reused_order_id_commits_with_the_newest_order() {
             .await
             .expect("orders");
     assert_eq!(owners, vec![(7, 2), (8, 2)]);
-    assert_eq!(counts(&world).await, (2, 0, 1));
+    assert_eq!(counts(&world).await, (2, 0, 1, 1));
     world.drop_schema().await;
 }

@@ -29,6 +29,10 @@ struct Cli {
     orders_topic: String,
     #[arg(long, env = "EVENTS_TOPIC", default_value = protocol::records::EVENTS_TOPIC)]
     events_topic: String,
+    /// Send settlements (trades, done, amends, rejected places/amends) to the account shards on
+    /// this topic, one partition per shard; it must exist. Absent: no settlement feed.
+    #[arg(long, env = "ENGINE_ACCOUNTS_TOPIC")]
+    accounts_topic: Option<String>,
     /// Kafka consumer group (group mode shares pairs between the group's processes).
     #[arg(long, env = "ENGINE_GROUP_ID", default_value = "engine")]
     group_id: String,
@@ -65,6 +69,7 @@ async fn main() -> Result<()> {
     let mut config = engine::Config::new(cli.brokers, cli.database_url, registry);
     config.orders_topic = cli.orders_topic;
     config.events_topic = cli.events_topic;
+    config.accounts_topic = cli.accounts_topic.filter(|t| !t.is_empty());
     config.group_id = cli.group_id;
     config.static_pairs = cli.pairs;
     config.batch_records_max = cli.batch_max_records;

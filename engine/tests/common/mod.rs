@@ -46,6 +46,8 @@ pub struct World {
     /// `DATABASE_URL` with `search_path` set to the test's schema.
     pub database_url: String,
     pub pool: PgPool,
+    /// The test's `accounts` topic ([`World::with_accounts`]), set in [`World::config`].
+    pub accounts_topic: Option<String>,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -105,7 +107,21 @@ impl World {
             schema,
             database_url,
             pool,
+            accounts_topic: None,
         }
+    }
+
+    /// Creates a fresh `accounts` topic with one partition per account shard; the engine's
+    /// config then sends settlements there.
+    pub async fn with_accounts(mut self, shards: usize) -> World {
+        let topic = format!("accounts_{}", self.schema);
+        let admin =
+            Arc::new(infra::kafka::admin_client(&self.stack.brokers).expect("admin client"));
+        infra::kafka::ensure_topic(&admin, &self.stack.brokers, &topic, shards, &[])
+            .await
+            .expect("create the accounts topic");
+        self.accounts_topic = Some(topic);
+        self
     }
 
     pub fn config(&self) -> engine::Config {
@@ -116,6 +132,7 @@ impl World {
         );
         c.orders_topic = self.orders_topic.clone();
         c.events_topic = self.events_topic.clone();
+        c.accounts_topic = self.accounts_topic.clone();
         c.group_id = format!("g_{}", self.schema);
         c
     }
@@ -398,6 +415,92 @@ impl World {
     }
 }
 
+/// `record` as an account shard forwards it: with its source.
+pub fn forwarded(mut record: OrderRecord, shard: u32, offset: i64) -> OrderRecord {
+    record.src = Some(protocol::accounts::Source { shard, offset });
+    record
+}
+
+/// One line of a record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct TopicLine {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub line: Vec<u8>,
+}
+
+impl World {
+    /// Produces payloads to the pair's `orders` partition in order, each with an `x-fault`
+    /// header when given (`engine::fault`), and waits for every acknowledgement.
+    pub async fn produce_marked(&self, pair_id: u32, payloads: &[(Vec<u8>, Option<&str>)]) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let producer = self.producer();
+        let symbol = self.registry.get(pair_id).expect("pair").symbol.clone();
+        for (payload, fault) in payloads {
+            let mut record = FutureRecord::to(&self.orders_topic)
+                .partition(pair_id as i32)
+                .key(&symbol)
+                .payload(payload);
+            if let Some(fault) = fault {
+                record = record.headers(OwnedHeaders::new().insert(Header {
+                    key: engine::fault::FAULT_HEADER,
+                    value: Some(*fault),
+                }));
+            }
+            // One at a time: the offsets are the test's to name.
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("enqueue")
+                .await
+                .expect("delivery")
+                .map_err(|(e, _)| e)
+                .expect("acked");
+        }
+    }
+
+    /// Every line of every record of `topic`'s first `partitions` partitions, from the start to
+    /// the high watermark each had when read, in log order per partition.
+    pub async fn read_lines(&self, topic: &str, partitions: usize) -> Vec<TopicLine> {
+        let brokers = self.stack.brokers.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for p in 0..partitions as i32 {
+                let consumer = reader_from_beginning(&brokers, &topic, p..p + 1);
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                    .expect("watermarks");
+                let started = Instant::now();
+                let mut next = 0;
+                while next < high {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "reading {topic}[{p}]"
+                    );
+                    if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
+                        next = msg.offset() + 1;
+                        let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned());
+                        let payload = msg.payload().unwrap_or_default();
+                        for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                            out.push(TopicLine {
+                                partition: p,
+                                offset: msg.offset(),
+                                key: key.clone(),
+                                line: line.to_vec(),
+                            });
+                        }
+                    }
+                }
+            }
+            out
+        })
+        .await
+        .expect("reader")
+    }
+}
+
 /// A consumer assigned to `partitions` of `topic` from their first record.
 fn reader_from_beginning(
     brokers: &str,
@@ -422,7 +525,7 @@ fn reader_from_beginning(
 /// engine-core: every record answered, published answers equal the replay (so seqs have no gap
 /// or repeat), stored trades and open orders equal the replay's, fills add up per order.
 pub async fn verify_against_replay(world: &World, specs: &[protocol::PairSpec], per_pair: usize) {
-    use engine::record::apply_record;
+    use engine::record::{Sources, apply_record};
     use engine_core::OrderBook;
     use protocol::records::command_lines;
     use protocol::{Event, EventBody};
@@ -441,13 +544,18 @@ pub async fn verify_against_replay(world: &World, specs: &[protocol::PairSpec], 
         let mut book = OrderBook::new(spec.clone());
         let mut replay_trades = Vec::new();
         let mut next_seq = 1;
+        let mut sources = Sources::default();
         for raw in world.read_orders(spec.id).await {
             if raw.probe {
                 continue;
             }
             for line in command_lines(raw.payload.as_deref()) {
                 let mut out: Vec<Event> = Vec::new();
-                let command_id = apply_record(&mut book, line, raw.ts_ns, &mut out).command_id;
+                let outcome = apply_record(&mut book, &mut sources, line, raw.ts_ns, &mut out);
+                if outcome.repeat.is_some() {
+                    continue;
+                }
+                let command_id = outcome.command_id;
                 let got = answers
                     .get(&(spec.symbol.clone(), raw.offset, command_id))
                     .unwrap_or_else(|| panic!("{} offset {} unanswered", spec.symbol, raw.offset));
