@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Config;
 use crate::shard::{Effects, ShardState};
 use crate::store::{self, StoreError};
+use crate::telemetry as m;
 
 /// What every shard actor shares.
 pub struct Stage {
@@ -70,7 +71,7 @@ pub async fn supervise(stage: Arc<Stage>, shard: u32, stop: CancellationToken) {
             }
             Err(_) => return,
         }
-        metrics::counter!("accounts_actor_restarts_total", &labels).increment(1);
+        metrics::counter!(m::ACTOR_RESTARTS_TOTAL, &labels).increment(1);
         if started.elapsed() > Duration::from_secs(30) {
             backoff = BACKOFF_MIN;
         }
@@ -127,6 +128,7 @@ async fn run(stage: Arc<Stage>, shard: u32, stop: CancellationToken) -> Result<(
     loop {
         let mut fx = Effects::default();
         let mut records = 0usize;
+        let mut lines_read = 0u64;
         let mut batch_last = last;
         let first = tokio::select! {
             biased;
@@ -144,6 +146,7 @@ async fn run(stage: Arc<Stage>, shard: u32, stop: CancellationToken) -> Result<(
                             state.apply_line(position(m.offset(), i), *line, &mut fx);
                         }
                         let kept = lines.len().min(LINES_PER_RECORD_MAX);
+                        lines_read += kept as u64;
                         batch_last = position(m.offset(), kept - 1);
                         records += 1;
                     }
@@ -163,13 +166,7 @@ async fn run(stage: Arc<Stage>, shard: u32, stop: CancellationToken) -> Result<(
         if batch_last == last {
             continue;
         }
-        metrics::counter!("accounts_records_total", &labels).increment(records as u64);
-        metrics::counter!("accounts_repeats_total", &labels).increment(fx.repeats);
-        if fx.inconsistent > 0 {
-            metrics::counter!("accounts_inconsistent_total", &labels).increment(fx.inconsistent);
-        }
-        let refused = fx.answers.iter().filter(|a| a.refusal.is_some()).count();
-        metrics::counter!("accounts_refused_total", &labels).increment(refused as u64);
+        let started = Instant::now();
         let deliveries = publish(&stage, shard, &fx).await?;
         for d in deliveries {
             match d.await {
@@ -178,9 +175,15 @@ async fn run(stage: Arc<Stage>, shard: u32, stop: CancellationToken) -> Result<(
                 Err(_) => return Err(ActorError::Cancelled),
             }
         }
-        let started = Instant::now();
         store::persist(&stage.pool, &state, last, batch_last, &fx).await?;
-        metrics::histogram!("accounts_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::BATCH_RECORDS).record(records as f64);
+        metrics::counter!(m::RECORDS_TOTAL, &labels).increment(records as u64);
+        metrics::counter!(m::LINES_TOTAL, &labels).increment(lines_read);
+        metrics::counter!(m::REPEATS_TOTAL, &labels).increment(fx.repeats);
+        metrics::counter!(m::INCONSISTENT_TOTAL, &labels).increment(fx.inconsistent);
+        let refused = fx.answers.iter().filter(|a| a.refusal.is_some()).count();
+        metrics::counter!(m::REFUSED_TOTAL, &labels).increment(refused as u64);
         last = batch_last;
         if stop.is_cancelled() {
             return Ok(());

@@ -18,6 +18,7 @@
 pub mod actor;
 pub mod shard;
 pub mod store;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -132,6 +133,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Acco
     )?;
     if let Some(addr) = config.metrics_addr {
         infra::telemetry::serve_prometheus(addr)?;
+        telemetry::describe();
+        telemetry::register(&owned);
     }
     let pool = infra::db::connect(&config.database_url, owned.len() as u32 + 2).await?;
     let producer = infra::kafka::client_config(
