@@ -22,7 +22,37 @@ pub struct Config {
     pub limits: Limits,
 }
 
-/// Bounds and timings. Each one is a named policy in `docs/API.md`.
+/// The account stage (docs/ARCHITECTURE.md, "Accounts and balances"): off unless
+/// `accounts_topic` is set. It lives with the [`Limits`] (flags and environment alike) so
+/// that every `Config` written before it still builds, with the stage off.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AccountStage {
+    /// The account stage's input topic (one partition per account shard). Set: place and
+    /// amend go there to reserve funds first, `balances` works; unset: the stage is off and
+    /// commands go straight to `orders`.
+    #[arg(long, env = "GW_ACCOUNTS_TOPIC")]
+    pub accounts_topic: Option<String>,
+    /// The account stage's answers (refusals, balances); default `account_events`. Read only
+    /// when `accounts_topic` is set.
+    #[arg(long, env = "GW_ACCOUNT_EVENTS_TOPIC")]
+    pub account_events_topic: Option<String>,
+}
+
+impl AccountStage {
+    pub const OFF: AccountStage = AccountStage {
+        accounts_topic: None,
+        account_events_topic: None,
+    };
+
+    pub fn events_topic(&self) -> &str {
+        self.account_events_topic
+            .as_deref()
+            .unwrap_or(protocol::accounts::ACCOUNT_EVENTS_TOPIC)
+    }
+}
+
+/// Bounds and timings. Each one is a named policy in `docs/API.md`. (Also the optional
+/// account stage, [`AccountStage`].)
 #[derive(Debug, Clone, clap::Args)]
 pub struct Limits {
     /// Open WebSocket connections; the next upgrade gets HTTP 503.
@@ -115,6 +145,8 @@ pub struct Limits {
     /// Longest dead-man switch timeout.
     #[arg(long, env = "GW_DEADMAN_MAX_MS", default_value_t = Limits::DEFAULT.deadman_max_ms)]
     pub deadman_max_ms: u64,
+    #[command(flatten)]
+    pub accounts: AccountStage,
 }
 
 impl Limits {
@@ -148,6 +180,7 @@ impl Limits {
         drain_timeout_ms: 10_000,
         request_map_max: 200_000,
         deadman_max_ms: 3_600_000,
+        accounts: AccountStage::OFF,
     };
 }
 

@@ -14,9 +14,9 @@ use futures_util::{SinkExt, StreamExt};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use protocol::ws::{
-    BookMessage, BookMessageKind, Channel, DeadManSwitch, ErrorBody, ErrorCode, LoggedIn, Pong,
-    Push, Received, ReceivedStatus, Request, RequestBody, Response, Subscribed, Subscription,
-    TradesMessage, parse_request,
+    AssetBalance, Balances, BalancesQuery, BookMessage, BookMessageKind, Channel, DeadManSwitch,
+    ErrorBody, ErrorCode, LoggedIn, Pong, Push, Received, ReceivedStatus, Request, RequestBody,
+    Response, Subscribed, Subscription, TradesMessage, parse_request,
 };
 use protocol::{AccountId, Command, OrderId, PairId, PairSpec, Price, Qty};
 use serde::Serialize;
@@ -375,6 +375,12 @@ impl Conn {
             }
             RequestBody::Subscribe(s) => self.subscribe(id, s),
             RequestBody::Unsubscribe(s) => self.unsubscribe(id, s).map(Some),
+            RequestBody::Balances(q) => {
+                let account = self.stage_account("asking for balances")?;
+                balances(Arc::clone(&self.shared), account, id, q)
+                    .await
+                    .map(Some)
+            }
             body => {
                 let account = self.account.ok_or_else(|| {
                     ErrorBody::new(ErrorCode::Unauthenticated, "log in before trading")
@@ -391,8 +397,43 @@ impl Conn {
         })
     }
 
+    /// The pair a market data subscription names.
+    fn market_spec(&self, s: &Subscription) -> Result<PairSpec, ErrorBody> {
+        let symbol = s.pair.as_deref().ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::InvalidParams,
+                format!("the {} channel needs a pair", channel_name(s.channel)),
+            )
+        })?;
+        self.spec(symbol)
+    }
+
+    /// The logged-in account, on a gateway with the account stage on.
+    fn stage_account(&self, what: &str) -> Result<AccountId, ErrorBody> {
+        let account = self.account.ok_or_else(|| {
+            ErrorBody::new(ErrorCode::Unauthenticated, format!("log in before {what}"))
+        })?;
+        if self.shared.stage.is_none() {
+            return Err(ErrorBody::new(
+                ErrorCode::AccountsDisabled,
+                format!("{what} needs the account stage, which is off on this gateway"),
+            ));
+        }
+        Ok(account)
+    }
+
     fn subscribe(&mut self, id: u64, s: Subscription) -> Result<Option<String>, ErrorBody> {
-        let spec = self.spec(&s.pair)?;
+        if s.channel == Channel::Balances {
+            self.stage_account("subscribing to balances")?;
+            self.out.wants_balances.store(true, Ordering::Relaxed);
+            self.out.set_wants_heartbeat();
+            let subscribed = Subscribed {
+                channel: s.channel,
+                pair: None,
+            };
+            return Ok(Some(ok_text(id, subscribed)));
+        }
+        let spec = self.market_spec(&s)?;
         let key = (s.channel, spec.id);
         if !self.subs.contains(&key)
             && self.subs.len() >= self.shared.config.limits.max_subscriptions
@@ -422,11 +463,28 @@ impl Conn {
     }
 
     fn unsubscribe(&mut self, id: u64, s: Subscription) -> Result<String, ErrorBody> {
-        let spec = self.spec(&s.pair)?;
+        if s.channel == Channel::Balances {
+            if !self.out.wants_balances.swap(false, Ordering::Relaxed) {
+                return Err(ErrorBody::new(
+                    ErrorCode::NotSubscribed,
+                    "not subscribed to balances",
+                ));
+            }
+            let unsubscribed = Subscribed {
+                channel: s.channel,
+                pair: None,
+            };
+            return Ok(ok_text(id, unsubscribed));
+        }
+        let spec = self.market_spec(&s)?;
         if !self.subs.remove(&(s.channel, spec.id)) {
             return Err(ErrorBody::new(
                 ErrorCode::NotSubscribed,
-                format!("not subscribed to {:?} {}", s.channel, s.pair),
+                format!(
+                    "not subscribed to {} {}",
+                    channel_name(s.channel),
+                    spec.symbol
+                ),
             ));
         }
         self.shared.hub.unsubscribe(s.channel, spec.id, self.out.id);
@@ -529,7 +587,8 @@ impl Conn {
             RequestBody::Login(_)
             | RequestBody::Ping
             | RequestBody::Subscribe(_)
-            | RequestBody::Unsubscribe(_) => {
+            | RequestBody::Unsubscribe(_)
+            | RequestBody::Balances(_) => {
                 return Err(ErrorBody::new(
                     ErrorCode::Internal,
                     format!("{} is not a trading method", body_name),
@@ -537,6 +596,72 @@ impl Conn {
             }
         }
         Ok(None)
+    }
+}
+
+/// `balances`: what the account stage committed, and up to which offset of the shard.
+async fn balances(
+    shared: Arc<Shared>,
+    account: AccountId,
+    id: u64,
+    q: BalancesQuery,
+) -> Result<String, ErrorBody> {
+    let Some(stage) = &shared.stage else {
+        return Err(ErrorBody::new(
+            ErrorCode::AccountsDisabled,
+            "no account stage",
+        ));
+    };
+    let assets = shared.hub.assets();
+    if let Some(asset) = &q.asset
+        && assets.by_symbol(asset).is_none()
+    {
+        return Err(ErrorBody::new(
+            ErrorCode::UnknownAsset,
+            format!(
+                "unknown asset {asset:?}; known: {}",
+                assets
+                    .iter()
+                    .map(|a| a.symbol.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let shard = stage.shard(account);
+    let (held, as_of_offset) =
+        crate::accounts::committed_balances(&shared.pool, account, shard, q.asset.as_deref())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "balances query failed");
+                ErrorBody::new(ErrorCode::Internal, "cannot read balances now; retry")
+            })?;
+    let balances = held
+        .into_iter()
+        .map(|h| {
+            let decimals = assets.by_symbol(&h.asset).map_or(0, |a| a.decimals);
+            AssetBalance {
+                available: crate::accounts::format_units(h.available, decimals),
+                reserved: crate::accounts::format_units(h.reserved, decimals),
+                asset: h.asset,
+            }
+        })
+        .collect();
+    Ok(ok_text(
+        id,
+        Balances {
+            balances,
+            shard,
+            as_of_offset,
+        },
+    ))
+}
+
+/// A channel's wire name (`book`).
+fn channel_name(c: Channel) -> String {
+    match serde_json::to_value(c) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{c:?}"),
     }
 }
 

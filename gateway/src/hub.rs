@@ -11,10 +11,18 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use accounts_core::AssetRegistry;
 use dashmap::DashMap;
+use protocol::accounts::AccountEventRecord;
 use protocol::records::EventRecord;
-use protocol::ws::{Channel, OrderUpdate, OrderUpdateKind, PublicTrade, TickerMessage};
-use protocol::{AccountId, Event, EventBody, PairId, PairRegistry, PairSpec, Price, Qty, Side};
+use protocol::ws::{
+    BalanceUpdate, Channel, ErrorCode, OrderUpdate, OrderUpdateKind, PublicTrade, Push,
+    RejectedType, StageRejection, TickerMessage,
+};
+use protocol::{
+    AccountId, ClientOrderId, CommandKind, Event, EventBody, PairId, PairRegistry, PairSpec, Price,
+    Qty, Side,
+};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
@@ -32,6 +40,19 @@ struct PendingRequest {
     conn: ConnId,
     req_id: u64,
     at: Instant,
+    /// For a command sent to the account stage: what its refusal needs to be answered like an
+    /// engine rejection (the refusal itself names only the command id).
+    stage: Option<Box<StageCommand>>,
+}
+
+/// A place or amend sent to the account stage, as its refusal's push names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageCommand {
+    pub account: AccountId,
+    pub pair: PairId,
+    pub command: CommandKind,
+    pub order_id: Option<u64>,
+    pub client_order_id: Option<ClientOrderId>,
 }
 
 /// (best bid, best ask) as (price, qty) units.
@@ -59,6 +80,11 @@ pub struct Hub {
     engine_delay: Arc<DelayWindow>,
     depth: usize,
     caught_up: AtomicBool,
+    /// Assets and their decimals, for `balances` pushes.
+    assets: AssetRegistry,
+    /// Per account shard, the last `accounts_offset` whose answer was applied: a restarted
+    /// shard sends its answers again, and those at or below it are dropped.
+    shard_offsets: Mutex<HashMap<u32, i64>>,
 }
 
 fn side_top(levels: &Levels, side: Side, n: usize) -> Vec<(i64, i64)> {
@@ -128,7 +154,10 @@ impl Hub {
         let books = (0..pairs.len())
             .map(|_| Mutex::new(PairState::default()))
             .collect();
+        let assets = AssetRegistry::from_pairs(&pairs);
         Hub {
+            assets,
+            shard_offsets: Mutex::new(HashMap::new()),
             pairs,
             books,
             accounts: DashMap::new(),
@@ -188,14 +217,22 @@ impl Hub {
 
     /// Remembers which request a command answers, if there is room (else the verdict simply
     /// arrives without `req_id`).
-    pub fn remember_request(&self, command_id: u64, conn: ConnId, req_id: u64) {
+    pub fn remember_request(
+        &self,
+        command_id: u64,
+        conn: ConnId,
+        req_id: u64,
+        stage: Option<StageCommand>,
+    ) {
         if self.requests.len() < self.request_map_max {
             let at = Instant::now();
-            if self
-                .requests
-                .insert(command_id, PendingRequest { conn, req_id, at })
-                .is_none()
-            {
+            let pending = PendingRequest {
+                conn,
+                req_id,
+                at,
+                stage: stage.map(Box::new),
+            };
+            if self.requests.insert(command_id, pending).is_none() {
                 self.awaiting.fetch_add(1, Ordering::Relaxed);
             }
         } else {
@@ -231,6 +268,8 @@ impl Hub {
                 out.push_market(channel, pair, MarketUpdate::Ticker(state.ticker(spec)))
             }
             Channel::Trades => {}
+            // Not a market channel: the connection's own flag (`Outbound::wants_balances`).
+            Channel::Balances => return,
         }
         state
             .subs
@@ -348,6 +387,120 @@ impl Hub {
                         MarketUpdate::Ticker(ticker.clone()),
                     );
                 }
+            }
+        }
+    }
+
+    /// The assets of the pair registry.
+    pub fn assets(&self) -> &AssetRegistry {
+        &self.assets
+    }
+
+    /// Applies one answer of the account stage: a refusal answers its request (on the `orders`
+    /// channel, `type: rejected`, like an engine rejection), and each balance line goes to the
+    /// account's `balances` subscribers. A shard position seen before is dropped.
+    pub fn apply_account_event(&self, record: AccountEventRecord) {
+        {
+            let mut seen = self.shard_offsets.lock().unwrap_or_else(|p| p.into_inner());
+            let last = seen.entry(record.shard).or_insert(i64::MIN);
+            if record.accounts_offset <= *last {
+                metrics::counter!("gateway_account_events_duplicates_total").increment(1);
+                return;
+            }
+            *last = record.accounts_offset;
+        }
+        metrics::counter!("gateway_account_events_records_total").increment(1);
+        if let (Some(command_id), Some(refusal)) = (record.command_id, &record.refusal) {
+            self.answer_refusal(&record, command_id, refusal);
+        }
+        for line in &record.balances {
+            let Some(asset) = self.assets.by_symbol(&line.asset) else {
+                tracing::warn!(asset = %line.asset, "balance of an asset no pair trades skipped");
+                metrics::counter!("gateway_account_events_undecodable_total").increment(1);
+                continue;
+            };
+            let Some(outs) = self.accounts.get(&line.account_id) else {
+                continue;
+            };
+            let mut text: Option<String> = None;
+            for out in outs.iter() {
+                if !out.wants_balances.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let text = text.get_or_insert_with(|| {
+                    let push = Push::Balances(BalanceUpdate {
+                        asset: asset.symbol.clone(),
+                        available: crate::accounts::format_units(
+                            line.available_units,
+                            asset.decimals,
+                        ),
+                        reserved: crate::accounts::format_units(
+                            line.reserved_units,
+                            asset.decimals,
+                        ),
+                        shard: record.shard,
+                        accounts_offset: record.accounts_offset,
+                    });
+                    serde_json::to_string(&push).expect("pushes always serialize")
+                });
+                out.push(text.clone());
+            }
+        }
+    }
+
+    fn answer_refusal(
+        &self,
+        record: &AccountEventRecord,
+        command_id: u64,
+        refusal: &protocol::accounts::Refusal,
+    ) {
+        // Only the gateway that wrote the command knows whose it was: the refusal names the
+        // command, not the account.
+        let Some(origin) = self.take_request(command_id) else {
+            return;
+        };
+        let delay = origin.at.elapsed();
+        self.engine_delay.record(delay);
+        metrics::histogram!("gateway_verdict_seconds").record(delay.as_secs_f64());
+        let Some(stage) = origin.stage else {
+            return;
+        };
+        let Some(spec) = self.pairs.get(stage.pair) else {
+            return;
+        };
+        let (code, message) = match ErrorCode::from_name(&refusal.code) {
+            Some(code) => (code, refusal.message.clone()),
+            None => (
+                ErrorCode::Internal,
+                format!(
+                    "the account stage refused the command ({}): {}",
+                    refusal.code, refusal.message
+                ),
+            ),
+        };
+        let mut push = StageRejection {
+            pair: spec.symbol.clone(),
+            req_id: None,
+            kind: RejectedType::Rejected,
+            order_id: stage.order_id,
+            client_order_id: stage.client_order_id.clone(),
+            command: Some(stage.command),
+            code,
+            message,
+            shard: record.shard,
+            accounts_offset: record.accounts_offset,
+        };
+        let Some(outs) = self.accounts.get(&stage.account) else {
+            return;
+        };
+        let mut plain: Option<String> = None;
+        for out in outs.iter() {
+            if out.id == origin.conn {
+                push.req_id = Some(origin.req_id);
+                out.push(push.push_json());
+                push.req_id = None;
+            } else {
+                out.push(plain.get_or_insert_with(|| push.push_json()).clone());
             }
         }
     }

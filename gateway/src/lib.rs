@@ -1,11 +1,14 @@
 //! The WebSocket trading gateway: authenticates clients, validates their commands against the
 //! pair registry, admits or sheds them, writes them to Kafka `orders` (partition = pair), and
 //! streams the engine's results from `events` back: each account's private stream and the
-//! public market data of an L2 book replica per pair.
+//! public market data of an L2 book replica per pair. With the account stage on
+//! (`GW_ACCOUNTS_TOPIC`), place and amend go to `accounts` instead, and `account_events`
+//! brings its refusals and balances back (`accounts`).
 //!
 //! `run(config, shutdown)` is the whole service; the binary only parses flags and calls it.
 //! `docs/API.md` is the client's reference, including the overload policy.
 
+pub mod accounts;
 pub mod auth;
 pub mod config;
 mod conn;
@@ -57,6 +60,8 @@ pub enum GatewayError {
     Ids(#[from] ids::IdError),
     #[error("a gateway task failed: {0}")]
     Task(String),
+    #[error("account stage: {0}")]
+    AccountStage(String),
 }
 
 /// A running gateway.
@@ -126,6 +131,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway,
         addr: config.listen,
         source,
     })?;
+    // The account stage: its topic's partitions are the shards, and its answers are read from
+    // their end as of now (the `balances` request gives the state before that).
+    let stage = match &config.limits.accounts.accounts_topic {
+        None => None,
+        Some(topic) => {
+            let probe: Arc<StreamConsumer> = Arc::new(
+                client_config(&config.brokers, &client_id, Role::Consumer)
+                    .set(
+                        "group.id",
+                        format!("{client_id}-accounts-{}-{unique}", std::process::id()),
+                    )
+                    .create()?,
+            );
+            let shards = accounts::partition_count(&probe, topic).await?;
+            let events_topic = config.limits.accounts.events_topic().to_owned();
+            let answers = accounts::partition_count(&probe, &events_topic).await?;
+            accounts::assign_from_end(&probe, &events_topic, answers).await?;
+            tracing::info!(topic = %topic, shards, account_events = %events_topic, "account stage on: place and amend reserve funds first");
+            Some((
+                accounts::Stage {
+                    topic: Arc::from(topic.as_str()),
+                    shards,
+                },
+                probe,
+            ))
+        }
+    };
+    let (stage, account_events) = stage.unzip();
     let now_s = now_ms() / 1000;
     let shared = Arc::new(Shared::new(
         config,
@@ -133,6 +166,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway,
         producer,
         now_s,
         shutdown.clone(),
+        stage,
     )?);
 
     let events_stop = CancellationToken::new();
@@ -164,6 +198,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway,
         }
         read
     });
+    let account_events = account_events.map(|consumer| {
+        let reading = accounts::consume_account_events(
+            Arc::clone(&shared.hub),
+            consumer,
+            events_stop.clone(),
+        );
+        tokio::spawn(async move {
+            let read = reading.await;
+            if let Err(e) = &read {
+                tracing::error!(error = %e, "the account_events task stopped: no refusal or balance will reach clients");
+            }
+            read
+        })
+    });
     let app = http::router(Arc::clone(&shared), metrics);
     tracing::info!(%addr, gateway_id = shared.config.gateway_id, "gateway listening");
     let task = tokio::spawn(async move {
@@ -181,6 +229,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway,
         drain(&shared).await;
         events_stop.cancel();
         let _ = events.await;
+        if let Some(task) = account_events {
+            let _ = task.await;
+        }
         served
     });
     Ok(Gateway { addr, task })

@@ -165,6 +165,8 @@ pub struct Outbound {
     trades_max: usize,
     /// Authenticated or subscribed: gets heartbeats.
     pub wants_heartbeat: AtomicBool,
+    /// Subscribed to the account's `balances` channel.
+    pub wants_balances: AtomicBool,
 }
 
 impl Outbound {
@@ -178,6 +180,7 @@ impl Outbound {
             queue_max,
             trades_max,
             wants_heartbeat: AtomicBool::new(false),
+            wants_balances: AtomicBool::new(false),
         }
     }
 

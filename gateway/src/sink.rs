@@ -1,4 +1,5 @@
-//! The way into Kafka: admission control, then the `orders` producer.
+//! The way into Kafka: admission control, then the producer of `orders` (and, with the account
+//! stage on, of `accounts`, where place and amend go to reserve funds first).
 //!
 //! Admission (named policy: reject, never queue without bound):
 //! - new work (place, amend) is shed with `overloaded` when unacknowledged commands reach
@@ -24,6 +25,7 @@ use protocol::PairSpec;
 use protocol::records::{ORDERS_PAYLOAD_MAX, OrderRecord, pack_lines, push_line};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::config::Limits;
@@ -82,6 +84,8 @@ pub enum SendError {
     Delivery(KafkaError),
     #[error("the Kafka producer was dropped before acknowledging")]
     Cancelled,
+    #[error("the account stage is off on this gateway")]
+    NoAccountsTopic,
 }
 
 /// CoDel's signal: the smallest delay seen in the last full window. A queue that only bursts
@@ -143,11 +147,22 @@ impl DelayWindow {
     }
 }
 
+/// Which topic a command line goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dest {
+    /// `orders`, partition = pair.
+    Orders,
+    /// The account stage's `accounts`, partition = account shard.
+    Accounts,
+}
+
 pub struct OrderSink {
     producer: FutureProducer,
     topic: Arc<str>,
-    /// Per partition: the commands waiting to be packed into its next record.
-    packing: DashMap<i32, Arc<Mutex<Packing>>>,
+    /// The account stage's input topic, when the stage is on.
+    accounts_topic: Option<Arc<str>>,
+    /// Per topic and partition: the commands waiting to be packed into its next record.
+    packing: DashMap<(Dest, i32), Arc<Mutex<Packing>>>,
     in_flight: Arc<AtomicUsize>,
     kafka_delay: DelayWindow,
     /// Time from writing a command to its verdict on `events`, recorded by the hub.
@@ -182,6 +197,7 @@ impl OrderSink {
         OrderSink {
             producer,
             topic: topic.into(),
+            accounts_topic: limits.accounts.accounts_topic.as_deref().map(Arc::from),
             packing: DashMap::new(),
             in_flight: Arc::new(AtomicUsize::new(0)),
             kafka_delay: DelayWindow::default(),
@@ -264,24 +280,47 @@ impl OrderSink {
         record: &OrderRecord,
     ) -> Result<(), SendError> {
         let partition = i32::try_from(spec.id).expect("pair ids fit a partition number");
+        self.send_line(permit, Dest::Orders, partition, &spec.symbol, record)
+            .await
+    }
+
+    /// Like [`OrderSink::send`], for one line of any topic: packed with the other lines queued
+    /// for the same partition, in arrival order. `key` is the record's Kafka key (the pair's
+    /// symbol on `orders`, the shard number on `accounts`). Admission and acknowledgement
+    /// accounting are the same for both topics.
+    pub async fn send_line<T: Serialize>(
+        &self,
+        permit: Permit,
+        dest: Dest,
+        partition: i32,
+        key: &str,
+        line: &T,
+    ) -> Result<(), SendError> {
+        let topic = match dest {
+            Dest::Orders => Arc::clone(&self.topic),
+            Dest::Accounts => match &self.accounts_topic {
+                Some(t) => Arc::clone(t),
+                None => return Err(SendError::NoAccountsTopic),
+            },
+        };
         let packing = Arc::clone(
             self.packing
-                .entry(partition)
+                .entry((dest, partition))
                 .or_insert_with(|| Arc::new(Mutex::new(Packing::default())))
                 .value(),
         );
         let (done, answer) = oneshot::channel();
         let start_flush = {
             let mut p = lock(&packing);
-            p.push(record, done);
+            p.push(line, done);
             !std::mem::replace(&mut p.flush_scheduled, true)
         };
         if start_flush {
             tokio::spawn(flush(
                 self.producer.clone(),
-                Arc::clone(&self.topic),
+                topic,
                 partition,
-                spec.symbol.clone(),
+                key.to_owned(),
                 packing,
             ));
         }
@@ -307,8 +346,8 @@ struct Packing {
 }
 
 impl Packing {
-    fn push(&mut self, record: &OrderRecord, done: oneshot::Sender<Result<(), SendError>>) {
-        push_line(&mut self.buf, &mut self.lines, record);
+    fn push<T: Serialize>(&mut self, line: &T, done: oneshot::Sender<Result<(), SendError>>) {
+        push_line(&mut self.buf, &mut self.lines, line);
         self.waiting.push(done);
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use protocol::accounts::AccountRecord;
 use protocol::records::{OrderRecord, RECORD_VERSION};
 use protocol::ws::{ErrorBody, ErrorCode};
 use protocol::{AccountId, CancelAll, Command, PairRegistry, PairSpec};
@@ -15,13 +16,14 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::accounts::Stage;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::deadman::DeadMan;
-use crate::hub::Hub;
+use crate::hub::{Hub, StageCommand};
 use crate::ids::CommandIds;
 use crate::outbound::ConnId;
-use crate::sink::{Class, OrderSink, Permit, SendError};
+use crate::sink::{Class, Dest, OrderSink, Permit, SendError};
 use crate::{GatewayError, now_ms, telemetry};
 
 pub(crate) struct Shared {
@@ -35,6 +37,8 @@ pub(crate) struct Shared {
     pub account_limiter: DefaultKeyedRateLimiter<AccountId>,
     pub deadman: DeadMan,
     pub shutdown: CancellationToken,
+    /// The account stage, when on: place and amend go through it.
+    pub stage: Option<Stage>,
     connections: AtomicUsize,
     next_conn_id: AtomicU64,
 }
@@ -75,6 +79,7 @@ impl Shared {
         producer: FutureProducer,
         now_s: u64,
         shutdown: CancellationToken,
+        stage: Option<Stage>,
     ) -> Result<Shared, GatewayError> {
         let limits = &config.limits;
         let pairs = Arc::clone(&config.pairs);
@@ -103,6 +108,7 @@ impl Shared {
             pool,
             pairs,
             shutdown,
+            stage,
             connections: AtomicUsize::new(0),
             next_conn_id: AtomicU64::new(1),
             config,
@@ -169,7 +175,9 @@ impl Shared {
     }
 
     /// Writes one admitted command and waits for Kafka. `origin` ties the engine's verdict to
-    /// the request (connection, request id).
+    /// the request (connection, request id). With the account stage on, a place or amend goes
+    /// to the account's shard of `accounts` (the stage reserves, then forwards it to `orders`);
+    /// everything else, and everything with the stage off, goes to the pair's `orders`.
     pub async fn produce(
         &self,
         permit: Permit,
@@ -178,6 +186,11 @@ impl Shared {
         command: Command,
         origin: Option<(ConnId, u64)>,
     ) -> Result<(), ErrorBody> {
+        let via_stage = match (&self.stage, &command) {
+            (Some(stage), Command::Place(_) | Command::Amend(_)) => Some(stage),
+            _ => None,
+        };
+        let context = via_stage.map(|_| stage_command(spec, &command));
         let record = OrderRecord {
             v: RECORD_VERSION,
             command_id,
@@ -187,9 +200,19 @@ impl Shared {
             command,
         };
         if let Some((conn, req_id)) = origin {
-            self.hub.remember_request(command_id, conn, req_id);
+            self.hub.remember_request(command_id, conn, req_id, context);
         }
-        let sent = self.sink.send(permit, spec, &record).await;
+        let sent = match via_stage {
+            None => self.sink.send(permit, spec, &record).await,
+            Some(stage) => {
+                let shard = stage.shard(record.command.account_id());
+                let partition = i32::try_from(shard).expect("shards fit a partition number");
+                let line = AccountRecord::Order(record);
+                self.sink
+                    .send_line(permit, Dest::Accounts, partition, &shard.to_string(), &line)
+                    .await
+            }
+        };
         sent.map_err(|e| {
             self.hub.forget_request(command_id);
             match e {
@@ -244,5 +267,25 @@ impl Shared {
                 Err(e)
             }
         }
+    }
+}
+
+/// What a refusal of this command by the account stage shows besides its code: the pair, the
+/// command's kind and the order it names (a refusal names only the command id).
+fn stage_command(spec: &PairSpec, command: &Command) -> StageCommand {
+    let (order_id, client_order_id) = match command {
+        Command::Place(p) => (Some(p.order_id.0), p.client_order_id.clone()),
+        Command::Amend(a) => match &a.target {
+            protocol::OrderRef::Id(id) => (Some(id.0), None),
+            protocol::OrderRef::ClientId(c) => (None, Some(c.clone())),
+        },
+        Command::Cancel(_) | Command::CancelAll(_) => (None, None),
+    };
+    StageCommand {
+        account: command.account_id(),
+        pair: spec.id,
+        command: command.kind(),
+        order_id,
+        client_order_id,
     }
 }

@@ -34,6 +34,10 @@ const COUNTERS: &[&str] = &[
     "gateway_request_map_full_total",
     "gateway_deadman_fired_total",
     "gateway_undelivered_total",
+    "gateway_account_events_records_total",
+    "gateway_account_events_duplicates_total",
+    "gateway_account_events_undecodable_total",
+    "gateway_account_events_read_errors_total",
 ];
 
 const GAUGES: &[&str] = &["gateway_connections", "gateway_commands_in_flight"];
@@ -59,11 +63,15 @@ pub(crate) fn register() {
     for method in METHODS {
         metrics::counter!("gateway_requests_total", "method" => *method).increment(0);
     }
-    let codes = ErrorCode::GATEWAY.iter().copied().chain(
-        ErrorCode::ORDER_REASONS
-            .iter()
-            .map(|r| ErrorCode::Order(*r)),
-    );
+    let codes = ErrorCode::GATEWAY
+        .iter()
+        .chain(ErrorCode::ACCOUNT_REFUSALS)
+        .copied()
+        .chain(
+            ErrorCode::ORDER_REASONS
+                .iter()
+                .map(|r| ErrorCode::Order(*r)),
+        );
     for code in codes {
         metrics::counter!("gateway_errors_total", "code" => error_code_name(code)).increment(0);
     }

@@ -53,6 +53,10 @@ fn every_error_code_and_status_is_listed() {
         let code = name(code);
         assert!(listed(&code), "error code {code} missing");
     }
+    for code in ErrorCode::ACCOUNT_REFUSALS {
+        let code = name(code);
+        assert!(listed(&code), "account stage code {code} missing");
+    }
     for reason in ErrorCode::ORDER_REASONS {
         assert!(
             listed(reason.code()),

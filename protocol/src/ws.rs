@@ -3,8 +3,9 @@
 //! Requests: `{"id": 7, "method": "place", "params": {...}}`. The `id` is the client's, any
 //! integer up to 2^53 - 1, echoed in the response. Responses are either
 //! `{"id": 7, "result": {...}}` or `{"id": 7, "error": {"code": "...", "message": "..."}}`.
-//! Pushes (no `id`) carry a `channel`: `orders` (the account's private stream), `book`,
-//! `trades`, `ticker`, `heartbeat`, `status`.
+//! Pushes (no `id`) carry a `channel`: `orders` (the account's private stream), `balances`
+//! (the account's balances, when the account stage is on), `book`, `trades`, `ticker`,
+//! `heartbeat`, `status`.
 //!
 //! Prices and quantities are decimal strings at the edge; ids are JSON integers below 2^53 so
 //! JavaScript clients read them exactly. `docs/asyncapi.yaml` documents every message here.
@@ -39,6 +40,8 @@ pub enum RequestBody {
     CancelAllAfter(CancelAllAfter),
     Subscribe(Subscription),
     Unsubscribe(Subscription),
+    /// The account's balances as the account stage last committed them.
+    Balances(BalancesQuery),
     Ping,
 }
 
@@ -53,6 +56,7 @@ impl RequestBody {
             RequestBody::CancelAllAfter(_) => "cancel_all_after",
             RequestBody::Subscribe(_) => "subscribe",
             RequestBody::Unsubscribe(_) => "unsubscribe",
+            RequestBody::Balances(_) => "balances",
             RequestBody::Ping => "ping",
         }
     }
@@ -68,6 +72,7 @@ pub const METHODS: &[&str] = &[
     "cancel_all_after",
     "subscribe",
     "unsubscribe",
+    "balances",
     "ping",
 ];
 
@@ -110,6 +115,14 @@ pub struct Place {
     pub client_order_id: Option<ClientOrderId>,
     #[serde(default)]
     pub stp: SelfTradePrevention,
+}
+
+/// `balances`: every asset of the account, or only `asset`. Params may be omitted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancesQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
 }
 
 impl Place {
@@ -170,13 +183,24 @@ pub enum Channel {
     Book,
     Trades,
     Ticker,
+    /// The logged-in account's balances (no `pair`); only with the account stage on.
+    Balances,
 }
 
+impl Channel {
+    /// A market data channel names a pair; a private one does not.
+    pub fn is_market(self) -> bool {
+        !matches!(self, Channel::Balances)
+    }
+}
+
+/// `pair` is required for the market channels and absent for `balances`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
     pub channel: Channel,
-    pub pair: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
 }
 
 /// Stable, machine-readable error codes. The serialized name is the code.
@@ -216,6 +240,19 @@ pub enum ErrorCode {
     /// The connection is closing and Kafka has not acknowledged the command in time: it may or
     /// may not take effect (its verdict reaches the account's other connections).
     OutcomeUnknown,
+    /// `balances` (the request or the channel) while this gateway runs without the account
+    /// stage.
+    AccountsDisabled,
+    /// An asset no pair trades.
+    UnknownAsset,
+    /// The account stage refused a place or amend: not enough available funds.
+    InsufficientFunds,
+    /// The account stage refused a market buy without `quote_qty`.
+    QuoteBudgetRequired,
+    /// The account stage refused a quantity that is not positive.
+    InvalidQty,
+    /// The account stage refused an order whose amounts do not fit 128 bits.
+    AmountOutOfRange,
     /// The matching engine refused the command; the reason is the code.
     #[serde(untagged)]
     Order(RejectReason),
@@ -269,12 +306,88 @@ pub enum ReceivedStatus {
     Received,
 }
 
+/// `result` of `balances`: what the account stage had committed up to `as_of_offset` of the
+/// account's shard (every `accounts` line up to it, none after). A `balances` push with an
+/// `accounts_offset` at or below it is already counted here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Balances {
+    /// Per asset held, sorted by symbol; an asset not listed is zero.
+    pub balances: Vec<AssetBalance>,
+    pub shard: u32,
+    /// `-1` when the shard has committed nothing yet.
+    pub as_of_offset: i64,
+}
+
+/// Decimal strings with the asset's number of decimals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssetBalance {
+    pub asset: String,
+    pub available: String,
+    pub reserved: String,
+}
+
+/// One asset's balance after a change, absolute (not a delta): the latest `accounts_offset`
+/// wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BalanceUpdate {
+    pub asset: String,
+    pub available: String,
+    pub reserved: String,
+    pub shard: u32,
+    /// The position in the shard's `accounts` log of the line that changed it.
+    pub accounts_offset: i64,
+}
+
+/// A place or amend the account stage refused before it reached the book, on the `orders`
+/// channel as `type: rejected` like an engine rejection. It carries `shard` and
+/// `accounts_offset` where the engine's carries the pair's `seq`: the command never reached
+/// the pair, so it has no place in the pair's sequence. Serialize with [`Self::push_json`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRejection {
+    pub pair: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub req_id: Option<u64>,
+    #[serde(rename = "type")]
+    pub kind: RejectedType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<ClientOrderId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandKind>,
+    pub code: ErrorCode,
+    pub message: String,
+    pub shard: u32,
+    pub accounts_offset: i64,
+}
+
+/// The `type` of a [`StageRejection`]: always `rejected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectedType {
+    Rejected,
+}
+
+impl StageRejection {
+    /// The push as written: `{"channel":"orders", ...}`.
+    pub fn push_json(&self) -> String {
+        #[derive(Serialize)]
+        #[serde(tag = "channel", rename_all = "snake_case")]
+        enum Wire<'a> {
+            Orders(&'a StageRejection),
+        }
+        serde_json::to_string(&Wire::Orders(self)).expect("pushes always serialize")
+    }
+}
+
 /// A message pushed by the gateway without a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "channel", rename_all = "snake_case")]
 pub enum Push {
     /// The account's private stream, in per-pair sequence order, without duplicates.
     Orders(OrderUpdate),
+    /// The account's balances after each change, absolute, once per shard position.
+    Balances(BalanceUpdate),
     Book(BookMessage),
     Trades(TradesMessage),
     Ticker(TickerMessage),
@@ -430,7 +543,8 @@ pub struct LoggedIn {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Subscribed {
     pub channel: Channel,
-    pub pair: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
 }
 
 /// `result` of `cancel_all_after`: the gateway's clock and when the switch fires (absent when
@@ -449,7 +563,15 @@ pub struct Pong {
 }
 
 /// Every push channel name, for documentation checks.
-pub const PUSH_CHANNELS: &[&str] = &["orders", "book", "trades", "ticker", "heartbeat", "status"];
+pub const PUSH_CHANNELS: &[&str] = &[
+    "orders",
+    "balances",
+    "book",
+    "trades",
+    "ticker",
+    "heartbeat",
+    "status",
+];
 
 /// WebSocket close codes the gateway uses; the close reason is the [`ConnectionStatus`] name.
 pub mod close_code {
@@ -501,7 +623,25 @@ impl ErrorCode {
         ErrorCode::NotSubscribed,
         ErrorCode::Internal,
         ErrorCode::OutcomeUnknown,
+        ErrorCode::AccountsDisabled,
+        ErrorCode::UnknownAsset,
     ];
+
+    /// Codes only the account stage gives (its refusals of a place or amend), besides the
+    /// engine's codes it shares (`invalid_price`, `invalid_quote_budget`, `unknown_order`,
+    /// `invalid_amend`, `duplicate_order_id`) and `unknown_pair` / `unknown_asset`.
+    pub const ACCOUNT_REFUSALS: &'static [ErrorCode] = &[
+        ErrorCode::InsufficientFunds,
+        ErrorCode::QuoteBudgetRequired,
+        ErrorCode::InvalidQty,
+        ErrorCode::AmountOutOfRange,
+    ];
+
+    /// The code an account stage refusal names (`insufficient_funds`, `unknown_order`, ...),
+    /// or `None` for one this version does not know.
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+    }
 
     /// Every engine reject reason, which `ErrorCode::Order` carries.
     pub const ORDER_REASONS: &'static [RejectReason] = &[
@@ -582,6 +722,10 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
         ));
     }
     let params = raw.params.map_or("null", RawValue::get);
+    let params = match (raw.method, params) {
+        ("balances", "null") => "{}",
+        (_, p) => p,
+    };
     if raw.method != "ping" && !params.trim_start().starts_with('{') {
         return Err(fail(
             ErrorCode::InvalidParams,
@@ -781,13 +925,22 @@ mod tests {
                 | ErrorCode::TooManySubscriptions
                 | ErrorCode::NotSubscribed
                 | ErrorCode::Internal
-                | ErrorCode::OutcomeUnknown => ErrorCode::GATEWAY.contains(&c),
+                | ErrorCode::OutcomeUnknown
+                | ErrorCode::AccountsDisabled
+                | ErrorCode::UnknownAsset => ErrorCode::GATEWAY.contains(&c),
+                ErrorCode::InsufficientFunds
+                | ErrorCode::QuoteBudgetRequired
+                | ErrorCode::InvalidQty
+                | ErrorCode::AmountOutOfRange => ErrorCode::ACCOUNT_REFUSALS.contains(&c),
             }
         }
         for c in ErrorCode::GATEWAY {
             assert!(gateway_listed(*c));
         }
-        assert_eq!(ErrorCode::GATEWAY.len(), 20);
+        assert_eq!(ErrorCode::GATEWAY.len(), 22);
+        for c in ErrorCode::ACCOUNT_REFUSALS {
+            assert!(gateway_listed(*c));
+        }
         for r in ErrorCode::ORDER_REASONS {
             assert!(gateway_listed(ErrorCode::Order(*r)), "{}", r.code());
         }
@@ -795,6 +948,85 @@ mod tests {
         let mut codes: Vec<_> = ErrorCode::ORDER_REASONS.iter().map(|r| r.code()).collect();
         codes.dedup();
         assert_eq!(codes.len(), ErrorCode::ORDER_REASONS.len());
+    }
+
+    #[test]
+    fn every_code_the_account_stage_gives_a_client_has_a_name_here() {
+        // accounts_core::LedgerError::code for the refusals of an order line.
+        for name in [
+            "insufficient_funds",
+            "quote_budget_required",
+            // "invalid_quote_budget" is the engine's RejectReason, shared like invalid_price.
+            "invalid_price",
+            "invalid_qty",
+            "unknown_asset",
+            "unknown_pair",
+            "duplicate_order_id",
+            "unknown_order",
+            "invalid_amend",
+            "amount_out_of_range",
+        ] {
+            let code = ErrorCode::from_name(name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(serde_json::to_value(code).unwrap(), name);
+        }
+        assert_eq!(
+            ErrorCode::from_name("unknown_order"),
+            Some(ErrorCode::Order(RejectReason::UnknownOrder)),
+            "the engine's code, reused"
+        );
+        assert_eq!(ErrorCode::from_name("no_such_code"), None);
+    }
+
+    #[test]
+    fn a_stage_rejection_is_an_orders_push_of_type_rejected() {
+        let r = StageRejection {
+            pair: "BTC-EUR".into(),
+            req_id: Some(4),
+            kind: RejectedType::Rejected,
+            order_id: Some(9),
+            client_order_id: None,
+            command: Some(CommandKind::Place),
+            code: ErrorCode::InsufficientFunds,
+            message: "not enough".into(),
+            shard: 1,
+            accounts_offset: 17,
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.push_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"channel": "orders", "pair": "BTC-EUR", "req_id": 4,
+                "type": "rejected", "order_id": 9, "command": "place",
+                "code": "insufficient_funds", "message": "not enough", "shard": 1,
+                "accounts_offset": 17})
+        );
+    }
+
+    #[test]
+    fn balances_takes_optional_params_and_the_channel_no_pair() {
+        for text in [
+            r#"{"id":1,"method":"balances"}"#,
+            r#"{"id":1,"method":"balances","params":{}}"#,
+        ] {
+            assert_eq!(
+                parse_request(text).unwrap().body,
+                RequestBody::Balances(BalancesQuery::default())
+            );
+        }
+        let r = parse_request(r#"{"id":2,"method":"balances","params":{"asset":"EUR"}}"#);
+        assert_eq!(
+            r.unwrap().body,
+            RequestBody::Balances(BalancesQuery {
+                asset: Some("EUR".into())
+            })
+        );
+        let r = parse_request(r#"{"id":3,"method":"subscribe","params":{"channel":"balances"}}"#);
+        assert_eq!(
+            r.unwrap().body,
+            RequestBody::Subscribe(Subscription {
+                channel: Channel::Balances,
+                pair: None
+            })
+        );
     }
 
     #[test]
