@@ -63,10 +63,23 @@ pub struct Stack {
     pub orders_topic: String,
     pub events_topic: String,
     pub pairs: Arc<PairRegistry>,
+    /// With the account stage on: its `accounts` and `account_events` topics.
+    pub accounts_topic: Option<String>,
+    pub account_events_topic: Option<String>,
 }
 
 /// A fresh database (migrated), fresh topics, `accounts` provisioned accounts, and a gateway.
 pub async fn start(limits: Limits, accounts: usize) -> Option<Stack> {
+    start_stack(limits, accounts, None).await
+}
+
+/// Like [`start`], with the account stage on: fresh `accounts` and `account_events` topics of
+/// `shards` partitions each (the test plays the stage at the Kafka level).
+pub async fn start_with_accounts(limits: Limits, accounts: usize, shards: usize) -> Option<Stack> {
+    start_stack(limits, accounts, Some(shards)).await
+}
+
+async fn start_stack(mut limits: Limits, accounts: usize, shards: Option<usize>) -> Option<Stack> {
     tracing_subscriber_init();
     let env = env()?;
     let pairs = registry();
@@ -102,6 +115,21 @@ pub async fn start(limits: Limits, accounts: usize) -> Option<Stack> {
             .await
             .unwrap();
     }
+    let (accounts_topic, account_events_topic) = match shards {
+        None => (None, None),
+        Some(shards) => {
+            let accounts_topic = unique("accounts_t");
+            let account_events_topic = unique("account_events_t");
+            for topic in [&accounts_topic, &account_events_topic] {
+                infra::kafka::ensure_topic(&admin, &env.brokers, topic, shards, &[])
+                    .await
+                    .unwrap();
+            }
+            limits.accounts.accounts_topic = Some(accounts_topic.clone());
+            limits.accounts.account_events_topic = Some(account_events_topic.clone());
+            (Some(accounts_topic), Some(account_events_topic))
+        }
+    };
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         brokers: env.brokers.clone(),
@@ -126,6 +154,8 @@ pub async fn start(limits: Limits, accounts: usize) -> Option<Stack> {
         orders_topic,
         events_topic,
         pairs,
+        accounts_topic,
+        account_events_topic,
     })
 }
 
