@@ -208,6 +208,8 @@ pub enum RejectReason {
     /// Limit order without a price, market order with one, or a price <= 0.
     InvalidPrice,
     PriceOffTick,
+    /// A `quote_budget` on anything but a market buy, or one that is not positive.
+    InvalidQuoteBudget,
     QtyOffLot,
     QtyBelowMin,
     QtyAboveMax,
@@ -236,6 +238,7 @@ impl RejectReason {
             RejectReason::InvalidClientOrderId => "invalid_client_order_id",
             RejectReason::InvalidPrice => "invalid_price",
             RejectReason::PriceOffTick => "price_off_tick",
+            RejectReason::InvalidQuoteBudget => "invalid_quote_budget",
             RejectReason::QtyOffLot => "qty_off_lot",
             RejectReason::QtyBelowMin => "qty_below_min",
             RejectReason::QtyAboveMax => "qty_above_max",
@@ -265,6 +268,9 @@ impl RejectReason {
                 "a limit order needs a positive price and a market order must not have one"
             }
             RejectReason::PriceOffTick => "price is not a multiple of the pair's tick size",
+            RejectReason::InvalidQuoteBudget => {
+                "a quote budget must be positive and only a market buy may have one"
+            }
             RejectReason::QtyOffLot => "quantity is not a multiple of the pair's lot size",
             RejectReason::QtyBelowMin => "quantity is below the pair's minimum",
             RejectReason::QtyAboveMax => "quantity is above the pair's maximum",

@@ -11,7 +11,8 @@ use protocol::{
 use crate::state::{BookState, RestingOrder, RestoreError};
 use crate::store::Store;
 use crate::validate::{
-    check_client_id, check_notional, check_place_price, check_price, check_qty, check_tif,
+    check_client_id, check_notional, check_place_price, check_price, check_qty, check_quote_budget,
+    check_tif,
 };
 
 /// One pair's limit order book. See the crate documentation for the rules it enforces.
@@ -63,6 +64,16 @@ enum MatchEnd {
     NoMoreLiquidity,
     /// Self-trade prevention expired the taker.
     SelfTrade,
+    /// The quote budget cannot buy one more lot at the best remaining price. The order ends
+    /// as if liquidity had run out: Done `Expired` with its remainder.
+    BudgetSpent,
+}
+
+/// The most a quote budget of `left` buys at `price`: floor(left / price), rounded down to a
+/// whole number of lots (0 when not even one lot). `price` and `lot` are positive.
+fn affordable(left: i128, price: Price, lot: Qty) -> i64 {
+    let qty = (left / i128::from(price.0)).min(i128::from(i64::MAX)) as i64;
+    qty - qty % lot.0
 }
 
 /// Whether a taker on `side` with `limit` may trade at a resting `price`.
@@ -301,7 +312,7 @@ impl OrderBook {
             filled: 0,
             stp: p.stp,
         };
-        let end = self.match_taker(&mut taker, ts_ns, out);
+        let end = self.match_taker(&mut taker, p.quote_budget, ts_ns, out);
         let may_rest = p.order_type == OrderType::Limit && p.tif == TimeInForce::Gtc;
         self.finish_taker(taker, end, may_rest, priority_seq, ts_ns, out);
     }
@@ -319,6 +330,7 @@ impl OrderBook {
         }
         check_tif(p)?;
         let limit = check_place_price(&self.spec, p)?;
+        check_quote_budget(p)?;
         check_qty(&self.spec, p.qty)?;
         if let Some(price) = limit {
             check_notional(&self.spec, price, p.qty)?;
@@ -328,6 +340,12 @@ impl OrderBook {
     }
 
     /// The checks that depend on the opposite side; none of them changes the book.
+    ///
+    /// `NoLiquidity` means only an empty opposite side. A market buy whose quote budget cannot
+    /// buy one lot at the best price is not refused here: like any market order that finds a
+    /// non-empty side but trades nothing (self-trade prevention can stop it first), it is
+    /// Accepted and then Done `Expired` with nothing filled. Only FOK refuses it, as
+    /// `FokCannotFill`, since it cannot fill.
     fn check_liquidity(&self, p: &PlaceOrder, limit: Option<Price>) -> Result<(), RejectReason> {
         let best = self.store.best(p.side.opposite()).map(|l| l.price);
         if p.order_type == OrderType::Market && best.is_none() {
@@ -346,6 +364,9 @@ impl OrderBook {
     /// would: an own order ends the match under expire-taker/expire-both, and is expired and
     /// skipped under expire-maker.
     fn can_fill(&self, p: &PlaceOrder, limit: Option<Price>) -> bool {
+        if let Some(budget) = p.quote_budget {
+            return self.can_fill_within(p, budget);
+        }
         let mut available = 0_i64;
         for level in self.store.levels_from_best(p.side.opposite()) {
             if !crosses(p.side, limit, level.price) {
@@ -361,6 +382,38 @@ impl OrderBook {
                 }
                 available += maker.remaining_qty().0;
                 if available >= p.qty.0 {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// [`Self::can_fill`] for a market buy with a quote budget (so no limit to cross): the walk
+    /// also spends the budget exactly as matching would, and fails where the budget cannot buy
+    /// one more lot at the next maker's price, which matching checks before self-trade
+    /// prevention. Cold: only a budgeted FOK market buy gets here, and keeping it out of line
+    /// keeps every other place's validation as short as before.
+    #[cold]
+    fn can_fill_within(&self, p: &PlaceOrder, budget: i128) -> bool {
+        let (mut needed, mut left) = (p.qty.0, budget);
+        for level in self.store.levels_from_best(p.side.opposite()) {
+            for slot in self.store.queue(Store::head(level)) {
+                let affordable = affordable(left, level.price, self.spec.lot_size);
+                if affordable == 0 {
+                    return false;
+                }
+                let maker = self.store.order(slot);
+                if maker.account_id == p.account_id {
+                    if p.stp == SelfTradePrevention::ExpireMaker {
+                        continue;
+                    }
+                    return false;
+                }
+                let qty = needed.min(maker.remaining_qty().0).min(affordable);
+                needed -= qty;
+                left -= PairSpec::notional(level.price, Qty(qty));
+                if needed == 0 {
                     return true;
                 }
             }
@@ -391,8 +444,35 @@ impl OrderBook {
     }
 
     /// Matches the taker against the opposite side until it is filled, runs out of crossing
-    /// liquidity, or self-trade prevention stops it.
-    fn match_taker(&mut self, t: &mut Taker, ts_ns: u64, out: &mut Vec<Event>) -> MatchEnd {
+    /// liquidity, spends its quote budget (a market buy's, in notional units), or self-trade
+    /// prevention stops it.
+    fn match_taker(
+        &mut self,
+        t: &mut Taker,
+        budget: Option<i128>,
+        ts_ns: u64,
+        out: &mut Vec<Event>,
+    ) -> MatchEnd {
+        match budget {
+            None => self.match_levels::<false>(t, 0, ts_ns, out),
+            Some(budget) => self.match_levels::<true>(t, budget, ts_ns, out),
+        }
+    }
+
+    /// The matching loop. `BUDGETED` is fixed at compile time, so orders without a budget (all
+    /// but budgeted market buys) run a loop without the budget's checks; `left` is the budget
+    /// left, unused without one.
+    ///
+    /// The budget acts like a limit price that depends on what is left: a level where it
+    /// cannot buy one lot is not traded, and its makers (own orders included, so no self-trade
+    /// prevention applies there) are left alone.
+    fn match_levels<const BUDGETED: bool>(
+        &mut self,
+        t: &mut Taker,
+        mut left: i128,
+        ts_ns: u64,
+        out: &mut Vec<Event>,
+    ) -> MatchEnd {
         let opposite = t.side.opposite();
         loop {
             if t.remaining() == 0 {
@@ -404,9 +484,20 @@ impl OrderBook {
             if !crosses(t.side, t.limit, level.price) {
                 return MatchEnd::NoMoreLiquidity;
             }
-            let slot = Store::head(level);
+            let mut max_qty = t.remaining();
+            if BUDGETED {
+                match affordable(left, level.price, self.spec.lot_size) {
+                    0 => return MatchEnd::BudgetSpent,
+                    qty => max_qty = max_qty.min(qty),
+                }
+            }
+            let (slot, price) = (Store::head(level), level.price);
             if self.store.order(slot).account_id != t.account_id {
-                self.trade(t, slot, ts_ns, out);
+                let filled_before = t.filled;
+                self.trade(t, slot, max_qty, ts_ns, out);
+                if BUDGETED {
+                    left -= PairSpec::notional(price, Qty(t.filled - filled_before));
+                }
                 continue;
             }
             match t.stp {
@@ -422,11 +513,14 @@ impl OrderBook {
         }
     }
 
-    /// One trade at the maker's price; the maker keeps its place unless it is filled.
-    fn trade(&mut self, t: &mut Taker, slot: u32, ts_ns: u64, out: &mut Vec<Event>) {
+    /// One trade of at most `max_qty` (at most the taker's remainder) at the maker's price; the
+    /// maker keeps its place unless it is filled. Inlined into both matching loops: it runs
+    /// once per maker, so a call per trade costs a sweep a measurable share.
+    #[inline(always)]
+    fn trade(&mut self, t: &mut Taker, slot: u32, max_qty: i64, ts_ns: u64, out: &mut Vec<Event>) {
         let maker = self.store.order(slot);
         let maker_remaining = maker.remaining_qty().0;
-        let qty = t.remaining().min(maker_remaining);
+        let qty = max_qty.min(maker_remaining);
         let (price, side) = (maker.price, maker.side);
         self.last_trade_id += 1;
         let body = EventBody::Trade {
@@ -508,7 +602,7 @@ impl OrderBook {
                 let old_total = self.store.insert(order);
                 return self.touch(side, price, old_total);
             }
-            MatchEnd::NoMoreLiquidity => DoneReason::Expired,
+            MatchEnd::NoMoreLiquidity | MatchEnd::BudgetSpent => DoneReason::Expired,
         };
         self.emit_done(order, reason, ts_ns, out);
     }
@@ -668,7 +762,7 @@ impl OrderBook {
             filled: order.filled_qty.0,
             stp: order.stp,
         };
-        let end = self.match_taker(&mut taker, ts_ns, out);
+        let end = self.match_taker(&mut taker, None, ts_ns, out);
         self.finish_taker(taker, end, true, priority_seq, ts_ns, out);
     }
 }

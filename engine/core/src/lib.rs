@@ -16,6 +16,17 @@
 //!   Done `Expired`. FOK fills entirely or is rejected `FokCannotFill` without trading. A
 //!   market order into an empty opposite side is `NoLiquidity`; a post-only order that would
 //!   cross is `PostOnlyWouldTake`.
+//! - **Quote budget.** A market buy may carry `quote_budget`, the most quote it may spend in
+//!   the pair's notional units (price units x quantity units, like `min_notional`); no other
+//!   order may. Matching goes level by level as usual, but each trade's quantity is also at
+//!   most floor(budget left / maker price), rounded down to a whole number of lots. When the
+//!   budget cannot buy one lot at the best remaining price the order stops there (before any
+//!   self-trade prevention at that price) and its remainder is Done `Expired`, as when
+//!   liquidity runs out; if that happens before any trade the order is still Accepted and
+//!   Done `Expired` with nothing filled (`NoLiquidity` is only for an empty side). A FOK
+//!   market buy with a budget fills its whole quantity within the budget or is rejected
+//!   `FokCannotFill`. The sum of price x qty over the order's trades never exceeds the
+//!   budget. A market buy without a budget trades as before (the account stage requires one).
 //! - **Self-trade prevention** uses the *taker's* mode when the taker meets its own account's
 //!   order at the front of the queue. `expire_taker` (default): matching stops and the
 //!   taker's remainder is Done `ExpiredStp`, even for GTC; the maker stays. `expire_maker`: the
@@ -26,7 +37,8 @@
 //! - **Validation**, first failure wins, in this order. Place: `DuplicateOrderId` (id live in
 //!   this book), `InvalidClientOrderId`, `DuplicateClientOrderId` (live for the same account),
 //!   `InvalidTimeInForce`, `InvalidPrice` (limit without positive price, market with one),
-//!   `PriceOffTick`, `QtyOffLot`, `QtyBelowMin`, `QtyAboveMax`, `BelowMinNotional` (limit
+//!   `PriceOffTick`, `InvalidQuoteBudget` (a budget on anything but a market buy, or not
+//!   positive), `QtyOffLot`, `QtyBelowMin`, `QtyAboveMax`, `BelowMinNotional` (limit
 //!   only, on the total quantity), `NoLiquidity`, `PostOnlyWouldTake`, `FokCannotFill`.
 //!   Amend: `UnknownOrder`, `InvalidAmend` (nothing changes), `InvalidPrice`/`PriceOffTick`
 //!   (new price), lot/min/max (new quantity), `InvalidAmend` (new total not above filled),

@@ -50,6 +50,14 @@ fn mkt(id: u64, acct: u64, side: Side, qty: i64) -> PlaceOrder {
     }
 }
 
+/// A market buy that may spend at most `budget` (price units x quantity units).
+fn budgeted(id: u64, acct: u64, qty: i64, budget: i128) -> PlaceOrder {
+    PlaceOrder {
+        quote_budget: Some(budget),
+        ..mkt(id, acct, Buy, qty)
+    }
+}
+
 fn with_tif(p: PlaceOrder, tif: TimeInForce) -> PlaceOrder {
     PlaceOrder { tif, ..p }
 }
@@ -412,6 +420,200 @@ fn fok_feasibility_follows_the_stp_mode() {
     assert!(h.book.is_empty());
 }
 
+// ---- quote budget ------------------------------------------------------------------------
+
+/// What the taker `taker` paid over its trades: sum of price x qty.
+fn spent(events: &[EventBody], taker: u64) -> i128 {
+    trades(events)
+        .iter()
+        .filter(|t| t.3 == taker)
+        .map(|&(price, qty, ..)| i128::from(price) * i128::from(qty))
+        .sum()
+}
+
+#[test]
+fn budget_stops_a_market_buy_in_the_middle_of_a_level() {
+    let mut h = Harness::new();
+    h.ok(lim(1, 1, Sell, 100, 30));
+    // 2_500 buys 25 at 100, rounded down to the lot of 10: 20, leaving 500, less than a lot.
+    let events = h.ok(budgeted(2, 2, 50, 2_500));
+    assert_eq!(trades(&events), vec![(100, 20, 1, 2)]);
+    assert_eq!(dones(&events), vec![(2, DoneReason::Expired, 20, 30)]);
+    assert_eq!(levels(&events), vec![(Sell, 100, 10)]);
+    assert!(matches!(
+        events.as_slice(),
+        [
+            EventBody::Accepted { .. },
+            EventBody::Trade { .. },
+            EventBody::Done { .. },
+            EventBody::BookLevel { .. }
+        ]
+    ));
+    assert_eq!(spent(&events, 2), 2_000);
+    let maker = h.book.get(OrderId(1)).unwrap();
+    assert_eq!(maker.filled_qty, Qty(20), "the maker keeps its place");
+}
+
+#[test]
+fn budget_stops_a_market_buy_at_a_level_boundary() {
+    let mut h = Harness::new();
+    h.ok(lim(1, 1, Sell, 100, 10));
+    h.ok(lim(2, 1, Sell, 105, 10));
+    // After 10 at 100, 1_049 is left: 9 at 105, not one lot.
+    let events = h.ok(budgeted(3, 2, 30, 2_049));
+    assert_eq!(trades(&events), vec![(100, 10, 1, 3)]);
+    assert_eq!(
+        dones(&events),
+        vec![
+            (1, DoneReason::Filled, 10, 0),
+            (3, DoneReason::Expired, 10, 20)
+        ]
+    );
+    assert_eq!(levels(&events), vec![(Sell, 100, 0)]);
+    assert_eq!(ids(&h.book), vec![2]);
+}
+
+#[test]
+fn budget_exactly_enough_fills_and_one_unit_less_does_not() {
+    let mut h = Harness::new();
+    h.ok(lim(1, 1, Sell, 100, 10));
+    h.ok(lim(2, 1, Sell, 105, 20));
+    let exact = 100 * 10 + 105 * 20;
+    let mut short = h.book.clone();
+    let events = h.ok(budgeted(3, 2, 30, exact));
+    assert_eq!(trades(&events), vec![(100, 10, 1, 3), (105, 20, 2, 3)]);
+    assert_eq!(dones(&events).last(), Some(&(3, DoneReason::Filled, 30, 0)));
+    assert_eq!(spent(&events, 3), exact);
+    assert!(h.book.is_empty());
+
+    // One unit less: 2_099 left at 105 buys 19, one lot of 10.
+    let mut out = Vec::new();
+    short.apply(&Command::Place(budgeted(3, 2, 30, exact - 1)), 1, &mut out);
+    let events: Vec<EventBody> = out.into_iter().map(|e| e.body).collect();
+    assert_eq!(trades(&events), vec![(100, 10, 1, 3), (105, 10, 2, 3)]);
+    assert_eq!(
+        dones(&events).last(),
+        Some(&(3, DoneReason::Expired, 20, 10))
+    );
+    assert_eq!(spent(&events, 3), 2_050);
+}
+
+#[test]
+fn budget_larger_than_needed_changes_nothing() {
+    let mut h = Harness::new();
+    h.ok(lim(1, 1, Sell, 100, 10));
+    h.ok(lim(2, 1, Sell, 105, 10));
+    let mut unbudgeted = h.book.clone();
+    let events = h.ok(budgeted(3, 2, 30, i128::MAX));
+    let mut out = Vec::new();
+    unbudgeted.apply(&Command::Place(mkt(3, 2, Buy, 30)), h.ts_ns, &mut out);
+    let same: Vec<EventBody> = out.into_iter().map(|e| e.body).collect();
+    assert_eq!(events, same);
+    assert_eq!(
+        dones(&events).last(),
+        Some(&(3, DoneReason::Expired, 20, 10))
+    );
+}
+
+#[test]
+fn budget_below_one_lot_is_accepted_and_expires_untouched() {
+    let mut h = Harness::new();
+    h.ok(lim(1, 1, Sell, 100, 10));
+    // 999 buys 9 at 100: not one lot. Like a market order that meets a non-empty side but
+    // trades nothing, it is accepted and expires; NoLiquidity is for an empty side only.
+    let events = h.ok(budgeted(2, 2, 10, 999));
+    assert_eq!(trades(&events), vec![]);
+    assert_eq!(dones(&events), vec![(2, DoneReason::Expired, 0, 10)]);
+    assert!(levels(&events).is_empty());
+    assert_eq!(ids(&h.book), vec![1]);
+    assert_eq!(h.book.last_trade_id(), 0);
+    let fok = with_tif(budgeted(3, 2, 10, 999), TimeInForce::Fok);
+    assert_eq!(h.rejects_place(fok), RejectReason::FokCannotFill);
+    let empty_side = budgeted(4, 1, 10, 999);
+    let mut h = Harness::new();
+    assert_eq!(h.rejects_place(empty_side), RejectReason::NoLiquidity);
+}
+
+#[test]
+fn budgeted_fok_fills_within_its_budget_or_not_at_all() {
+    let mut h = Harness::new();
+    h.ok(lim(1, 1, Sell, 100, 10));
+    h.ok(lim(2, 1, Sell, 105, 10));
+    let outside = with_tif(budgeted(3, 2, 20, 2_049), TimeInForce::Fok);
+    assert_eq!(h.rejects_place(outside), RejectReason::FokCannotFill);
+    // Enough liquidity but the budget stops inside the first level.
+    let mid_level = with_tif(budgeted(3, 2, 10, 999), TimeInForce::Fok);
+    assert_eq!(h.rejects_place(mid_level), RejectReason::FokCannotFill);
+    let within = with_tif(budgeted(3, 2, 20, 2_050), TimeInForce::Fok);
+    let events = h.ok(within);
+    assert_eq!(trades(&events), vec![(100, 10, 1, 3), (105, 10, 2, 3)]);
+    assert_eq!(dones(&events).last(), Some(&(3, DoneReason::Filled, 20, 0)));
+    assert!(h.book.is_empty());
+}
+
+#[test]
+fn budgeted_fok_walks_self_trade_prevention_like_matching() {
+    // Own order (2, account 1) between two others at 100, then 3 at 105.
+    let fok = |budget| {
+        let p = with_tif(budgeted(4, 1, 20, budget), TimeInForce::Fok);
+        with_stp(p, SelfTradePrevention::ExpireMaker)
+    };
+    let mut h = stp_book();
+    assert_eq!(h.rejects_place(fok(2_049)), RejectReason::FokCannotFill);
+    let events = h.ok(fok(2_050));
+    assert_eq!(trades(&events), vec![(100, 10, 1, 4), (105, 10, 3, 4)]);
+    assert_eq!(
+        dones(&events),
+        vec![
+            (1, DoneReason::Filled, 10, 0),
+            (2, DoneReason::ExpiredStp, 0, 10),
+            (3, DoneReason::Filled, 10, 0),
+            (4, DoneReason::Filled, 20, 0),
+        ]
+    );
+}
+
+#[test]
+fn budget_is_checked_before_self_trade_prevention_at_each_price() {
+    // stp_book: 1 (account 2) and own 2 (account 1) at 100, then 3 (account 2) at 105.
+    // The budget runs out in front of the own order: the taker expires for its budget, and
+    // the own order stays (the taker would not trade at that price anyway).
+    let mut h = stp_book();
+    let events = h.ok(budgeted(4, 1, 30, 1_999));
+    assert_eq!(trades(&events), vec![(100, 10, 1, 4)]);
+    assert_eq!(
+        dones(&events),
+        vec![
+            (1, DoneReason::Filled, 10, 0),
+            (4, DoneReason::Expired, 10, 20)
+        ]
+    );
+    assert_eq!(ids(&h.book), vec![2, 3]);
+
+    // With a lot's worth left, the taker meets its own order and STP decides, as without
+    // a budget: expire_taker ends it ExpiredStp, expire_maker removes the maker and goes on
+    // until the budget stops it at 105.
+    let mut h = stp_book();
+    let events = h.ok(budgeted(4, 1, 30, 2_000));
+    assert_eq!(
+        dones(&events).last(),
+        Some(&(4, DoneReason::ExpiredStp, 10, 20))
+    );
+    let mut h = stp_book();
+    let p = with_stp(budgeted(4, 1, 30, 2_000), SelfTradePrevention::ExpireMaker);
+    let events = h.ok(p);
+    assert_eq!(trades(&events), vec![(100, 10, 1, 4)]);
+    assert_eq!(
+        dones(&events),
+        vec![
+            (1, DoneReason::Filled, 10, 0),
+            (2, DoneReason::ExpiredStp, 0, 10),
+            (4, DoneReason::Expired, 10, 20)
+        ]
+    );
+    assert_eq!(ids(&h.book), vec![3]);
+}
+
 // ---- cancel ------------------------------------------------------------------------------
 
 #[test]
@@ -683,6 +885,65 @@ fn rejects_market_into_empty_side() {
     );
     let fok = with_tif(mkt(2, 2, Buy, 10), TimeInForce::Fok);
     assert_eq!(h.rejects_place(fok), RejectReason::NoLiquidity);
+}
+
+#[test]
+fn rejects_invalid_quote_budgets() {
+    let mut h = Harness::new();
+    h.ok(lim(9, 9, Sell, 100, 10));
+    h.ok(lim(8, 9, Buy, 95, 10));
+    let on = |p: PlaceOrder, budget| PlaceOrder {
+        quote_budget: Some(budget),
+        ..p
+    };
+    for budget in [0, -1, i128::MIN] {
+        assert_eq!(
+            h.rejects_place(budgeted(1, 1, 10, budget)),
+            RejectReason::InvalidQuoteBudget
+        );
+    }
+    let not_a_market_buy = [
+        lim(1, 1, Buy, 100, 10),
+        with_tif(lim(1, 1, Buy, 100, 10), TimeInForce::Ioc),
+        lim(1, 1, Sell, 100, 10),
+        mkt(1, 1, Sell, 10),
+        with_tif(mkt(1, 1, Sell, 10), TimeInForce::Fok),
+    ];
+    for p in not_a_market_buy {
+        assert_eq!(
+            h.rejects_place(on(p, 1_000)),
+            RejectReason::InvalidQuoteBudget
+        );
+    }
+    // In the validation order: after the price, before the quantity and the book.
+    let priced = PlaceOrder {
+        price: Some(Price(100)),
+        ..budgeted(1, 1, 10, 0)
+    };
+    assert_eq!(h.rejects_place(priced), RejectReason::InvalidPrice);
+    assert_eq!(
+        h.rejects_place(on(lim(1, 1, Buy, 101, 10), 1_000)),
+        RejectReason::PriceOffTick
+    );
+    assert_eq!(
+        h.rejects_place(budgeted(1, 1, 15, 0)),
+        RejectReason::InvalidQuoteBudget
+    );
+    assert_eq!(
+        h.rejects_place(budgeted(1, 1, 15, 1_000)),
+        RejectReason::QtyOffLot
+    );
+    assert_eq!(
+        h.rejects_place(on(lim(1, 1, Buy, 55, 10), 1_000)),
+        RejectReason::InvalidQuoteBudget
+    );
+    let mut empty = Harness::new();
+    assert_eq!(
+        empty.rejects_place(budgeted(1, 1, 10, 0)),
+        RejectReason::InvalidQuoteBudget
+    );
+    // A market buy without a budget is the account stage's business, not the book's.
+    h.ok(mkt(1, 1, Buy, 10));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! always gets the same code (the reference model in `tests/` checks the same order).
 
 use protocol::{
-    OrderType, PairSpec, PlaceOrder, Price, Qty, RejectReason, TimeInForce,
+    OrderType, PairSpec, PlaceOrder, Price, Qty, RejectReason, Side, TimeInForce,
     is_valid_client_order_id,
 };
 
@@ -36,6 +36,17 @@ pub(crate) fn check_place_price(
         (OrderType::Limit, Some(price)) => check_price(spec, price).map(Some),
         (OrderType::Market, None) => Ok(None),
         _ => Err(RejectReason::InvalidPrice),
+    }
+}
+
+/// A quote budget only bounds a market buy (the one order whose spend is unknown in advance)
+/// and must be positive. A market buy without one is fine here: the account stage, not the
+/// book, requires it.
+pub(crate) fn check_quote_budget(p: &PlaceOrder) -> Result<(), RejectReason> {
+    match p.quote_budget {
+        None => Ok(()),
+        Some(b) if b > 0 && p.order_type == OrderType::Market && p.side == Side::Buy => Ok(()),
+        Some(_) => Err(RejectReason::InvalidQuoteBudget),
     }
 }
 

@@ -53,12 +53,16 @@ struct Incoming {
     qty: i64,
     filled: i64,
     stp: SelfTradePrevention,
+    /// Quote left to spend (a market buy's budget), in price x qty units.
+    budget: Option<i128>,
 }
 
 enum Stop {
     Filled,
     Dry,
     Stp,
+    /// The budget buys no whole lot at the next maker's price.
+    Broke,
 }
 
 fn remaining(o: &RestingOrder) -> i64 {
@@ -182,6 +186,11 @@ impl RefBook {
             }
             _ => return Err(InvalidPrice),
         }
+        if let Some(budget) = p.quote_budget
+            && !(market && p.side == Side::Buy && budget >= 1)
+        {
+            return Err(InvalidQuoteBudget);
+        }
         self.validate_qty(p.qty)?;
         if let Some(price) = p.price
             && (price.0 as i128) * (p.qty.0 as i128) < self.spec.min_notional
@@ -281,6 +290,17 @@ impl RefBook {
             let Some(i) = self.next_maker(t) else {
                 return Stop::Dry;
             };
+            // How much the budget buys at this maker's price, in whole lots; looked at before
+            // the maker's account, so an unaffordable own order is never expired.
+            let price = self.orders[i].price.0 as i128;
+            let lot = self.spec.lot_size.0 as i128;
+            let affordable = match t.budget {
+                None => i64::MAX,
+                Some(left) => i64::try_from(left / (price * lot) * lot).unwrap_or(i64::MAX),
+            };
+            if affordable == 0 {
+                return Stop::Broke;
+            }
             if self.orders[i].account_id == t.acct {
                 let stp = t.stp;
                 if stp != SelfTradePrevention::ExpireTaker {
@@ -293,9 +313,10 @@ impl RefBook {
                 continue;
             }
             let m = &mut self.orders[i];
-            let q = (t.qty - t.filled).min(remaining(m));
+            let q = (t.qty - t.filled).min(remaining(m)).min(affordable);
             m.filled_qty.0 += q;
             t.filled += q;
+            t.budget = t.budget.map(|left| left - price * q as i128);
             self.trade_id += 1;
             let m = self.orders[i].clone();
             self.bodies.push(EventBody::Trade {
@@ -343,7 +364,7 @@ impl RefBook {
             Stop::Filled => self.done(&o, DoneReason::Filled),
             Stop::Stp => self.done(&o, DoneReason::ExpiredStp),
             Stop::Dry if may_rest => self.orders.push(o),
-            Stop::Dry => self.done(&o, DoneReason::Expired),
+            Stop::Dry | Stop::Broke => self.done(&o, DoneReason::Expired),
         }
     }
 
@@ -476,6 +497,7 @@ impl RefBook {
             qty: qty.0,
             filled: o.filled_qty.0,
             stp: o.stp,
+            budget: None,
         };
         let stop = self.match_incoming(&mut t);
         self.end_incoming(t, stop, true, prio);
@@ -513,6 +535,7 @@ fn incoming(p: &PlaceOrder) -> Incoming {
         qty: p.qty.0,
         filled: 0,
         stp: p.stp,
+        budget: p.quote_budget,
     }
 }
 
@@ -532,6 +555,8 @@ enum Op {
         stp: u8,
         cid: Option<u8>,
         oddity: u8,
+        /// A market buy's quote budget, when it has one.
+        budget: Option<i64>,
     },
     Cancel {
         acct: u64,
@@ -571,9 +596,16 @@ fn op() -> impl Strategy<Value = Op> {
             prop::option::weighted(0.3, 0_u8..4),
             0_u8..40,
         ),
+        // One lot costs 850 to 1_150 here and a market order takes up to 6 lots, so budgets
+        // up to 7_000 stop orders anywhere: before the first lot, mid level, at a boundary.
+        prop::option::weighted(0.6, 1_i64..=7_000),
     )
         .prop_map(
-            |((acct, buy, market, price_step, lots), (tif, post_only, stp, cid, oddity))| {
+            |(
+                (acct, buy, market, price_step, lots),
+                (tif, post_only, stp, cid, oddity),
+                budget,
+            )| {
                 Op::Place {
                     acct,
                     buy,
@@ -585,6 +617,7 @@ fn op() -> impl Strategy<Value = Op> {
                     stp,
                     cid,
                     oddity,
+                    budget,
                 }
             },
         );
@@ -691,9 +724,10 @@ impl Driver {
                 stp,
                 cid,
                 oddity,
+                budget,
             } => {
                 let mut p = PlaceOrder {
-                    quote_budget: None,
+                    quote_budget: budget.filter(|_| market && buy).map(i128::from),
                     order_id: OrderId(self.next_id),
                     account_id: AccountId(acct),
                     client_order_id: cid.map(|c| format!("c{c}")),
@@ -766,6 +800,10 @@ impl Driver {
                 }
             }
             8 => p.price = p.price.map(|_| Price(-5)),
+            9 => p.quote_budget = Some(0),
+            // Valid on a market buy, refused on anything else.
+            10 => p.quote_budget = Some(1_000),
+            11 => p.quote_budget = Some(-1_000),
             _ => {}
         }
     }
@@ -781,7 +819,49 @@ impl Driver {
         let ref_events = self.reference.apply(&cmd, self.ts_ns);
         assert_eq!(real_events, ref_events, "events differ for {cmd:?}");
         self.check_accounting(&real_events);
+        if let Command::Place(p) = &cmd {
+            self.check_budget(p, &real_events);
+        }
         assert_eq!(self.real.last_seq(), self.reference.seq);
+    }
+
+    /// A budgeted market buy spends at most its budget, and stops early only where what is
+    /// left cannot buy one lot at the best remaining ask.
+    fn check_budget(&self, p: &PlaceOrder, events: &[Event]) {
+        // An invalid budget is refused, so it trades nothing.
+        let Some(budget) = p.quote_budget.filter(|&b| b > 0) else {
+            return;
+        };
+        let mut spent = 0_i128;
+        for e in events {
+            match e.body {
+                EventBody::Trade {
+                    price,
+                    qty,
+                    taker_order_id,
+                    ..
+                } if taker_order_id == p.order_id => {
+                    spent += price.0 as i128 * qty.0 as i128;
+                }
+                EventBody::Done {
+                    order_id,
+                    reason: DoneReason::Expired,
+                    remaining_qty,
+                    ..
+                } if order_id == p.order_id && remaining_qty.0 > 0 => {
+                    if let Some((ask, _)) = self.real.best_ask() {
+                        let one_lot = ask.0 as i128 * self.real.spec().lot_size.0 as i128;
+                        assert!(
+                            budget - spent < one_lot,
+                            "{p:?} stopped with {} left, enough for a lot at {ask:?}",
+                            budget - spent
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(spent <= budget, "{p:?} spent {spent}");
     }
 
     /// filled + remaining = total on every Done; totals follow Accepted and Amended.
@@ -890,9 +970,15 @@ fn random_sequences_reach_every_outcome() {
         let mut d = Driver::new();
         for op in &ops {
             let Some(cmd) = d.command(op) else { continue };
+            let before = d.real.clone();
             let mut out = Vec::new();
             d.real.apply(&cmd, 0, &mut out);
             d.reference.apply(&cmd, 0);
+            if let Command::Place(p) = &cmd
+                && p.quote_budget.is_some()
+            {
+                seen.extend(budget_outcome(p, &before, &d.real, &out));
+            }
             for e in out {
                 match e.body {
                     EventBody::Rejected { reason, .. } => seen.insert(format!("{reason:?}")),
@@ -912,6 +998,7 @@ fn random_sequences_reach_every_outcome() {
         RejectReason::InvalidClientOrderId,
         RejectReason::InvalidPrice,
         RejectReason::PriceOffTick,
+        RejectReason::InvalidQuoteBudget,
         RejectReason::QtyOffLot,
         RejectReason::QtyBelowMin,
         RejectReason::QtyAboveMax,
@@ -935,4 +1022,56 @@ fn random_sequences_reach_every_outcome() {
         assert!(seen.contains(&format!("{d:?}")), "never saw {d:?}");
     }
     assert!(seen.contains("amend true") && seen.contains("amend false"));
+    for b in [
+        "budget filled",
+        "budget stopped after trading",
+        "budget bought nothing",
+        "budget refused a fok that liquidity allowed",
+        "budgeted fok filled",
+    ] {
+        assert!(seen.contains(b), "never saw {b}");
+    }
+}
+
+/// How a place with a quote budget ended, when the budget mattered or was honoured in full.
+fn budget_outcome(
+    p: &PlaceOrder,
+    before: &OrderBook,
+    after: &OrderBook,
+    events: &[Event],
+) -> Option<String> {
+    let fok = p.tif == TimeInForce::Fok;
+    let outcome = events.iter().find_map(|e| match e.body {
+        EventBody::Rejected { reason, .. } => Some(Err(reason)),
+        EventBody::Done {
+            order_id,
+            reason,
+            filled_qty,
+            ..
+        } if order_id == p.order_id => Some(Ok((reason, filled_qty.0))),
+        _ => None,
+    })?;
+    let asks_left = after.best_ask().is_some();
+    let seen = match outcome {
+        Ok((DoneReason::Filled, _)) if fok => "budgeted fok filled",
+        Ok((DoneReason::Filled, _)) => "budget filled",
+        Ok((DoneReason::Expired, 0)) if asks_left => "budget bought nothing",
+        Ok((DoneReason::Expired, _)) if asks_left => "budget stopped after trading",
+        Err(RejectReason::FokCannotFill) => {
+            let unbudgeted = PlaceOrder {
+                quote_budget: None,
+                ..p.clone()
+            };
+            let mut out = Vec::new();
+            before
+                .clone()
+                .apply(&Command::Place(unbudgeted), 0, &mut out);
+            if !matches!(out[0].body, EventBody::Accepted { .. }) {
+                return None;
+            }
+            "budget refused a fok that liquidity allowed"
+        }
+        _ => return None,
+    };
+    Some(seen.to_owned())
 }
