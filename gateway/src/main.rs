@@ -39,6 +39,19 @@ enum Cmd {
         name_prefix: String,
         #[arg(long, env = infra::DATABASE_URL_ENV)]
         database_url: String,
+        /// Deposit into each new account, e.g. `EUR=10000,BTC=2.5` (amounts in the asset, at
+        /// most its decimals): one transfer per account and asset to the account stage's topic.
+        #[arg(long)]
+        fund: Option<String>,
+        /// With `--fund`: the account stage's input topic (one partition per shard).
+        #[arg(long, env = "GW_ACCOUNTS_TOPIC")]
+        accounts_topic: Option<String>,
+        /// With `--fund`.
+        #[arg(long, env = infra::KAFKA_BROKERS_ENV)]
+        brokers: Option<String>,
+        /// With `--fund`: the pairs the assets come from (default: as the gateway finds them).
+        #[arg(long, env = infra::config::PAIRS_FILE_ENV)]
+        pairs_file: Option<PathBuf>,
     },
 }
 
@@ -74,7 +87,27 @@ async fn main() -> anyhow::Result<()> {
             out,
             name_prefix,
             database_url,
-        }) => provision(accounts, &out, &name_prefix, &database_url).await,
+            fund,
+            accounts_topic,
+            brokers,
+            pairs_file,
+        }) => {
+            // Checked before any account is created, so a bad flag leaves nothing behind.
+            let funding = match fund {
+                None => None,
+                Some(spec) => {
+                    let topic = accounts_topic
+                        .context("--fund needs --accounts-topic or GW_ACCOUNTS_TOPIC")?;
+                    let brokers = brokers.context("--fund needs --brokers or KAFKA_BROKERS")?;
+                    let pairs = load_pairs(pairs_file)?;
+                    let assets = accounts_core::AssetRegistry::from_pairs(&pairs);
+                    let funding = gateway::provision::parse_funding(&spec, &assets)
+                        .map_err(|e| anyhow::anyhow!("--fund: {e}"))?;
+                    Some((topic, brokers, funding))
+                }
+            };
+            provision(accounts, &out, &name_prefix, &database_url, funding).await
+        }
         None => serve(cli.serve).await,
     }
 }
@@ -86,14 +119,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let database_url = args
         .database_url
         .context("set --database-url or DATABASE_URL")?;
-    let (pairs_path, pairs) = match args.pairs_file {
-        Some(path) => {
-            let registry = infra::config::load_pairs_from(&path)?;
-            (path, registry)
-        }
-        None => infra::config::load_pairs()?,
-    };
-    tracing::info!(pairs = pairs.len(), path = %pairs_path.display(), "pair registry loaded");
+    let pairs = load_pairs(args.pairs_file)?;
     let config = Config {
         listen: args.listen,
         brokers,
@@ -114,16 +140,56 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn load_pairs(file: Option<PathBuf>) -> anyhow::Result<protocol::PairRegistry> {
+    let (pairs_path, pairs) = match file {
+        Some(path) => {
+            let registry = infra::config::load_pairs_from(&path)?;
+            (path, registry)
+        }
+        None => infra::config::load_pairs()?,
+    };
+    tracing::info!(pairs = pairs.len(), path = %pairs_path.display(), "pair registry loaded");
+    Ok(pairs)
+}
+
 async fn provision(
     accounts: usize,
     out: &std::path::Path,
     prefix: &str,
     database_url: &str,
+    funding: Option<(String, String, Vec<gateway::provision::Funding>)>,
 ) -> anyhow::Result<()> {
     let pool = infra::db::connect(database_url, 2).await?;
+    // The accounts topic is looked up before any account exists: no account without its funds.
+    let funder = match funding {
+        None => None,
+        Some((topic, brokers, funding)) => {
+            let consumer: rdkafka::consumer::StreamConsumer = infra::kafka::client_config(
+                &brokers,
+                "gateway-provision",
+                infra::kafka::Role::Consumer,
+            )
+            .set("group.id", "gateway-provision")
+            .create()?;
+            let shards = gateway::accounts::partition_count(&Arc::new(consumer), &topic).await?;
+            let producer: rdkafka::producer::FutureProducer = infra::kafka::client_config(
+                &brokers,
+                "gateway-provision",
+                infra::kafka::Role::Producer,
+            )
+            .create()?;
+            Some((producer, topic, shards, funding))
+        }
+    };
     let credentials = gateway::provision::provision(&pool, accounts, prefix)
         .await
         .context("inserting accounts and API keys")?;
+    if let Some((producer, topic, shards, funding)) = &funder {
+        let n = gateway::provision::fund(producer, topic, *shards, &credentials, funding)
+            .await
+            .context("writing the deposits to the accounts topic")?;
+        tracing::info!(transfers = n, topic = %topic, "deposits written");
+    }
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut w = std::io::BufWriter::new(file);
     for c in &credentials {

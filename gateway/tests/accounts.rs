@@ -379,3 +379,54 @@ async fn a_missing_accounts_topic_stops_the_start_with_a_clear_error() {
     stack.stop().await;
 }
 
+#[tokio::test]
+async fn provision_funding_deposits_to_each_accounts_shard() {
+    let Some(stack) = start_with_accounts(Limits::default(), 2, SHARDS as usize).await else {
+        return;
+    };
+    let topic = stack.accounts_topic.clone().unwrap();
+    let assets = accounts_core::AssetRegistry::from_pairs(&stack.pairs);
+    let funding = gateway::provision::parse_funding("EUR=1000.5,BTC=2", &assets).unwrap();
+    let written =
+        gateway::provision::fund(&stack.producer(), &topic, SHARDS, &stack.creds, &funding)
+            .await
+            .unwrap();
+    assert_eq!(written, 4);
+    let consumer = consumer_of(&stack, &topic, SHARDS);
+    let mut transfers = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while transfers.len() < 4 {
+            let m = consumer.recv().await.unwrap();
+            for line in protocol::records::command_lines(m.payload()) {
+                match AccountRecord::decode(line.unwrap()).unwrap() {
+                    AccountRecord::Transfer(t) => transfers.push((m.partition() as u32, t)),
+                    other => panic!("not a transfer: {other:?}"),
+                }
+            }
+        }
+    })
+    .await
+    .expect("the deposits in time");
+    let mut ids: Vec<u64> = transfers.iter().map(|(_, t)| t.transfer_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "unique transfer ids");
+    for (i, c) in stack.creds.iter().enumerate() {
+        let mine: Vec<_> = transfers
+            .iter()
+            .filter(|(_, t)| t.account_id.0 == c.account_id)
+            .collect();
+        assert_eq!(mine.len(), 2);
+        for (partition, t) in mine {
+            assert_eq!(*partition, shard_of(&stack, i));
+            assert_eq!(t.direction, protocol::accounts::TransferDirection::Deposit);
+            let want = match t.asset.as_str() {
+                "EUR" => 10_005 * 10_i128.pow(9),
+                "BTC" => 2 * 10_i128.pow(14),
+                other => panic!("{other}"),
+            };
+            assert_eq!(t.amount_units, want, "{t:?}");
+        }
+    }
+    stack.stop().await;
+}
