@@ -651,6 +651,7 @@ impl ErrorCode {
         RejectReason::InvalidClientOrderId,
         RejectReason::InvalidPrice,
         RejectReason::PriceOffTick,
+        RejectReason::InvalidQuoteBudget,
         RejectReason::QtyOffLot,
         RejectReason::QtyBelowMin,
         RejectReason::QtyAboveMax,
@@ -956,7 +957,7 @@ mod tests {
         for name in [
             "insufficient_funds",
             "quote_budget_required",
-            // "invalid_quote_budget" is the engine's RejectReason, shared like invalid_price.
+            "invalid_quote_budget",
             "invalid_price",
             "invalid_qty",
             "unknown_asset",
