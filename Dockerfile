@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# One image for every process of the system (one repo, one deployable): engine, gateway, stackctl
-# (topic + migration init) and loadtest. The command picks the role, as ECS task definitions do.
+# One image for every process of the system (one repo, one deployable): engine, gateway, accounts
+# (the account stage, and operators' deposits/withdrawals), stackctl (topic + migration init) and
+# loadtest. The command picks the role, as ECS task definitions do.
 #
 #   docker build -t trading-engine .
 #   docker run --rm trading-engine gateway --help
@@ -14,10 +15,10 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
-        --bin engine --bin gateway --bin stackctl --bin loadtest \
+        --bin engine --bin gateway --bin accounts --bin stackctl --bin loadtest \
     && mkdir -p /out \
-    && cp target/release/engine target/release/gateway target/release/stackctl \
-          target/release/loadtest /out/
+    && cp target/release/engine target/release/gateway target/release/accounts \
+          target/release/stackctl target/release/loadtest /out/
 
 FROM debian:bookworm-slim AS runtime
 # Amazon's RDS CA bundle (every region's roots) for TLS to Aurora (sslmode=verify-full, see
@@ -46,7 +47,8 @@ ENV PAIRS_FILE=/etc/trading/pairs.toml \
     LOG_FORMAT=json
 USER 10001:10001
 # 8080: gateway WebSocket API and /healthz /readyz /metrics. 9100: engine /healthz /metrics.
-EXPOSE 8080 9100
+# 9102: account stage /metrics.
+EXPOSE 8080 9100 9102
 # SIGTERM starts the drain (infra::shutdown); ECS stopTimeout / compose stop_grace_period bound it.
 STOPSIGNAL SIGTERM
 CMD ["gateway"]
