@@ -15,6 +15,6 @@ new TradingStack(app, `Trading-${config.stage}`, {
   config,
   pairs,
   env: { account: config.account, region: config.region },
-  description: `Trading engine (${config.stage}): gateway, engine per pair, MSK, Aurora on ECS Fargate`,
+  description: `Trading engine (${config.stage}): gateway, engine per pair, account stage, MSK, Aurora on ECS Fargate`,
 });
 applyNag(app);

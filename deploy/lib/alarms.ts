@@ -78,6 +78,27 @@ export class Alarms extends Construct {
       comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
       evaluationPeriods: 1,
     });
+    this.add('AccountsInconsistent', {
+      alarmDescription:
+        'The account stage refused a settlement that contradicts its reservations ' +
+        '(accounts_inconsistent_total, per shard): the engine and the ledger disagree about an order, ' +
+        'and the balances of its accounts are wrong until someone finds out why. Read the ERROR lines ' +
+        'of the accounts logs (they name the order and the pair).',
+      metric: metrics.metric('accounts', 'accounts_inconsistent_total', 'Sum', minute),
+      threshold: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      evaluationPeriods: 1,
+    });
+    this.add('AccountsActorRestarts', {
+      alarmDescription:
+        'An account shard actor restarted (PostgreSQL error, fenced by a second owner, publish failure, ' +
+        'panic): accounts_actor_restarts_total. Places and amends of its accounts wait meanwhile. Read ' +
+        'the WARN/ERROR lines of the accounts logs.',
+      metric: metrics.metric('accounts', 'accounts_actor_restarts_total', 'Sum', Duration.minutes(5)),
+      threshold: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+      evaluationPeriods: 1,
+    });
     this.add('Target5xx', {
       alarmDescription:
         'Gateways answer HTTP 5xx (503 at upgrade: max connections reached, or not ready).',

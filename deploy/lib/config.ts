@@ -4,9 +4,9 @@
 //
 // Identity keys are flat strings (`account`, `region`, `stage`, `certificateArn`,
 // `imageRepository`, `imageTag`, `cpuArchitecture`). Each section (`network`, `kafka`, `database`,
-// `engine`, `gateway`, `alb`, `observability`, `loadtest`) is an object, or a JSON string of one
-// on the command line, merged over the defaults below; an unknown key is an error, so a typo
-// never silently falls back to a default.
+// `engine`, `accounts`, `gateway`, `alb`, `observability`, `loadtest`) is an object, or a JSON
+// string of one on the command line, merged over the defaults below; an unknown key is an error,
+// so a typo never silently falls back to a default.
 
 export type EngineLayout =
   /** One ECS service per pair (static mode, `ENGINE_PAIRS=SYMBOL`), as in the talk. */
@@ -15,6 +15,12 @@ export type EngineLayout =
   | { readonly kind: 'groups'; readonly groups: readonly (readonly string[])[] }
   /** One service of `tasks` tasks sharing every pair through the `engine` consumer group. */
   | { readonly kind: 'consumer-group'; readonly tasks: number };
+
+export type AccountsLayout =
+  /** One ECS service per account shard (`ACCOUNTS_SHARDS=N`, one task), as engines per pair. */
+  | { readonly kind: 'per-shard' }
+  /** One service per group of shards (`ACCOUNTS_SHARDS=0,1`). */
+  | { readonly kind: 'groups'; readonly groups: readonly (readonly number[])[] };
 
 export interface ExistingVpcConfig {
   readonly vpcId: string;
@@ -61,6 +67,20 @@ export interface EngineConfig {
   readonly cpu: number;
   readonly memoryMiB: number;
   /** Extra settings, e.g. `ENGINE_COMMIT_INTERVAL_MS`; checked against `engine --help` by the tests. */
+  readonly env: Readonly<Record<string, string>>;
+}
+
+export interface AccountsConfig {
+  /**
+   * ACCOUNT_SHARDS: partitions of the `accounts` and `account_events` topics, which `stackctl
+   * prepare` creates once. An account's shard is its id modulo this count, so it never changes
+   * after the first deploy (prepare refuses another count, and every new task with it).
+   */
+  readonly shards: number;
+  readonly layout: AccountsLayout;
+  readonly cpu: number;
+  readonly memoryMiB: number;
+  /** Extra `ACCOUNTS_*` settings; checked against `accounts run --help` by the tests. */
   readonly env: Readonly<Record<string, string>>;
 }
 
@@ -114,6 +134,7 @@ export interface DeployConfig {
   readonly kafka: KafkaConfig;
   readonly database: DatabaseConfig;
   readonly engine: EngineConfig;
+  readonly accounts: AccountsConfig;
   readonly gateway: GatewayConfig;
   readonly alb: AlbConfig;
   readonly observability: ObservabilityConfig;
@@ -142,6 +163,13 @@ export const DEFAULTS = {
     memoryMiB: 1024,
     env: {},
   } satisfies EngineConfig,
+  accounts: {
+    shards: 4,
+    layout: { kind: 'per-shard' },
+    cpu: 512,
+    memoryMiB: 1024,
+    env: {},
+  } satisfies AccountsConfig,
   gateway: {
     minTasks: 3,
     maxTasks: 12,
@@ -181,6 +209,7 @@ const OPTIONAL_KEYS: Record<keyof typeof DEFAULTS, Record<string, 'string' | 'ob
   kafka: { bootstrapBrokers: 'string', scramSecretArn: 'string' },
   database: {},
   engine: {},
+  accounts: {},
   gateway: {},
   alb: {},
   observability: { alarmEmail: 'string' },
@@ -225,6 +254,7 @@ export function configFromContext(get: ContextReader): DeployConfig {
     kafka: section(get, 'kafka'),
     database: section(get, 'database'),
     engine: section(get, 'engine'),
+    accounts: section(get, 'accounts'),
     gateway: section(get, 'gateway'),
     alb: section(get, 'alb'),
     observability: section(get, 'observability'),
@@ -239,6 +269,7 @@ interface Sections {
   kafka: KafkaConfig;
   database: DatabaseConfig;
   engine: EngineConfig;
+  accounts: AccountsConfig;
   gateway: GatewayConfig;
   alb: AlbConfig;
   observability: ObservabilityConfig;
@@ -307,8 +338,20 @@ function validate(c: DeployConfig): void {
   if (!['per-pair', 'groups', 'consumer-group'].includes(c.engine.layout.kind)) {
     fail(`engine.layout.kind: per-pair, groups or consumer-group, got '${c.engine.layout.kind}'`);
   }
+  if (!Number.isInteger(c.accounts.shards) || c.accounts.shards < 1) {
+    fail('accounts.shards must be a whole number >= 1 (partitions of `accounts`, fixed at the first deploy)');
+  }
+  if (!['per-shard', 'groups'].includes(c.accounts.layout.kind)) {
+    fail(`accounts.layout.kind: per-shard or groups, got '${c.accounts.layout.kind}'`);
+  }
+  // The construct owns these: shard ownership comes from the layout, and the health check and
+  // the metrics collector use the port the construct sets.
+  for (const owned of ['ACCOUNTS_SHARDS', 'METRICS_ADDR']) {
+    if (owned in c.accounts.env) fail(`accounts.env.${owned}: set by the accounts layout, not by env`);
+  }
   for (const [name, env] of [
     ['engine', c.engine.env],
+    ['accounts', c.accounts.env],
     ['gateway', c.gateway.env],
     ['loadtest', c.loadtest.env],
   ] as const) {

@@ -8,7 +8,7 @@ import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import { Construct } from 'constructs';
 import type { EngineConfig, EngineLayout } from './config';
-import { type AppContext, addPrepareInit, appLogs, healthzCheck, kafkaEnvironment } from './containers';
+import { ACCOUNTS_TOPIC, type AppContext, addPrepareInit, appLogs, healthzCheck, kafkaEnvironment } from './containers';
 import type { MetricsShipping } from './metrics';
 import type { Pair } from './pairs';
 
@@ -126,6 +126,8 @@ export class EngineServices extends Construct {
       environment: {
         ...kafkaEnvironment(app),
         DATABASE_URL: app.databaseUrl,
+        // Settlements (fills, dones, amends, rejections) to the account shards.
+        ENGINE_ACCOUNTS_TOPIC: ACCOUNTS_TOPIC,
         ...ownership,
         ...props.config.env,
       },

@@ -8,7 +8,15 @@ import * as elbv2 from 'aws-cdk-lib/aws-elasticloadbalancingv2';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
 import type { AlbConfig, GatewayConfig } from './config';
-import { type AppContext, addPrepareInit, appLogs, healthzCheck, kafkaEnvironment } from './containers';
+import {
+  ACCOUNT_EVENTS_TOPIC,
+  ACCOUNTS_TOPIC,
+  type AppContext,
+  addPrepareInit,
+  appLogs,
+  healthzCheck,
+  kafkaEnvironment,
+} from './containers';
 import type { MetricsShipping } from './metrics';
 import type { GatewayIdBlock } from './network';
 
@@ -57,6 +65,9 @@ export class GatewayService extends Construct {
       environment: {
         ...kafkaEnvironment(app),
         DATABASE_URL: app.databaseUrl,
+        // The account stage on: place and amend reserve funds first, `balances` answers.
+        GW_ACCOUNTS_TOPIC: ACCOUNTS_TOPIC,
+        GW_ACCOUNT_EVENTS_TOPIC: ACCOUNT_EVENTS_TOPIC,
         ...config.env,
       },
       secrets: { ...app.kafka.secrets, ...app.databaseSecrets },

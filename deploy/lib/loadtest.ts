@@ -1,17 +1,24 @@
 // Load benchmarks inside the VPC: a task definition the operator runs as N tasks in parallel
 // (`aws ecs run-task --count N`) for rates one generator cannot offer. Each task provisions its
-// own accounts through the operator path (`gateway provision`), drives the gateways through the
-// internal benchmark ALB (the generator speaks ws://), and an uploader copies its report to S3
-// under the run's id; `loadtest merge REPORT.json...` then adds the N reports into one.
+// own accounts through the operator path (`gateway provision`), funds them through the account
+// stage (`--fund`: one deposit per account and asset on `accounts`), drives the gateways through
+// the internal benchmark ALB (the generator speaks ws://), and an uploader copies its report to
+// S3 under the run's id; `loadtest merge REPORT.json...` then adds the N reports into one.
 import { Duration, RemovalPolicy } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct } from 'constructs';
 import type { LoadtestConfig } from './config';
-import { type AppContext, appLogs } from './containers';
+import { ACCOUNTS_TOPIC, type AppContext, appLogs, kafkaEnvironment } from './containers';
 
 const REPORTS = '/reports';
+
+/**
+ * What each generator account gets deposited (scripts/run's default): far above what one
+ * connection's few small live orders hold or move in minutes, so no place is refused for funds.
+ */
+export const LOADTEST_FUND = 'EUR=1000000,USD=1000000,GBP=1000000,BTC=20,ETH=400,SOL=10000,XRP=1000000';
 
 export interface LoadtestTaskProps {
   readonly app: AppContext;
@@ -66,13 +73,17 @@ export class LoadtestTask extends Construct {
       environment: {
         LOADTEST_URL: props.gatewayUrl,
         DATABASE_URL: app.databaseUrl,
+        // `gateway provision --fund` writes the deposits to the account stage's topic.
+        ...kafkaEnvironment(app),
+        GW_ACCOUNTS_TOPIC: ACCOUNTS_TOPIC,
+        LOADTEST_FUND,
         LOADTEST_CONNECTIONS: '200',
         LOADTEST_RATE_PER_MIN: '1600000',
         LOADTEST_WARMUP_S: '20',
         LOADTEST_DURATION_S: '60',
         ...props.config.env,
       },
-      secrets: { ...app.databaseSecrets },
+      secrets: { ...app.kafka.secrets, ...app.databaseSecrets },
       logging: appLogs(app, 'loadtest'),
       readonlyRootFilesystem: true,
     });
@@ -102,8 +113,10 @@ export class LoadtestTask extends Construct {
 }
 
 /**
- * One generator: accounts for its connections (named after a random id, so N tasks never
- * collide), then the run; report.json and the charts land in /reports/<id>/.
+ * One generator: funded accounts for its connections (named after a random id, so N tasks never
+ * collide), then the run; report.json and the charts land in /reports/<id>/. A deposit is a line
+ * in its account's shard before any of that account's places (provision waits for Kafka's
+ * acknowledgement), so the stage applies it first: no wait for the deposits is needed.
  */
 export function loadtestScript(): string {
   return [
@@ -111,7 +124,7 @@ export function loadtestScript(): string {
     'id=$(cut -c1-8 /proc/sys/kernel/random/uuid)',
     `out=${REPORTS}/$id`,
     'mkdir -p "$out"',
-    'gateway provision --accounts "$LOADTEST_CONNECTIONS" --name-prefix "lt-$id" --out "$out/accounts.jsonl"',
+    'gateway provision --accounts "$LOADTEST_CONNECTIONS" --name-prefix "lt-$id" --out "$out/accounts.jsonl" --fund "$LOADTEST_FUND"',
     'exec loadtest --accounts-file "$out/accounts.jsonl" --out-dir "$out"',
   ].join('\n');
 }

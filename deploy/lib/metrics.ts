@@ -1,14 +1,15 @@
 // Metrics shipping: an AWS Distro for OpenTelemetry collector beside each service scrapes its
 // Prometheus `/metrics` (docs/METRICS.md) over localhost and writes the series the alarms and
 // the scaling policies use to CloudWatch, as embedded-metric-format logs (counters become
-// per-interval deltas). Every series carries a `service` dimension; engine series also `pair`.
+// per-interval deltas). Every series carries a `service` dimension; engine series also `pair`,
+// the account stage's also `shard`.
 import { Duration } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
 
-export type MetricsService = 'gateway' | 'engine';
+export type MetricsService = 'gateway' | 'engine' | 'accounts';
 
 /** The series shipped, per service: the ones alarms and scaling read, and their context. */
 export const SHIPPED_METRICS: Record<MetricsService, readonly string[]> = {
@@ -25,6 +26,19 @@ export const SHIPPED_METRICS: Record<MetricsService, readonly string[]> = {
     'engine_paused',
     'engine_actor_restarts_total',
   ],
+  accounts: [
+    'accounts_lines_total',
+    'accounts_refused_total',
+    'accounts_inconsistent_total',
+    'accounts_actor_restarts_total',
+  ],
+};
+
+/** The label below `service` that a service's series are also shipped per. */
+const DETAIL_LABEL: Record<MetricsService, string | undefined> = {
+  gateway: undefined,
+  engine: 'pair',
+  accounts: 'shard',
 };
 
 export interface MetricsShippingProps {
@@ -60,7 +74,8 @@ export class MetricsShipping extends Construct {
 
   /** The collector's configuration (YAML is a superset of JSON). */
   collectorConfig(service: MetricsService, port: number): string {
-    const dimensions = service === 'engine' ? [['service'], ['service', 'pair']] : [['service']];
+    const detail = DETAIL_LABEL[service];
+    const dimensions = detail === undefined ? [['service']] : [['service'], ['service', detail]];
     return JSON.stringify({
       receivers: {
         prometheus: {
@@ -94,7 +109,7 @@ export class MetricsShipping extends Construct {
     });
   }
 
-  /** A shipped series summed or maxed over every task of `service` (and every pair). */
+  /** A shipped series summed or maxed over every task of `service` (and every pair or shard). */
   metric(service: MetricsService, name: string, statistic: string, period: Duration): cloudwatch.Metric {
     if (!SHIPPED_METRICS[service].includes(name)) {
       throw new Error(`${name} is not shipped for ${service} (metrics.ts SHIPPED_METRICS)`);

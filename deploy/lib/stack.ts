@@ -1,5 +1,5 @@
-// The whole deployment in one stack: network → streaming (MSK) → database (Aurora) → the engine
-// and gateway services → load generator → alarms. Each concern is its own construct; this file
+// The whole deployment in one stack: network → streaming (MSK) → database (Aurora) → the engine,
+// account stage and gateway services → operator tasks and load generator → alarms. Each concern is its own construct; this file
 // only wires them together and opens the security-group paths between them.
 import { CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
@@ -8,9 +8,10 @@ import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import type { Construct } from 'constructs';
+import { AccountsServices, TRANSFER_VARIABLES, TransferTasks } from './accounts';
 import { Alarms } from './alarms';
 import type { DeployConfig } from './config';
-import { type AppContext, appLogs, kafkaEnvironment } from './containers';
+import { type AppContext, appLogs, prepareEnvironment } from './containers';
 import { Database } from './database';
 import { EngineServices } from './engine';
 import { GatewayService } from './gateway';
@@ -32,6 +33,8 @@ export class TradingStack extends Stack {
   readonly database: Database;
   readonly gateway: GatewayService;
   readonly engines: EngineServices;
+  readonly accounts: AccountsServices;
+  readonly transfers: TransferTasks;
   readonly loadtest?: LoadtestTask;
   readonly alarms: Alarms;
 
@@ -78,6 +81,7 @@ export class TradingStack extends Stack {
       kafka: this.streaming.client,
       databaseUrl: this.database.url,
       databaseSecrets: this.database.secrets,
+      accountShards: config.accounts.shards,
     };
     const metrics = new MetricsShipping(this, 'Metrics', {
       stage: config.stage,
@@ -101,6 +105,14 @@ export class TradingStack extends Stack {
       subnets: this.network.appSubnets,
       metrics,
     });
+    this.accounts = new AccountsServices(this, 'Accounts', {
+      app,
+      config: config.accounts,
+      subnets: this.network.appSubnets,
+      metrics,
+      after: this.engines.services.at(-1),
+    });
+    this.transfers = new TransferTasks(this, 'AccountsTransfer', { app });
     this.gateway = new GatewayService(this, 'Gateway', {
       app,
       config: config.gateway,
@@ -117,6 +129,7 @@ export class TradingStack extends Stack {
 
     const clients: [ec2.IConnectable, string][] = [
       [this.engines.securityGroup, 'engine'],
+      [this.accounts.securityGroup, 'account stage'],
       [this.gateway.service, 'gateway'],
       [prepare.securityGroup, 'stackctl'],
     ];
@@ -124,6 +137,8 @@ export class TradingStack extends Stack {
       this.streaming.allowClientsFrom(peer, `${name} to Kafka`);
       this.database.allowClientsFrom(peer, `${name} to PostgreSQL`);
     }
+    // A transfer is a line in its account's shard: Kafka only.
+    this.streaming.allowClientsFrom(this.transfers.securityGroup, 'account transfers to Kafka');
     if (config.loadtest.enabled) {
       const bench = this.gateway.benchmarkLoadBalancer;
       if (bench === undefined) throw new Error('the benchmark ALB is missing');
@@ -134,8 +149,9 @@ export class TradingStack extends Stack {
         accessLogs,
       });
       bench.connections.allowFrom(this.loadtest.securityGroup, ec2.Port.tcp(80), 'load generators');
-      // `gateway provision` writes the generator's accounts.
+      // `gateway provision` writes the generator's accounts, and deposits into them on Kafka.
       this.database.allowClientsFrom(this.loadtest.securityGroup, 'load generator accounts');
+      this.streaming.allowClientsFrom(this.loadtest.securityGroup, 'load generator deposits');
     }
     this.alarms = new Alarms(this, 'Alarms', {
       config: config.observability,
@@ -157,7 +173,7 @@ export class TradingStack extends Stack {
     task.addContainer('stackctl', {
       image: app.image,
       command: ['bash', '-c', 'stackctl wait --timeout-secs 120 && exec stackctl prepare'],
-      environment: { ...kafkaEnvironment(app), DATABASE_URL: app.databaseUrl },
+      environment: prepareEnvironment(app),
       secrets: { ...app.kafka.secrets, ...app.databaseSecrets },
       logging: appLogs(app, 'stackctl'),
       readonlyRootFilesystem: true,
@@ -181,6 +197,17 @@ export class TradingStack extends Stack {
         `--task-definition ${prepare.task.taskDefinitionArn} ` +
         `--network-configuration '${network(prepare.securityGroup.securityGroupId)}'`,
     });
+    for (const [direction, task] of Object.entries(this.transfers.tasks)) {
+      const overrides = TRANSFER_VARIABLES.map((name) => `{"name":"${name}","value":"${name.slice('TRANSFER_'.length)}"}`);
+      new CfnOutput(this, direction === 'deposit' ? 'AccountsDepositRunTask' : 'AccountsWithdrawRunTask', {
+        description: `One ${direction} (accounts ${direction}); TRANSFER_ID unique per transfer, the same when retrying it`,
+        value:
+          `aws ecs run-task --cluster ${cluster.clusterName} --launch-type FARGATE ` +
+          `--task-definition ${task.taskDefinitionArn} ` +
+          `--network-configuration '${network(this.transfers.securityGroup.securityGroupId)}' ` +
+          `--overrides '{"containerOverrides":[{"name":"accounts","environment":[${overrides.join(',')}]}]}'`,
+      });
+    }
     if (this.loadtest !== undefined) {
       new CfnOutput(this, 'LoadtestRunTask', {
         description: 'N load generators (N <= 10 per call); set the rate per task and a run id',

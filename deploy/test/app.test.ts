@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import * as s3 from 'aws-cdk-lib/aws-s3';
+import { ACCOUNTS_DRAIN, accountsDrainBoundS, accountsStopTimeoutS } from '../lib/accounts';
 import { configFromContext } from '../lib/config';
 import { ENGINE_DRAIN, engineDrainBoundS, engineStopTimeoutS } from '../lib/engine';
 import { gatewayIdBlock } from '../lib/network';
@@ -41,6 +42,8 @@ describe('parameters', () => {
     ['fewer gateways than AZs', { gateway: { minTasks: 2 } }, /one per availability zone/],
     ['a deregistration delay above the stop timeout', { alb: { deregistrationDelayS: 60 } }, /deregistrationDelayS/],
     ['not a certificate ARN', { certificateArn: 'arn:aws:iam::123456789012:role/x' }, /not an ACM certificate/],
+    ['no account shards', { accounts: { shards: 0 } }, /accounts\.shards must be a whole number >= 1/],
+    ['shard ownership set through env', { accounts: { env: { ACCOUNTS_SHARDS: '0' } } }, /set by the accounts layout/],
   ] as const) {
     test(`refuses ${why}`, () => assert.throws(() => config(extra as Record<string, unknown>), message));
   }
@@ -76,6 +79,34 @@ describe('the engine drain bound is the one engine/src implements', () => {
   });
 });
 
+describe('the account stage drain bound is the one accounts/src and infra/src implement', () => {
+  const source = (...file: string[]) => readFileSync(path.join(REPO_DIR, ...file), 'utf8');
+  const number = (text: string, pattern: RegExp, what: string): number => {
+    const m = pattern.exec(text);
+    assert.ok(m !== null, `cannot find ${what}; update ACCOUNTS_DRAIN in deploy/lib/accounts.ts`);
+    return Number(m[1]);
+  };
+
+  test('delivery timeout, pool acquire; shards drain side by side', () => {
+    const kafka = source('infra', 'src', 'kafka.rs');
+    assert.equal(number(kafka, /"message\.timeout\.ms", "(\d+)"/, 'message.timeout.ms') / 1000, ACCOUNTS_DRAIN.deliveryS);
+    const db = source('infra', 'src', 'db.rs');
+    assert.equal(number(db, /ACQUIRE_TIMEOUT: Duration = Duration::from_secs\((\d+)\)/, 'ACQUIRE_TIMEOUT'), ACCOUNTS_DRAIN.poolAcquireS);
+    // Each shard's actor is a task of its own, so the bound does not grow with the shards a task owns.
+    assert.match(source('accounts', 'src', 'lib.rs'), /for shard in owned \{\s*tasks\.push\(tokio::spawn\(actor::supervise\(/);
+    // On SIGTERM a shard finishes its batch: deliveries acknowledged, then the commit, then it stops.
+    assert.match(
+      source('accounts', 'src', 'actor.rs'),
+      /d\.await[^]*?store::persist\([^;]*\)\s*\.await\?;[^]*?if stop\.is_cancelled\(\) \{\s*return Ok\(\(\)\);/,
+    );
+  });
+
+  test('drains within 35 s and stops after 60 s, whatever the shards per task', () => {
+    assert.equal(accountsDrainBoundS(), 35);
+    assert.equal(accountsStopTimeoutS(), 60);
+  });
+});
+
 describe('layouts and options', () => {
   const pairs = parsePairs(readFileSync(path.join(REPO_DIR, 'config', 'pairs.toml'), 'utf8'));
   const ownershipCheck = CHECKS.find((c) => /owned by exactly one/.test(c.name))!;
@@ -90,6 +121,29 @@ describe('layouts and options', () => {
     ownershipCheck.run(s.json, ctx);
     stopCheck.run(s.json, ctx);
     assert.deepEqual(environmentProblems(s.json, ctx.repository, ctx.specs), []);
+  });
+
+  test('account shard groups: one service per group, ACCOUNTS_SHARDS lists the group', () => {
+    const s = synth({ accounts: { layout: { kind: 'groups', groups: [[0, 1], [2, 3]] } } });
+    const owners = containers(s.json).filter((c) => c.command.join(' ') === 'accounts run');
+    assert.deepEqual(owners.map((c) => c.environment.ACCOUNTS_SHARDS), ['0,1', '2,3']);
+    const ctx = { pairs, specs: binarySpecs(), repository: PLACEHOLDERS.imageRepository! };
+    for (const check of CHECKS.filter((c) => /account/.test(c.name))) check.run(s.json, ctx);
+    assert.deepEqual(environmentProblems(s.json, ctx.repository, ctx.specs), []);
+  });
+
+  test('account shard groups must name every shard exactly once', () => {
+    assert.throws(() => synth({ accounts: { layout: { kind: 'groups', groups: [[0, 1], [2]] } } }), /missing: 3/);
+    assert.throws(() => synth({ accounts: { layout: { kind: 'groups', groups: [[0, 1], [1, 2, 3]] } } }), /twice: 1/);
+  });
+
+  test('eight account shards: eight services, and every prepare creates eight partitions', () => {
+    const s = synth({ accounts: { shards: 8 } });
+    const owners = containers(s.json).filter((c) => c.command.join(' ') === 'accounts run');
+    assert.deepEqual(owners.map((c) => c.environment.ACCOUNTS_SHARDS), ['0', '1', '2', '3', '4', '5', '6', '7']);
+    const prepares = containers(s.json).filter((c) => /stackctl prepare/.test(c.command.join(' ')));
+    assert.ok(prepares.length > owners.length);
+    for (const c of prepares) assert.equal(c.environment.ACCOUNT_SHARDS, '8', `${c.taskId}/${c.name}`);
   });
 
   test('pair groups must name every pair exactly once', () => {

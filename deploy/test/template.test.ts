@@ -9,7 +9,7 @@ import { before, describe, test } from 'node:test';
 import { RDS_CA_BUNDLE } from '../lib/database';
 import { binarySpecs } from './support/cli';
 import { type CheckContext, CHECKS } from './support/checks';
-import { environmentProblems } from './support/environment';
+import { environmentProblems, invocations } from './support/environment';
 import { copy, PLACEHOLDERS, REPO_DIR, type Synthesized, synth } from './support/synth';
 import { appContainers, containers } from './support/template';
 
@@ -29,6 +29,13 @@ describe('template checks', () => {
       check.breakIt(broken);
       assert.throws(() => check.run(broken, ctx), assert.AssertionError);
     });
+    for (const more of check.moreBreaks ?? []) {
+      test(`${check.name}: fails on ${more.name}`, () => {
+        const broken = copy(base.json);
+        more.breakIt(broken);
+        assert.throws(() => check.run(broken, ctx), assert.AssertionError);
+      });
+    }
   }
 });
 
@@ -36,17 +43,65 @@ describe('task definitions set exactly the settings the binaries read', () => {
   test('every app container: nothing unknown set, nothing required missing', () => {
     assert.deepEqual(environmentProblems(base.json, ctx.repository, ctx.specs), []);
     const names = appContainers(base.json, ctx.repository).map((c) => c.name);
-    for (const expected of ['engine', 'gateway', 'prepare', 'stackctl', 'loadtest']) {
+    for (const expected of ['engine', 'gateway', 'accounts', 'prepare', 'stackctl', 'loadtest']) {
       assert.ok(names.includes(expected), `no ${expected} container was checked`);
+    }
+    // Each command checked against its own --help, subcommands included.
+    const commands = new Set(
+      appContainers(base.json, ctx.repository).flatMap((c) =>
+        invocations(c, ctx.specs).map((r) => [r.command.binary, r.command.subcommand].filter(Boolean).join(' ')),
+      ),
+    );
+    for (const expected of [
+      'engine',
+      'gateway',
+      'gateway provision',
+      'accounts run',
+      'accounts deposit',
+      'accounts withdraw',
+      'stackctl wait',
+      'stackctl prepare',
+      'loadtest',
+    ]) {
+      assert.ok(commands.has(expected), `no container runs ${expected} (checked: ${[...commands].join(', ')})`);
     }
   });
 
-  const broken = (edit: (env: { Name: string; Value: unknown }[], name: string) => void, container: string): string[] => {
+  const broken = (
+    edit: (env: { Name: string; Value: unknown }[], name: string) => void,
+    container: string,
+    command?: RegExp,
+  ): string[] => {
     const json = copy(base.json);
-    const c = containers(json).find((x) => x.name === container)!;
+    const c = containers(json).find((x) => x.name === container && (command === undefined || command.test(x.command.join(' '))))!;
     edit(c.raw.Environment as { Name: string; Value: unknown }[], container);
     return environmentProblems(json, ctx.repository, ctx.specs);
   };
+  const without = (name: string) => (env: { Name: string }[]) => env.splice(env.findIndex((e) => e.Name === name), 1);
+
+  test('accounts run: fails without its database, on a misspelt setting, or on a setting of the engine', () => {
+    const noDb = broken(without('DATABASE_URL'), 'accounts', /^accounts run$/);
+    assert.ok(noDb.some((p) => /accounts run requires DATABASE_URL/.test(p)), noDb.join('\n'));
+    const typo = broken((env) => env.push({ Name: 'ACCOUNTS_SHARD', Value: '0' }), 'accounts', /^accounts run$/);
+    assert.equal(typo.length, 1, typo.join('\n'));
+    assert.match(typo[0]!, /sets ACCOUNTS_SHARD, which none of accounts run reads/);
+    const engines = broken((env) => env.push({ Name: 'ENGINE_ACCOUNTS_TOPIC', Value: 'accounts' }), 'accounts', /^accounts run$/);
+    assert.match(engines.join('\n'), /sets ENGINE_ACCOUNTS_TOPIC, which none of accounts run reads/);
+  });
+
+  test('accounts deposit: fails without brokers (its default is none)', () => {
+    const problems = broken(without('KAFKA_BROKERS'), 'accounts', /accounts deposit/);
+    assert.ok(problems.some((p) => /accounts deposit would use KAFKA_BROKERS=""; set it/.test(p)), problems.join('\n'));
+  });
+
+  test('ACCOUNT_SHARDS: read by stackctl prepare only, and only a positive count', () => {
+    const gw = broken((env) => env.push({ Name: 'ACCOUNT_SHARDS', Value: '4' }), 'gateway');
+    assert.match(gw.join('\n'), /sets ACCOUNT_SHARDS, which none of gateway reads/);
+    const zero = broken((env) => {
+      env.find((e) => e.Name === 'ACCOUNT_SHARDS')!.Value = '0';
+    }, 'stackctl');
+    assert.match(zero.join('\n'), /ACCOUNT_SHARDS="0" is not what stackctl prepare accepts/);
+  });
 
   test('fails on a setting no binary reads (a typo)', () => {
     const problems = broken((env) => env.push({ Name: 'GW_PING_INTERVALL_MS', Value: '20000' }), 'gateway');
@@ -108,7 +163,7 @@ describe('the gateway start script derives a unique GW_GATEWAY_ID', () => {
   });
 });
 
-describe("the image trusts Aurora's CA as DATABASE_URL expects", () => {
+describe("the image: every binary the tasks start, and Aurora's CA as DATABASE_URL expects", () => {
   // sqlx's native-tls backend adds only the first certificate of sslrootcert; the RDS bundle holds
   // one per region and CA, so it must reach OpenSSL's system store: a local CA that
   // update-ca-certificates adds to the system bundle and links as /etc/ssl/certs/<name>.pem.
@@ -127,6 +182,27 @@ describe("the image trusts Aurora's CA as DATABASE_URL expects", () => {
 
   test('the RDS bundle is a local CA of the runtime image, linked where sslrootcert points', () => {
     assert.deepEqual(problems(dockerfile), []);
+  });
+
+  /** Binaries some task definition starts that the image does not build and copy. */
+  const missingBinaries = (text: string): string[] => {
+    const build = text.replace(/\s*\\\n\s*/g, ' ');
+    const started = new Set(
+      appContainers(base.json, ctx.repository).flatMap((c) => invocations(c, ctx.specs).map((r) => r.command.binary)),
+    );
+    return [...started].filter(
+      (b) => !new RegExp(`cargo build [^\\n]*--bin ${b}\\b`).test(build) || !new RegExp(`cp [^\\n]*target/release/${b}\\b[^\\n]* /out/`).test(build),
+    );
+  };
+
+  test('the image builds every binary a task definition starts', () => {
+    assert.deepEqual(missingBinaries(dockerfile), []);
+  });
+
+  test('fails on a binary the image leaves out', () => {
+    const broken = dockerfile.replace('--bin accounts ', '');
+    assert.notEqual(broken, dockerfile);
+    assert.deepEqual(missingBinaries(broken), ['accounts']);
   });
 
   test('fails on the bundle copied straight to sslrootcert, outside the system store', () => {

@@ -2,13 +2,25 @@
 // check must fail: a check that accepts anything would be worse than none. Each `run` throws an
 // AssertionError naming what is wrong; each `breakIt` changes a good template in one place.
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { ACCOUNTS_METRICS_PORT, accountsDrainBoundS } from '../../lib/accounts';
 import { engineDrainBoundS, FARGATE_STOP_TIMEOUT_MAX_S } from '../../lib/engine';
 import { gatewayIdBlock } from '../../lib/network';
-import { MIN_INSYNC_REPLICAS, REPLICATION_FACTOR } from '../../lib/streaming';
+import { MIN_INSYNC_REPLICAS, MSK_SCRAM_PORT, REPLICATION_FACTOR } from '../../lib/streaming';
 import type { Pair } from '../../lib/pairs';
 import { type BinaryName, type BinarySpec, effective } from './cli';
-import type { TemplateJson } from './synth';
-import { appContainers, attribute, type Container, containers, resource, resources, serviceOf } from './template';
+import { REPO_DIR, type TemplateJson } from './synth';
+import {
+  appContainers,
+  attribute,
+  type Container,
+  containers,
+  type Resource,
+  resource,
+  resources,
+  serviceOf,
+} from './template';
 
 export interface CheckContext {
   readonly pairs: readonly Pair[];
@@ -20,6 +32,8 @@ export interface Check {
   readonly name: string;
   run(json: TemplateJson, ctx: CheckContext): void;
   breakIt(json: TemplateJson): void;
+  /** Further single breaks the check must catch, for the parts `breakIt` does not reach. */
+  readonly moreBreaks?: readonly { readonly name: string; breakIt(json: TemplateJson): void }[];
 }
 
 type Props = Record<string, unknown>;
@@ -54,6 +68,47 @@ const routedSubnets = (json: TemplateJson): Set<string> => {
       .filter((a) => tables.has(ref(a.props.RouteTableId)!))
       .map((a) => ref(a.props.SubnetId)!),
   );
+};
+/** `accounts run` containers: the account stage's shard owners. */
+const stage = (json: TemplateJson, ctx: CheckContext): Container[] =>
+  appContainers(json, ctx.repository).filter((c) => c.command[0] === 'accounts' && c.command[1] === 'run');
+const stageDefs = (json: TemplateJson): Props[] =>
+  containers(json)
+    .filter((c) => c.command[0] === 'accounts' && c.command[1] === 'run')
+    .map((c) => c.raw);
+/** Containers running `stackctl prepare` (the init containers and the standalone task). */
+const prepares = (json: TemplateJson, ctx: CheckContext): Container[] =>
+  appContainers(json, ctx.repository).filter((c) => /\bstackctl prepare\b/.test(c.command.join(' ')));
+/** Containers whose script starts `accounts deposit` or `accounts withdraw`. */
+const transfers = (json: TemplateJson, ctx: CheckContext): Container[] =>
+  appContainers(json, ctx.repository).filter((c) => /\baccounts (deposit|withdraw)\b/.test(c.command.join(' ')));
+const envEntry = (c: Props, name: string): { Name: string; Value: unknown } | undefined =>
+  (c.Environment as { Name: string; Value: unknown }[]).find((e) => e.Name === name);
+const securityGroupsOf = (service: Resource): string[] =>
+  (((service.props.NetworkConfiguration as Props).AwsvpcConfiguration as Props).SecurityGroups as unknown[]).map(
+    (x) => ref(x)!,
+  );
+/** A rule's port: a number, or an Aurora cluster's `Endpoint.Port` (its `Port` property). */
+const portOf = (json: TemplateJson, value: unknown): number => {
+  const att = (value as { 'Fn::GetAtt'?: [string, string] } | undefined)?.['Fn::GetAtt'];
+  if (att?.[1] === 'Endpoint.Port') return Number(resource(json, att[0]).props.Port);
+  return Number(value);
+};
+/** Ingress rules into `group` from other security groups: [source, port]; ranges are refused. */
+const ingressFrom = (json: TemplateJson, group: string): [string, number][] =>
+  resources(json, 'AWS::EC2::SecurityGroupIngress')
+    .filter((r) => ref(r.props.GroupId) === group && r.props.SourceSecurityGroupId !== undefined)
+    .map((r) => {
+      const [from, to] = [portOf(json, r.props.FromPort), portOf(json, r.props.ToPort)];
+      assert.equal(from, to, `${r.id}: ports ${from} to ${to}`);
+      return [ref(r.props.SourceSecurityGroupId)!, from];
+    });
+/** A topic name the Rust side defines (protocol/src/accounts.rs), as stackctl prepare creates it. */
+const protocolTopic = (constant: string): string => {
+  const source = readFileSync(path.join(REPO_DIR, 'protocol', 'src', 'accounts.rs'), 'utf8');
+  const m = new RegExp(`pub const ${constant}: &str = "([^"]+)"`).exec(source);
+  assert.ok(m !== null, `protocol/src/accounts.rs defines no ${constant}`);
+  return m[1]!;
 };
 const drainMs = (json: TemplateJson, ctx: CheckContext): number =>
   Number(effective(ctx.specs, 'gateway', 'GW_DRAIN_TIMEOUT_MS', gateway(json, ctx).environment));
@@ -349,7 +404,8 @@ export const CHECKS: readonly Check[] = [
   {
     name: 'service tasks start after stackctl prepare succeeded',
     run(json, ctx) {
-      for (const c of [...engines(json, ctx), gateway(json, ctx)]) {
+      assert.ok(stage(json, ctx).length > 0, 'no account stage container');
+      for (const c of [...engines(json, ctx), ...stage(json, ctx), gateway(json, ctx)]) {
         const prepare = containers(json).find((x) => x.taskId === c.taskId && x.name === 'prepare');
         assert.ok(prepare !== undefined, `${c.taskId}: no prepare container`);
         assert.match(prepare.command.join(' '), /stackctl prepare/);
@@ -360,6 +416,14 @@ export const CHECKS: readonly Check[] = [
     breakIt(json) {
       delete containerDef(json, 'gateway').DependsOn;
     },
+    moreBreaks: [
+      {
+        name: 'an account shard owner starting without prepare',
+        breakIt(json) {
+          delete stageDefs(json)[0]!.DependsOn;
+        },
+      },
+    ],
   },
   {
     name: "gateway ids: gateway tasks alone in the gateway subnets, which share one /26",
@@ -400,14 +464,17 @@ export const CHECKS: readonly Check[] = [
     },
   },
   {
-    name: 'metrics shipped from every service task; alarms on shed rate, lag, paused, restarts, 5xx, Aurora CPU',
+    name:
+      'metrics shipped from every service task; alarms on shed rate, lag, paused, restarts, 5xx, ' +
+      'Aurora CPU, inconsistent settlements and shard restarts',
     run(json, ctx) {
-      for (const c of [...engines(json, ctx), gateway(json, ctx)]) {
+      assert.ok(stage(json, ctx).length > 0, 'no account stage container');
+      for (const c of [...engines(json, ctx), ...stage(json, ctx), gateway(json, ctx)]) {
         const sidecar = containers(json).find((x) => x.taskId === c.taskId && x.name === 'metrics');
         assert.ok(sidecar !== undefined, `${c.taskId}: no metrics collector`);
         // The configuration embeds the log group's name, so the template holds it as an Fn::Join.
         const config = JSON.stringify(sidecar.environment.AOT_CONFIG_CONTENT);
-        const port = c.name === 'engine' ? 9100 : 8080;
+        const port = { engine: 9100, accounts: ACCOUNTS_METRICS_PORT }[c.name] ?? 8080;
         assert.ok(config.includes(`127.0.0.1:${port}`), `${c.taskId}: scrapes another port`);
         assert.ok(config.includes('awsemf'), `${c.taskId}: ships nowhere`);
       }
@@ -420,6 +487,8 @@ export const CHECKS: readonly Check[] = [
         'engine_actor_restarts_total',
         'HTTPCode_Target_5XX_Count',
         'CPUUtilization',
+        'accounts_inconsistent_total',
+        'accounts_actor_restarts_total',
       ]) {
         assert.ok(named.some((a) => a.includes(`"${metric}"`)), `no alarm on ${metric}`);
       }
@@ -430,5 +499,273 @@ export const CHECKS: readonly Check[] = [
         if (JSON.stringify(a.props).includes('"engine_paused"')) delete json.Resources[a.id];
       }
     },
+    moreBreaks: [
+      ...['accounts_inconsistent_total', 'accounts_actor_restarts_total'].map((metric) => ({
+        name: `no alarm on ${metric}`,
+        breakIt(json: TemplateJson) {
+          for (const a of resources(json, 'AWS::CloudWatch::Alarm')) {
+            if (JSON.stringify(a.props).includes(`"${metric}"`)) delete json.Resources[a.id];
+          }
+        },
+      })),
+      {
+        name: 'an account shard owner without its collector',
+        breakIt(json: TemplateJson) {
+          const task = resources(json, 'AWS::ECS::TaskDefinition').find((t) => /^AccountsShard/.test(t.id))!;
+          const defs = json.Resources[task.id]!.Properties!.ContainerDefinitions as Props[];
+          defs.splice(defs.findIndex((d) => d.Name === 'metrics'), 1);
+        },
+      },
+    ],
+  },
+  {
+    name: 'every account shard owned by exactly one service of one task, out of the ACCOUNT_SHARDS every prepare creates',
+    run(json, ctx) {
+      const counts = new Set(prepares(json, ctx).map((c) => c.environment.ACCOUNT_SHARDS));
+      assert.ok(prepares(json, ctx).length > 0, 'no stackctl prepare');
+      assert.equal(counts.size, 1, `prepare containers disagree on ACCOUNT_SHARDS: ${[...counts].join(', ')}`);
+      const shards = Number([...counts][0]);
+      assert.ok(Number.isInteger(shards) && shards > 0, `ACCOUNT_SHARDS ${String([...counts][0])}`);
+      const owners = new Map<number, string[]>();
+      const list = stage(json, ctx);
+      assert.ok(list.length > 0, 'no account stage container');
+      for (const c of list) {
+        const service = serviceOf(json, c.taskId);
+        assert.ok(service !== undefined, `${c.taskId} runs in no service`);
+        assert.equal(service.props.DesiredCount, 1, `${service.id}: a shard owner runs one task`);
+        // Explicit, so the owners can be checked here (absent would mean every partition).
+        const owned = c.environment.ACCOUNTS_SHARDS;
+        assert.ok(typeof owned === 'string', `${c.taskId}: ACCOUNTS_SHARDS unset (it would own every shard)`);
+        for (const s of owned.split(',').map(Number)) owners.set(s, [...(owners.get(s) ?? []), service.id]);
+      }
+      for (let s = 0; s < shards; s++) {
+        assert.equal(owners.get(s)?.length, 1, `shard ${s} owners: ${owners.get(s)?.join(', ') ?? 'none'}`);
+      }
+      for (const s of owners.keys()) assert.ok(Number.isInteger(s) && s >= 0 && s < shards, `shard ${s} of ${shards}`);
+    },
+    breakIt(json) {
+      const [first, second] = stageDefs(json);
+      envEntry(second!, 'ACCOUNTS_SHARDS')!.Value = envEntry(first!, 'ACCOUNTS_SHARDS')!.Value;
+    },
+    moreBreaks: [
+      {
+        name: 'one prepare creating another shard count',
+        breakIt(json) {
+          envEntry(containerDef(json, 'stackctl'), 'ACCOUNT_SHARDS')!.Value = '8';
+        },
+      },
+      {
+        name: 'a shard owner without ACCOUNTS_SHARDS (every shard)',
+        breakIt(json) {
+          const env = stageDefs(json)[0]!.Environment as { Name: string }[];
+          env.splice(env.findIndex((e) => e.Name === 'ACCOUNTS_SHARDS'), 1);
+        },
+      },
+    ],
+  },
+  {
+    name: 'engines, gateways, transfers and load generators use the account stage, on the topics it reads and writes',
+    run(json, ctx) {
+      const list = stage(json, ctx);
+      assert.ok(list.length > 0, 'no account stage container');
+      const topic = (env: string): string => {
+        const values = new Set(list.map((c) => effective(ctx.specs, 'accounts', env, c.environment, 'run')));
+        assert.equal(values.size, 1, `shard owners disagree on ${env}: ${[...values].join(', ')}`);
+        return [...values][0]!;
+      };
+      const accounts = topic('ACCOUNTS_TOPIC');
+      const events = topic('ACCOUNT_EVENTS_TOPIC');
+      const orders = topic('ORDERS_TOPIC');
+      // The topics `stackctl prepare` creates with ACCOUNT_SHARDS partitions.
+      assert.equal(accounts, protocolTopic('ACCOUNTS_TOPIC'));
+      assert.equal(events, protocolTopic('ACCOUNT_EVENTS_TOPIC'));
+      for (const c of engines(json, ctx)) {
+        assert.equal(c.environment.ENGINE_ACCOUNTS_TOPIC, accounts, `${c.taskId}: ENGINE_ACCOUNTS_TOPIC (settlements)`);
+        assert.equal(effective(ctx.specs, 'engine', 'ORDERS_TOPIC', c.environment), orders, `${c.taskId}: ORDERS_TOPIC`);
+      }
+      const gw = gateway(json, ctx);
+      assert.equal(gw.environment.GW_ACCOUNTS_TOPIC, accounts, 'gateway: GW_ACCOUNTS_TOPIC (the stage on)');
+      assert.equal(gw.environment.GW_ACCOUNT_EVENTS_TOPIC, events, 'gateway: GW_ACCOUNT_EVENTS_TOPIC');
+      assert.equal(effective(ctx.specs, 'gateway', 'GW_ORDERS_TOPIC', gw.environment), orders, 'gateway: GW_ORDERS_TOPIC');
+      const ops = transfers(json, ctx);
+      assert.deepEqual(
+        ops.map((c) => /\baccounts (deposit|withdraw)\b/.exec(c.command.join(' '))![1]).sort(),
+        ['deposit', 'withdraw'],
+        'one deposit and one withdraw task',
+      );
+      for (const c of ops) {
+        assert.equal(effective(ctx.specs, 'accounts', 'ACCOUNTS_TOPIC', c.environment), accounts, `${c.taskId}: ACCOUNTS_TOPIC`);
+      }
+      for (const c of appContainers(json, ctx.repository).filter((x) => /gateway provision .*--fund/.test(x.command.join(' ')))) {
+        assert.equal(c.environment.GW_ACCOUNTS_TOPIC, accounts, `${c.taskId}/${c.name}: deposits to GW_ACCOUNTS_TOPIC`);
+      }
+    },
+    breakIt(json) {
+      envEntry(containerDef(json, 'engine', 1), 'ENGINE_ACCOUNTS_TOPIC')!.Value = 'acounts';
+    },
+    moreBreaks: [
+      {
+        name: 'the gateway without the stage',
+        breakIt(json) {
+          const env = containerDef(json, 'gateway').Environment as { Name: string }[];
+          env.splice(env.findIndex((e) => e.Name === 'GW_ACCOUNTS_TOPIC'), 1);
+        },
+      },
+      {
+        name: 'the gateway reading answers from another topic',
+        breakIt(json) {
+          envEntry(containerDef(json, 'gateway'), 'GW_ACCOUNT_EVENTS_TOPIC')!.Value = 'events';
+        },
+      },
+      {
+        name: 'a shard owner forwarding to another orders topic',
+        breakIt(json) {
+          (stageDefs(json)[2]!.Environment as { Name: string; Value: unknown }[]).push({ Name: 'ORDERS_TOPIC', Value: 'orders2' });
+        },
+      },
+    ],
+  },
+  {
+    name: 'account stage deploys never run two owners of a shard, roll one service at a time after the engines, and stop after the drain',
+    run(json, ctx) {
+      const list = stage(json, ctx);
+      assert.ok(list.length > 0, 'no account stage container');
+      const services = list.map((c) => serviceOf(json, c.taskId)!);
+      for (const [i, s] of services.entries()) {
+        const d = s.props.DeploymentConfiguration as Props;
+        assert.equal(d.MinimumHealthyPercent, 0, s.id);
+        assert.ok(Number(d.MaximumPercent) <= 100, `${s.id}: maximum ${String(d.MaximumPercent)}%`);
+        const c = list[i]!;
+        assert.ok(c.stopTimeout !== undefined, `${c.taskId}: no stopTimeout (Fargate's default 30 s)`);
+        assert.ok(c.stopTimeout <= FARGATE_STOP_TIMEOUT_MAX_S, `${c.taskId}: stopTimeout ${c.stopTimeout} s`);
+        assert.ok(c.stopTimeout > accountsDrainBoundS(), `${c.taskId}: stopTimeout ${c.stopTimeout} s, drain ${accountsDrainBoundS()} s`);
+      }
+      const dependsOn = (id: string): unknown[] => ([] as unknown[]).concat(json.Resources[id]!.DependsOn ?? []);
+      const engineServices = engines(json, ctx).map((c) => serviceOf(json, c.taskId)!.id);
+      assert.ok(
+        dependsOn(services[0]!.id).some((d) => engineServices.includes(String(d))),
+        `${services[0]!.id} rolls beside the engines`,
+      );
+      for (let i = 1; i < services.length; i++) {
+        assert.ok(dependsOn(services[i]!.id).includes(services[i - 1]!.id), `${services[i]!.id} rolls in parallel`);
+      }
+    },
+    breakIt(json) {
+      const s = resources(json, 'AWS::ECS::Service').find((x) => /^Accounts/.test(x.id))!;
+      (json.Resources[s.id]!.Properties!.DeploymentConfiguration as Props).MaximumPercent = 200;
+    },
+    moreBreaks: [
+      {
+        name: 'a stop timeout below the drain',
+        breakIt(json) {
+          stageDefs(json)[1]!.StopTimeout = 30;
+        },
+      },
+      {
+        name: 'two shard services rolling at once',
+        breakIt(json) {
+          const s = resources(json, 'AWS::ECS::Service').filter((x) => /^Accounts/.test(x.id))[2]!;
+          const deps = ([] as unknown[]).concat(json.Resources[s.id]!.DependsOn ?? []);
+          json.Resources[s.id]!.DependsOn = deps.filter((d) => !/^AccountsShard\d+Service/.test(String(d)));
+        },
+      },
+    ],
+  },
+  {
+    name: "account stage: its health check asks /metrics on METRICS_ADDR's port (it has no /healthz yet)",
+    run(json, ctx) {
+      for (const c of stage(json, ctx)) {
+        const port = Number(/:(\d+)$/.exec(effective(ctx.specs, 'accounts', 'METRICS_ADDR', c.environment, 'run'))?.[1]);
+        assert.equal(port, ACCOUNTS_METRICS_PORT, `${c.taskId}: METRICS_ADDR`);
+        const check = (c.raw.HealthCheck as { Command: string[] } | undefined)?.Command.join(' ') ?? '';
+        assert.match(check, new RegExp(`/dev/tcp/127\\.0\\.0\\.1/${port} .*GET /metrics HTTP.*' 200 '`), `${c.taskId}: ${check}`);
+      }
+    },
+    breakIt(json) {
+      envEntry(stageDefs(json)[0]!, 'METRICS_ADDR')!.Value = '0.0.0.0:9200';
+    },
+  },
+  {
+    name:
+      'account stage reaches Kafka and Aurora only on their ports; transfer tasks reach Kafka, not Aurora; ' +
+      'load generators reach Kafka (deposits)',
+    run(json, ctx) {
+      const [msk] = resources(json, 'AWS::MSK::Cluster');
+      assert.ok(msk !== undefined, 'no MSK cluster');
+      const mskGroups = ((msk.props.BrokerNodeGroupInfo as Props).SecurityGroups as unknown[]).map((x) => ref(x)!);
+      const [db] = resources(json, 'AWS::RDS::DBCluster');
+      const dbGroups = (db!.props.VpcSecurityGroupIds as unknown[]).map((x) => ref(x)!);
+      const dbPort = Number(db!.props.Port);
+      assert.ok(dbPort > 0, 'the Aurora cluster names no port');
+      const reaches = (groups: string[], source: string, port: number): boolean =>
+        groups.some((g) => ingressFrom(json, g).some(([s, p]) => s === source && p === port));
+      const anyRule = (groups: string[], source: string): [string, number][] =>
+        groups.flatMap((g) => ingressFrom(json, g)).filter(([s]) => s === source);
+      for (const c of stage(json, ctx)) {
+        for (const sg of securityGroupsOf(serviceOf(json, c.taskId)!)) {
+          assert.ok(reaches(mskGroups, sg, MSK_SCRAM_PORT), `${c.taskId}: ${sg} cannot reach the brokers on ${MSK_SCRAM_PORT}`);
+          assert.ok(reaches(dbGroups, sg, dbPort), `${c.taskId}: ${sg} cannot reach Aurora on ${dbPort}`);
+          for (const [, p] of anyRule(mskGroups, sg)) assert.equal(p, MSK_SCRAM_PORT, `${sg} to the brokers on ${p}`);
+        }
+      }
+      // The operator's run-task commands name the one-off tasks' security groups.
+      const outputs = json.Outputs as Record<string, { Value: unknown }>;
+      for (const name of ['AccountsDepositRunTask', 'AccountsWithdrawRunTask', 'LoadtestRunTask']) {
+        assert.ok(outputs[name] !== undefined, `no output ${name}`);
+        const sgs = [...JSON.stringify(outputs[name].Value).matchAll(/"Fn::GetAtt":\["([^"]+)","GroupId"\]/g)].map((m) => m[1]!);
+        assert.equal(sgs.length, 1, `${name}: ${sgs.join(', ')}`);
+        assert.ok(reaches(mskGroups, sgs[0]!, MSK_SCRAM_PORT), `${name}: ${sgs[0]} cannot reach the brokers`);
+        if (name !== 'LoadtestRunTask') assert.deepEqual(anyRule(dbGroups, sgs[0]!), [], `${name}: ${sgs[0]} reaches Aurora`);
+      }
+    },
+    breakIt(json) {
+      const sg = resources(json, 'AWS::EC2::SecurityGroup').find((x) => /^AccountsSg/.test(x.id))!;
+      for (const r of resources(json, 'AWS::EC2::SecurityGroupIngress')) {
+        if (ref(r.props.SourceSecurityGroupId) === sg.id && portOf(json, r.props.FromPort) === 5432) delete json.Resources[r.id];
+      }
+    },
+    moreBreaks: [
+      {
+        name: 'transfer tasks let into Aurora',
+        breakIt(json) {
+          const sg = resources(json, 'AWS::EC2::SecurityGroup').find((x) => /^AccountsTransferSg/.test(x.id))!;
+          const db = resources(json, 'AWS::RDS::DBCluster')[0]!;
+          json.Resources.BrokenTransferToAurora = {
+            Type: 'AWS::EC2::SecurityGroupIngress',
+            Properties: {
+              GroupId: (db.props.VpcSecurityGroupIds as unknown[])[0],
+              SourceSecurityGroupId: { 'Fn::GetAtt': [sg.id, 'GroupId'] },
+              IpProtocol: 'tcp',
+              FromPort: 5432,
+              ToPort: 5432,
+            },
+          };
+        },
+      },
+      {
+        name: 'load generators kept out of the brokers (their deposits would fail)',
+        breakIt(json) {
+          const sg = resources(json, 'AWS::EC2::SecurityGroup').find((x) => /^LoadtestSg/.test(x.id))!;
+          for (const r of resources(json, 'AWS::EC2::SecurityGroupIngress')) {
+            if (ref(r.props.SourceSecurityGroupId) === sg.id && portOf(json, r.props.FromPort) === MSK_SCRAM_PORT) {
+              delete json.Resources[r.id];
+            }
+          }
+        },
+      },
+      {
+        name: 'the stage let into the brokers on another port too',
+        breakIt(json) {
+          const sg = resources(json, 'AWS::EC2::SecurityGroup').find((x) => /^AccountsSg/.test(x.id))!;
+          const rule = resources(json, 'AWS::EC2::SecurityGroupIngress').find(
+            (r) => ref(r.props.SourceSecurityGroupId) === sg.id && Number(r.props.FromPort) === MSK_SCRAM_PORT,
+          )!;
+          json.Resources.BrokenStageToBrokers = {
+            Type: 'AWS::EC2::SecurityGroupIngress',
+            Properties: { ...rule.props, FromPort: 9092, ToPort: 9092 },
+          };
+        },
+      },
+    ],
   },
 ];

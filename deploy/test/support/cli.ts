@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { REPO_DIR } from './synth';
 
-export const BINARIES = ['engine', 'gateway', 'stackctl', 'loadtest'] as const;
+export const BINARIES = ['engine', 'gateway', 'accounts', 'stackctl', 'loadtest'] as const;
 export type BinaryName = (typeof BINARIES)[number];
 
 export interface Setting {
@@ -106,16 +106,23 @@ export function binarySpecs(): ReadonlyMap<BinaryName, BinarySpec> {
   return specs;
 }
 
-/** A setting's value as the binary would see it: the task's, else the clap default. */
+/**
+ * A setting's value as the binary (or its `subcommand`) would see it: the task's, else the clap
+ * default.
+ */
 export function effective(
   specs: ReadonlyMap<BinaryName, BinarySpec>,
   binary: BinaryName,
   env: string,
   taskEnv: Readonly<Record<string, unknown>>,
+  subcommand?: string,
 ): string {
   const set = taskEnv[env];
   if (typeof set === 'string') return set;
-  const value = specs.get(binary)?.root.settings.find((s) => s.env === env)?.defaultValue;
-  if (value === undefined) throw new Error(`${binary} has no default for ${env} (--help)`);
+  const spec = specs.get(binary);
+  const command = subcommand === undefined ? spec?.root : spec?.subcommands.get(subcommand);
+  const value = command?.settings.find((s) => s.env === env)?.defaultValue;
+  const name = [binary, subcommand].filter(Boolean).join(' ');
+  if (value === undefined) throw new Error(`${name} has no default for ${env} (--help)`);
   return value;
 }

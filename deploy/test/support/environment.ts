@@ -12,6 +12,21 @@ import { appContainers, type Container } from './template';
 /** Connection settings: a deployment must always name them (their defaults are localhost). */
 const CONNECTION_SETTINGS = ['KAFKA_BROKERS', 'DATABASE_URL'];
 
+/**
+ * Variables a binary reads itself, outside clap (so not in its --help): which binary and
+ * subcommand, the source file that must still read it, and what a value must look like.
+ */
+const SOURCE_VARIABLES: readonly {
+  readonly name: string;
+  readonly binary: BinaryName;
+  readonly subcommand: string;
+  readonly file: string;
+  readonly value: RegExp;
+}[] = [
+  // The account shard count `stackctl prepare` creates `accounts` and `account_events` with.
+  { name: 'ACCOUNT_SHARDS', binary: 'stackctl', subcommand: 'prepare', file: 'infra/src/bin/stackctl.rs', value: /^[1-9]\d*$/ },
+];
+
 export interface Invocation {
   readonly command: CommandSpec;
   readonly flags: readonly string[];
@@ -64,6 +79,18 @@ export function environmentProblems(
     const accepted = new Set(runs.flatMap((r) => r.command.settings.map((s) => s.env)));
     for (const name of set) {
       if (accepted.has(name) || script.read.has(name)) continue;
+      const own = SOURCE_VARIABLES.find(
+        (v) => v.name === name && runs.some((r) => r.command.binary === v.binary && r.command.subcommand === v.subcommand),
+      );
+      if (own !== undefined) {
+        const source = readFileSync(path.join(REPO_DIR, own.file), 'utf8');
+        const value = c.environment[name];
+        if (!source.includes(`env::var("${name}")`)) problems.push(`${where}: ${own.file} no longer reads ${name}`);
+        else if (typeof value !== 'string' || !own.value.test(value)) {
+          problems.push(`${where}: ${name}=${JSON.stringify(value)} is not what ${own.binary} ${own.subcommand} accepts`);
+        }
+        continue;
+      }
       const why = library.explain(name, c.environment[name]);
       if (why === undefined) {
         problems.push(`${where}: sets ${name}, which none of ${describe(runs)} reads`);
