@@ -93,6 +93,15 @@ pub struct ShardState {
     events: Vec<LedgerEvent>,
 }
 
+/// Whom an answer is for: a gateway's command, an operator's transfer, or nobody in particular
+/// (a settlement's balances).
+#[derive(Debug, Clone, Copy, Default)]
+struct Answering {
+    command_id: Option<u64>,
+    account_id: Option<AccountId>,
+    transfer_id: Option<u64>,
+}
+
 /// Why a line was refused, before the ledger saw it.
 fn refusal(code: &str, message: impl Into<String>) -> Refusal {
     Refusal {
@@ -184,12 +193,16 @@ impl ShardState {
     fn answer(
         &self,
         position: i64,
-        command_id: Option<u64>,
-        transfer_id: Option<u64>,
+        to: Answering,
         refusal: Option<Refusal>,
         touched: BTreeMap<(AccountId, AssetId), Balance>,
         fx: &mut Effects,
     ) {
+        let Answering {
+            command_id,
+            account_id,
+            transfer_id,
+        } = to;
         if refusal.is_none() && touched.is_empty() && command_id.is_none() && transfer_id.is_none()
         {
             return;
@@ -208,6 +221,7 @@ impl ShardState {
             shard: self.shard,
             accounts_offset: position,
             command_id,
+            account_id,
             transfer_id,
             refusal,
             balances,
@@ -225,7 +239,11 @@ impl ShardState {
 
     fn order(&mut self, position: i64, mut rec: OrderRecord, fx: &mut Effects) {
         let mut touched = BTreeMap::new();
-        let command_id = Some(rec.command_id);
+        let to = Answering {
+            command_id: Some(rec.command_id),
+            account_id: Some(rec.command.account_id()),
+            transfer_id: None,
+        };
         let decided = self.reserve_for(position, &rec, fx, &mut touched);
         match decided {
             Ok(pair_id) => {
@@ -234,9 +252,9 @@ impl ShardState {
                     offset: position,
                 });
                 fx.forwards.push((pair_id, rec));
-                self.answer(position, command_id, None, None, touched, fx);
+                self.answer(position, to, None, touched, fx);
             }
-            Err(refused) => self.answer(position, command_id, None, Some(refused), touched, fx),
+            Err(refused) => self.answer(position, to, Some(refused), touched, fx),
         }
     }
 
@@ -397,13 +415,17 @@ impl ShardState {
             }
         };
         let refused = decided.as_ref().err().map(|r| r.code.clone());
-        let transfer_id = Some(t.transfer_id);
+        let to = Answering {
+            command_id: None,
+            account_id: Some(t.account_id),
+            transfer_id: Some(t.transfer_id),
+        };
         fx.transfers.push(TransferRow {
             record: t,
             position,
             refused,
         });
-        self.answer(position, None, transfer_id, decided.err(), touched, fx);
+        self.answer(position, to, decided.err(), touched, fx);
     }
 
     // ---- an engine's settlement ----------------------------------------------------------
@@ -429,7 +451,7 @@ impl ShardState {
         }
         self.pair_seqs.insert(pair_id, s.seq);
         fx.pair_seqs.insert(pair_id, s.seq);
-        self.answer(position, None, None, None, touched, fx);
+        self.answer(position, Answering::default(), None, touched, fx);
     }
 
     fn settle_event(

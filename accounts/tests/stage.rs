@@ -130,7 +130,7 @@ impl Stream {
         self.next_id += 1;
         let id = self.next_id;
         let account = 1 + self.rand() % accounts;
-        let cancel = !self.open.is_empty() && self.rand() % 4 == 0;
+        let cancel = !self.open.is_empty() && self.rand().is_multiple_of(4);
         let rec = if cancel {
             let i = (self.rand() as usize) % self.open.len();
             let (order, acc) = self.open.swap_remove(i);
@@ -146,7 +146,7 @@ impl Stream {
                 }),
             }
         } else {
-            let side = if self.rand() % 2 == 0 {
+            let side = if self.rand().is_multiple_of(2) {
                 Side::Buy
             } else {
                 Side::Sell

@@ -151,6 +151,7 @@ async fn a_refusal_answers_the_place_like_an_engine_rejection() {
             shard,
             accounts_offset: 12,
             command_id: Some(order_id),
+            account_id: None,
             transfer_id: None,
             refusal: Some(Refusal {
                 code: "insufficient_funds".into(),
@@ -212,6 +213,7 @@ async fn a_balance_line_reaches_a_subscriber_once_even_when_sent_twice() {
         shard,
         accounts_offset: 7,
         command_id: None,
+        account_id: None,
         transfer_id: Some(1),
         refusal: None,
         balances: vec![line(account, "EUR", 1_000_000_000_000, 5)],

@@ -37,7 +37,10 @@ pub const LINES_PER_RECORD_MAX: usize = 1 << 16;
 /// consumer of a shard's outputs drops repeats by comparing positions. Every `offset` of this
 /// module's records, and the account stage's `accounts_offset` / `last_offset` columns, is one.
 pub fn position(offset: i64, line: usize) -> i64 {
-    assert!(line < LINES_PER_RECORD_MAX, "line index {line} beyond a record's lines");
+    assert!(
+        line < LINES_PER_RECORD_MAX,
+        "line index {line} beyond a record's lines"
+    );
     (offset << 16) | line as i64
 }
 
@@ -148,6 +151,10 @@ pub struct AccountEventRecord {
     /// The gateway command this answers, for an `order` line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_id: Option<u64>,
+    /// The account whose command or transfer this answers, so a refusal reaches every
+    /// connection of the account, on any gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<AccountId>,
     /// The operator's transfer this answers, for a `transfer` line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer_id: Option<u64>,
@@ -284,6 +291,7 @@ mod tests {
             shard: 2,
             accounts_offset: 40,
             command_id: Some(7),
+            account_id: Some(AccountId(3)),
             transfer_id: None,
             refusal: Some(Refusal {
                 code: "insufficient_funds".into(),

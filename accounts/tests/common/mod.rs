@@ -25,6 +25,7 @@ pub struct World {
     pub accounts_topic: String,
     pub orders_topic: String,
     pub account_events_topic: String,
+    pub events_topic: String,
     pub schema: String,
     pub database_url: String,
     pub pool: PgPool,
@@ -52,11 +53,13 @@ impl World {
         let accounts_topic = format!("accounts_{id}");
         let orders_topic = format!("orders_{id}");
         let account_events_topic = format!("account_events_{id}");
+        let events_topic = format!("events_{id}");
         let admin = Arc::new(infra::kafka::admin_client(&stack.brokers).expect("admin client"));
         for (topic, n) in [
             (&accounts_topic, SHARDS as usize),
             (&orders_topic, registry.len()),
             (&account_events_topic, SHARDS as usize),
+            (&events_topic, registry.len()),
         ] {
             infra::kafka::ensure_topic(&admin, &stack.brokers, topic, n, &[])
                 .await
@@ -91,6 +94,7 @@ impl World {
             accounts_topic,
             orders_topic,
             account_events_topic,
+            events_topic,
             schema,
             database_url,
             pool,
@@ -110,6 +114,28 @@ impl World {
             .stdout(Stdio::null())
             .spawn()
             .expect("start the accounts binary")
+    }
+
+    /// The high watermark of one partition of `topic`.
+    pub async fn high(&self, topic: &str, partition: u32) -> i64 {
+        let brokers = self.stack.brokers.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = infra::kafka::client_config(
+                &brokers,
+                "accounts-test",
+                infra::kafka::Role::Consumer,
+            )
+            .set("group.id", unique("wm"))
+            .create()
+            .expect("consumer");
+            consumer
+                .fetch_watermarks(&topic, partition as i32, Duration::from_secs(5))
+                .expect("watermarks")
+                .1
+        })
+        .await
+        .expect("watermarks task")
     }
 
     pub fn producer(&self) -> FutureProducer {
