@@ -223,7 +223,10 @@ mod tests {
             p.quote_budget = Some(1 << 70);
         }
         let text = String::from_utf8(budgeted.encode()).unwrap();
-        assert!(text.contains(r#""quote_budget":"1180591620717411303424""#), "{text}");
+        assert!(
+            text.contains(r#""quote_budget":"1180591620717411303424""#),
+            "{text}"
+        );
         assert_eq!(OrderRecord::decode(text.as_bytes()).unwrap(), budgeted);
     }
 
