@@ -144,6 +144,7 @@ fn add_phase(a: &mut PhaseReport, b: &PhaseReport) {
         (&mut a.verdicts, b.verdicts),
         (&mut a.accepted, b.accepted),
         (&mut a.rejected, b.rejected),
+        (&mut a.stage_rejected, b.stage_rejected),
         (&mut a.lost, b.lost),
         (&mut a.timeouts, b.timeouts),
         (&mut a.shed, b.shed),

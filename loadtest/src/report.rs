@@ -23,8 +23,11 @@ pub struct PhaseReport {
     pub acknowledged: u64,
     pub verdicts: u64,
     pub accepted: u64,
-    /// Rejected by the engine (sum of the engine codes in `errors`).
+    /// Rejected by the engine or refused by the account stage (sum of their codes in `errors`).
     pub rejected: u64,
+    /// Of `rejected`, refused by the account stage (`insufficient_funds`, ...).
+    #[serde(default)]
+    pub stage_rejected: u64,
     pub lost: u64,
     pub timeouts: u64,
     /// `overloaded` + `rate_limited`.
@@ -61,7 +64,9 @@ impl PhaseReport {
             acknowledged: p.acknowledged,
             verdicts: p.verdicts,
             accepted: b.accepted,
-            rejected: b.engine_rejected.values().sum(),
+            rejected: b.engine_rejected.values().sum::<u64>()
+                + b.stage_rejected.values().sum::<u64>(),
+            stage_rejected: b.stage_rejected.values().sum(),
             lost: b.lost,
             timeouts: b.timeouts,
             shed: b.shed(),
@@ -318,8 +323,8 @@ pub(crate) fn phase_lines(s: &mut String, m: &PhaseReport, lost_all_phases: u64)
     let _ = writeln!(s, "  acknowledged        {}", m.acknowledged);
     let _ = writeln!(
         s,
-        "  engine verdicts     {} (accepted {}, rejected {})",
-        m.verdicts, m.accepted, m.rejected
+        "  verdicts            {} (accepted {}, rejected {}, of which by the account stage {})",
+        m.verdicts, m.accepted, m.rejected, m.stage_rejected
     );
     let _ = writeln!(
         s,

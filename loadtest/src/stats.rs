@@ -34,6 +34,9 @@ pub enum Outcome {
     Accepted,
     /// `received` and then the engine's rejection.
     EngineRejected(RejectReason),
+    /// `received` and then the account stage's refusal (`insufficient_funds`, ...): a
+    /// `rejected` push with `shard` and `accounts_offset` instead of `seq`.
+    StageRejected(ErrorCode),
     /// An error response from the gateway (including `overloaded` and `rate_limited`).
     GatewayRejected(ErrorCode),
     /// `received`, but no verdict before the drain deadline.
@@ -66,6 +69,8 @@ pub struct Buckets {
     pub accepted: u64,
     /// Engine rejections by code.
     pub engine_rejected: BTreeMap<String, u64>,
+    /// Account stage refusals by code (only with the stage on).
+    pub stage_rejected: BTreeMap<String, u64>,
     /// Gateway error responses by code (`overloaded`, `rate_limited`, ...).
     pub gateway_rejected: BTreeMap<String, u64>,
     pub timeouts: u64,
@@ -82,6 +87,7 @@ impl Buckets {
             Outcome::EngineRejected(r) => {
                 *self.engine_rejected.entry(r.code().into()).or_default() += 1
             }
+            Outcome::StageRejected(c) => *self.stage_rejected.entry(code_name(c)).or_default() += 1,
             Outcome::GatewayRejected(c) => {
                 *self.gateway_rejected.entry(code_name(c)).or_default() += 1
             }
@@ -96,6 +102,7 @@ impl Buckets {
     pub fn total(&self) -> u64 {
         self.accepted
             + self.engine_rejected.values().sum::<u64>()
+            + self.stage_rejected.values().sum::<u64>()
             + self.gateway_rejected.values().sum::<u64>()
             + self.timeouts
             + self.lost
@@ -112,10 +119,10 @@ impl Buckets {
             .sum()
     }
 
-    /// Every error and rejection by code, gateway and engine together.
+    /// Every error and rejection by code, gateway, account stage and engine together.
     pub fn errors(&self) -> BTreeMap<String, u64> {
         let mut all = self.gateway_rejected.clone();
-        for (code, n) in &self.engine_rejected {
+        for (code, n) in self.engine_rejected.iter().chain(&self.stage_rejected) {
             *all.entry(code.clone()).or_default() += n;
         }
         all
@@ -407,9 +414,9 @@ impl Recorder {
                 match outcome {
                     Outcome::Accepted => g.second.accepted += 1,
                     Outcome::GatewayRejected(c) if is_shed(c) => g.second.shed += 1,
-                    Outcome::GatewayRejected(_) | Outcome::EngineRejected(_) => {
-                        g.second.errors += 1
-                    }
+                    Outcome::GatewayRejected(_)
+                    | Outcome::EngineRejected(_)
+                    | Outcome::StageRejected(_) => g.second.errors += 1,
                     _ => {}
                 }
             }
@@ -537,6 +544,7 @@ mod tests {
             Outcome::GatewayRejected(ErrorCode::Overloaded),
             Outcome::GatewayRejected(ErrorCode::RateLimited),
             Outcome::GatewayRejected(ErrorCode::InvalidDecimal),
+            Outcome::StageRejected(ErrorCode::InsufficientFunds),
             Outcome::Timeout,
             Outcome::Lost,
             Outcome::NotSent(NotSent::GeneratorBehind),
@@ -550,7 +558,8 @@ mod tests {
         assert_eq!(b.shed(), 2);
         assert_eq!(b.errors().get("unknown_order"), Some(&1));
         assert_eq!(b.errors().get("invalid_decimal"), Some(&1));
-        assert_eq!(b.errors().values().sum::<u64>(), 4);
+        assert_eq!(b.errors().get("insufficient_funds"), Some(&1));
+        assert_eq!(b.errors().values().sum::<u64>(), 5);
     }
 
     #[test]

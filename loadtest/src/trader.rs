@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::ws::{
-    Amend, Cancel, CancelAllParams, ErrorBody, OrderUpdate, OrderUpdateKind, Place, Push,
-    RequestBody,
+    Amend, Cancel, CancelAllParams, ErrorBody, ErrorCode, OrderUpdate, OrderUpdateKind, Place,
+    Push, RequestBody, StageRejection,
 };
 use protocol::{CommandKind, OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce};
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,8 @@ pub struct Slot {
 enum Verdict {
     Ok,
     Rejected(RejectReason),
+    /// The account stage refused it before it reached the book (`insufficient_funds`, ...).
+    Refused(ErrorCode),
 }
 
 #[derive(Debug, Clone)]
@@ -278,20 +280,14 @@ impl Trader {
         // OrderUpdate parses straight from the frame (the `channel` key is ignored), which saves
         // the routing parse and serde's buffering of an internally tagged enum.
         if text.starts_with(ORDERS_PUSH_PREFIX) {
-            if let Ok(update) = serde_json::from_str::<OrderUpdate>(text) {
-                self.on_update(update, obs);
-            }
+            self.on_orders_push(text, obs);
             return;
         }
         let Ok(peek) = serde_json::from_str::<Peek>(text) else {
             return;
         };
         match (peek.channel, peek.id) {
-            (Some("orders"), _) => {
-                if let Ok(Push::Orders(update)) = serde_json::from_str::<Push>(text) {
-                    self.on_update(update, obs);
-                }
-            }
+            (Some("orders"), _) => self.on_orders_push(text, obs),
             (Some("status"), _) => {
                 if let Ok(Push::Status {
                     status,
@@ -354,6 +350,33 @@ impl Trader {
                 self.finish_if_done(id, obs);
             }
             None => {}
+        }
+    }
+
+    /// An `orders` push: the engine's event (it has a `seq`), or else the account stage's
+    /// refusal (`shard` and `accounts_offset` instead of `seq`, and the stage's codes).
+    fn on_orders_push(&mut self, text: &str, obs: &mut Vec<Observation>) {
+        match serde_json::from_str::<OrderUpdate>(text) {
+            Ok(update) => self.on_update(update, obs),
+            Err(_) => {
+                if let Ok(refusal) = serde_json::from_str::<StageRejection>(text) {
+                    self.on_refusal(refusal, obs);
+                }
+            }
+        }
+    }
+
+    fn on_refusal(&mut self, r: StageRejection, obs: &mut Vec<Observation>) {
+        if let Some(req_id) = r.req_id {
+            self.record_verdict(req_id, Verdict::Refused(r.code), obs);
+        }
+        // A refused amend leaves its order as it was; a refused place never rested.
+        if r.command == Some(CommandKind::Amend) {
+            let code = match r.code {
+                ErrorCode::Order(reason) => Some(reason),
+                _ => None,
+            };
+            self.release(r.order_id, code);
         }
     }
 
@@ -426,12 +449,6 @@ impl Trader {
     }
 
     fn on_verdict(&mut self, req_id: u64, kind: &OrderUpdateKind, obs: &mut Vec<Observation>) {
-        let Some(p) = self.pending.get_mut(&req_id) else {
-            return;
-        };
-        if p.verdict.is_some() {
-            return; // fills and done events after the verdict
-        }
         let verdict = match kind {
             OrderUpdateKind::Accepted { .. }
             | OrderUpdateKind::Done { .. }
@@ -439,6 +456,16 @@ impl Trader {
             OrderUpdateKind::Rejected { code, .. } => Verdict::Rejected(*code),
             OrderUpdateKind::Fill { .. } => return,
         };
+        self.record_verdict(req_id, verdict, obs);
+    }
+
+    fn record_verdict(&mut self, req_id: u64, verdict: Verdict, obs: &mut Vec<Observation>) {
+        let Some(p) = self.pending.get_mut(&req_id) else {
+            return;
+        };
+        if p.verdict.is_some() {
+            return; // fills and done events after the verdict
+        }
         p.verdict = Some(verdict);
         obs.push(Observation::Verdict {
             phase: p.phase,
@@ -521,6 +548,7 @@ fn verdict_outcome(v: Verdict) -> Outcome {
     match v {
         Verdict::Ok => Outcome::Accepted,
         Verdict::Rejected(r) => Outcome::EngineRejected(r),
+        Verdict::Refused(code) => Outcome::StageRejected(code),
     }
 }
 
@@ -769,5 +797,103 @@ mod tests {
             finished(&obs),
             vec![Outcome::EngineRejected(RejectReason::BelowMinNotional)]
         );
+    }
+
+    /// The account stage's refusal exactly as the gateway writes it (gateway/src/hub.rs,
+    /// `StageRejection::push_json`): no `seq`, `shard` and `accounts_offset` instead.
+    const STAGE_REFUSAL: &str = r#"{"channel":"orders","pair":"BTC-EUR","req_id":1,"type":"rejected","order_id":5348024557502465,"command":"place","code":"insufficient_funds","message":"EUR: 3000 needed, 0 available","shard":1,"accounts_offset":12}"#;
+
+    #[test]
+    fn a_stage_refusal_is_a_rejection_by_its_code_before_or_after_the_ack() {
+        let refusal: StageRejection = serde_json::from_str(STAGE_REFUSAL).unwrap();
+        assert_eq!(
+            refusal.push_json(),
+            STAGE_REFUSAL,
+            "the gateway's own serialization"
+        );
+        for refusal_first in [false, true] {
+            let mut t = trader(100);
+            let mut obs = Vec::new();
+            t.build(slot(Kind::Limit), Instant::now());
+            if refusal_first {
+                t.handle_text(STAGE_REFUSAL, &mut obs);
+                t.handle_text(&received(1), &mut obs);
+            } else {
+                t.handle_text(&received(1), &mut obs);
+                t.handle_text(STAGE_REFUSAL, &mut obs);
+            }
+            assert_eq!(
+                finished(&obs),
+                vec![Outcome::StageRejected(ErrorCode::InsufficientFunds)]
+            );
+            assert!(
+                obs.iter().any(|o| matches!(o, Observation::Verdict { .. })),
+                "a refusal is the command's verdict"
+            );
+            t.give_up(&mut obs);
+            assert_eq!(finished(&obs).len(), 1, "nothing left to time out or lose");
+        }
+        // Through the slow path too (a frame that does not start with the channel).
+        let mut t = trader(100);
+        let mut obs = Vec::new();
+        t.build(slot(Kind::Limit), Instant::now());
+        t.handle_text(&received(1), &mut obs);
+        let reordered = format!(
+            r#"{{"req_id":1,{}"#,
+            &STAGE_REFUSAL[1..].replace(r#""req_id":1,"#, "")
+        );
+        t.handle_text(&reordered, &mut obs);
+        assert_eq!(
+            finished(&obs),
+            vec![Outcome::StageRejected(ErrorCode::InsufficientFunds)]
+        );
+    }
+
+    #[test]
+    fn a_refused_amend_frees_its_order_for_the_next_cancel_or_amend() {
+        let mut t = trader(100);
+        let mut obs = Vec::new();
+        let (text, _) = t.build(slot(Kind::Limit), Instant::now());
+        let RequestBody::Place(place) = parse_request(&text).unwrap().body else {
+            panic!("not a place")
+        };
+        t.handle_text(&received(1), &mut obs);
+        t.handle_text(&accepted(1, 77, &place), &mut obs);
+        let (text, kind) = t.build(slot(Kind::Amend), Instant::now());
+        assert_eq!(kind, Kind::Amend, "{text}");
+        assert!(
+            t.live.iter().all(|o| o.busy),
+            "the amend names the only order"
+        );
+        t.handle_text(&received(2), &mut obs);
+        let refusal = StageRejection {
+            pair: place.pair.clone(),
+            req_id: Some(2),
+            kind: protocol::ws::RejectedType::Rejected,
+            order_id: Some(77),
+            client_order_id: None,
+            command: Some(CommandKind::Amend),
+            code: ErrorCode::InsufficientFunds,
+            message: "not enough".into(),
+            shard: 0,
+            accounts_offset: 3,
+        };
+        t.handle_text(&refusal.push_json(), &mut obs);
+        assert_eq!(
+            finished(&obs)[1..],
+            [Outcome::StageRejected(ErrorCode::InsufficientFunds)]
+        );
+        assert!(t.live.iter().all(|o| !o.busy), "the order is free again");
+    }
+
+    #[test]
+    fn stage_refusals_are_reported_as_rejections_by_code() {
+        let mut b = crate::stats::Buckets::default();
+        b.add(Outcome::StageRejected(ErrorCode::InsufficientFunds));
+        b.add(Outcome::StageRejected(ErrorCode::InsufficientFunds));
+        b.add(Outcome::EngineRejected(RejectReason::FokCannotFill));
+        assert_eq!(b.errors().get("insufficient_funds"), Some(&2));
+        assert_eq!(b.total(), 3);
+        assert_eq!(b.lost + b.timeouts, 0);
     }
 }
