@@ -448,24 +448,27 @@ impl Hub {
         }
     }
 
+    /// A refusal goes to every connection of the account on this gateway: the account is
+    /// named by the stage's answer, or else by the request this gateway remembers. Only the
+    /// gateway that wrote the command (and still remembers it) knows the pair, the kind and
+    /// the order it named, and the requester's connection gets its `req_id`.
     fn answer_refusal(
         &self,
         record: &AccountEventRecord,
         command_id: u64,
         refusal: &protocol::accounts::Refusal,
     ) {
-        // Only the gateway that wrote the command knows whose it was: the refusal names the
-        // command, not the account.
-        let Some(origin) = self.take_request(command_id) else {
+        let origin = self.take_request(command_id);
+        if let Some(origin) = &origin {
+            let delay = origin.at.elapsed();
+            self.engine_delay.record(delay);
+            metrics::histogram!("gateway_verdict_seconds").record(delay.as_secs_f64());
+        }
+        let stage = origin.as_ref().and_then(|o| o.stage.as_deref());
+        let Some(account) = record.account_id.or(stage.map(|s| s.account)) else {
             return;
         };
-        let delay = origin.at.elapsed();
-        self.engine_delay.record(delay);
-        metrics::histogram!("gateway_verdict_seconds").record(delay.as_secs_f64());
-        let Some(stage) = origin.stage else {
-            return;
-        };
-        let Some(spec) = self.pairs.get(stage.pair) else {
+        let Some(outs) = self.accounts.get(&account) else {
             return;
         };
         let (code, message) = match ErrorCode::from_name(&refusal.code) {
@@ -479,28 +482,30 @@ impl Hub {
             ),
         };
         let mut push = StageRejection {
-            pair: spec.symbol.clone(),
+            pair: stage
+                .and_then(|s| self.pairs.get(s.pair))
+                .map(|spec| spec.symbol.clone()),
             req_id: None,
             kind: RejectedType::Rejected,
-            order_id: stage.order_id,
-            client_order_id: stage.client_order_id.clone(),
-            command: Some(stage.command),
+            order_id: stage.and_then(|s| s.order_id),
+            client_order_id: stage.and_then(|s| s.client_order_id.clone()),
+            command: stage.map(|s| s.command),
+            command_id: Some(command_id),
             code,
             message,
             shard: record.shard,
             accounts_offset: record.accounts_offset,
         };
-        let Some(outs) = self.accounts.get(&stage.account) else {
-            return;
-        };
+        let requester = origin.as_ref().map(|o| (o.conn, o.req_id));
         let mut plain: Option<String> = None;
         for out in outs.iter() {
-            if out.id == origin.conn {
-                push.req_id = Some(origin.req_id);
-                out.push(push.push_json());
-                push.req_id = None;
-            } else {
-                out.push(plain.get_or_insert_with(|| push.push_json()).clone());
+            match requester {
+                Some((conn, req_id)) if conn == out.id => {
+                    push.req_id = Some(req_id);
+                    out.push(push.push_json());
+                    push.req_id = None;
+                }
+                _ => out.push(plain.get_or_insert_with(|| push.push_json()).clone()),
             }
         }
     }

@@ -169,7 +169,7 @@ async fn a_refusal_answers_the_place_like_an_engine_rejection() {
         rejected,
         json!({"channel": "orders", "pair": "ETH-EUR", "req_id": 41, "type": "rejected",
                "order_id": order_id, "client_order_id": "mine-1", "command": "place",
-               "code": "insufficient_funds", "message": "EUR: 3000 needed, 0 available",
+               "command_id": order_id, "code": "insufficient_funds", "message": "EUR: 3000 needed, 0 available",
                "shard": shard, "accounts_offset": 12})
     );
     // The account's other connection sees it too, without the request id.
@@ -178,6 +178,92 @@ async fn a_refusal_answers_the_place_like_an_engine_rejection() {
         .expect("the refusal pushed to the sibling in time");
     assert_eq!(seen["code"], "insufficient_funds");
     assert_eq!(seen.get("req_id"), None, "{seen}");
+    stack.stop().await;
+}
+
+/// The stage's answer names the account, so a refusal reaches every connection of it even on
+/// a gateway that never saw the command (another gateway wrote it, or this one forgot it): only
+/// the pair, kind and order it named are missing, and the command id says which it was.
+#[tokio::test]
+async fn a_refusal_naming_the_account_reaches_it_without_the_request() {
+    let Some(stack) = start_with_accounts(Limits::default(), 2, SHARDS as usize).await else {
+        return;
+    };
+    let producer = stack.producer();
+    let mut c = stack.logged_in(0).await;
+    let mut sibling = stack.logged_in(0).await;
+    let mut other = stack.logged_in(1).await;
+    let shard = shard_of(&stack, 0);
+    let foreign_command = 1 << 52;
+    let refusal = |offset, command_id, account| AccountEventRecord {
+        v: RECORD_VERSION,
+        shard,
+        accounts_offset: offset,
+        command_id: Some(command_id),
+        account_id: Some(AccountId(account)),
+        transfer_id: None,
+        refusal: Some(Refusal {
+            code: "insufficient_funds".into(),
+            message: "BTC: 1 needed, 0 available".into(),
+        }),
+        balances: vec![],
+    };
+    answer(
+        &stack,
+        &producer,
+        &refusal(30, foreign_command, stack.creds[0].account_id),
+    )
+    .await;
+    let want = json!({"channel": "orders", "type": "rejected", "command_id": foreign_command,
+                      "code": "insufficient_funds", "message": "BTC: 1 needed, 0 available",
+                      "shard": shard, "accounts_offset": 30});
+    for conn in [&mut c, &mut sibling] {
+        let seen = tokio::time::timeout(WAIT, conn.push_where(|p| p["channel"] == "orders"))
+            .await
+            .expect("the refusal pushed in time");
+        assert_eq!(seen, want);
+    }
+
+    // A command this gateway wrote and remembers: the requester gets its req_id and the
+    // order's details, the sibling the same without req_id, and both get it once.
+    let r = c
+        .request("place", place_params("BTC-EUR", "sell", "100.00", "0.5"))
+        .await;
+    let order_id = r["result"]["order_id"].as_u64().expect("received");
+    answer(
+        &stack,
+        &producer,
+        &refusal(31, order_id, stack.creds[0].account_id),
+    )
+    .await;
+    let mine = tokio::time::timeout(WAIT, c.push_where(|p| p["channel"] == "orders"))
+        .await
+        .expect("the refusal pushed in time");
+    assert_eq!(mine["req_id"], r["id"], "{mine}");
+    assert_eq!(mine["pair"], "BTC-EUR");
+    assert_eq!(mine["order_id"], order_id);
+    assert_eq!(mine["command"], "place");
+    let seen = tokio::time::timeout(WAIT, sibling.push_where(|p| p["channel"] == "orders"))
+        .await
+        .expect("the refusal pushed to the sibling in time");
+    assert_eq!(seen.get("req_id"), None, "{seen}");
+    assert_eq!(seen["order_id"], order_id);
+    // The other account saw none of it.
+    let r = other.request("ping", Value::Null).await;
+    assert!(r["result"]["ts_ms"].is_u64());
+    assert!(
+        other.pushes.iter().all(|p| p["channel"] != "orders"),
+        "{:?}",
+        other.pushes
+    );
+    for conn in [&mut c, &mut sibling] {
+        conn.request("ping", Value::Null).await;
+        assert!(
+            conn.pushes.iter().all(|p| p["channel"] != "orders"),
+            "pushed twice: {:?}",
+            conn.pushes
+        );
+    }
     stack.stop().await;
 }
 

@@ -801,7 +801,7 @@ mod tests {
 
     /// The account stage's refusal exactly as the gateway writes it (gateway/src/hub.rs,
     /// `StageRejection::push_json`): no `seq`, `shard` and `accounts_offset` instead.
-    const STAGE_REFUSAL: &str = r#"{"channel":"orders","pair":"BTC-EUR","req_id":1,"type":"rejected","order_id":5348024557502465,"command":"place","code":"insufficient_funds","message":"EUR: 3000 needed, 0 available","shard":1,"accounts_offset":12}"#;
+    const STAGE_REFUSAL: &str = r#"{"channel":"orders","pair":"BTC-EUR","req_id":1,"type":"rejected","order_id":5348024557502465,"command":"place","command_id":5348024557502465,"code":"insufficient_funds","message":"EUR: 3000 needed, 0 available","shard":1,"accounts_offset":12}"#;
 
     #[test]
     fn a_stage_refusal_is_a_rejection_by_its_code_before_or_after_the_ack() {
@@ -833,6 +833,15 @@ mod tests {
             t.give_up(&mut obs);
             assert_eq!(finished(&obs).len(), 1, "nothing left to time out or lose");
         }
+        // A refusal of another connection's command, as a gateway that did not write it pushes
+        // it (no pair, no req_id): nothing of ours, and nothing breaks.
+        let mut t = trader(100);
+        let mut obs = Vec::new();
+        t.handle_text(
+            r#"{"channel":"orders","type":"rejected","command_id":9,"code":"insufficient_funds","message":"m","shard":0,"accounts_offset":5}"#,
+            &mut obs,
+        );
+        assert!(obs.is_empty(), "{obs:?}");
         // Through the slow path too (a frame that does not start with the channel).
         let mut t = trader(100);
         let mut obs = Vec::new();
@@ -867,12 +876,13 @@ mod tests {
         );
         t.handle_text(&received(2), &mut obs);
         let refusal = StageRejection {
-            pair: place.pair.clone(),
+            pair: Some(place.pair.clone()),
             req_id: Some(2),
             kind: protocol::ws::RejectedType::Rejected,
             order_id: Some(77),
             client_order_id: None,
             command: Some(CommandKind::Amend),
+            command_id: Some(78),
             code: ErrorCode::InsufficientFunds,
             message: "not enough".into(),
             shard: 0,

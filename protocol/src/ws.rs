@@ -342,9 +342,14 @@ pub struct BalanceUpdate {
 /// channel as `type: rejected` like an engine rejection. It carries `shard` and
 /// `accounts_offset` where the engine's carries the pair's `seq`: the command never reached
 /// the pair, so it has no place in the pair's sequence. Serialize with [`Self::push_json`].
+///
+/// The stage's answer names only the command id and the account, so `pair`, `command`,
+/// `order_id` and `client_order_id` are there only on the gateway that wrote the command and
+/// still remembered it; every connection of the account, on every gateway, gets the push.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageRejection {
-    pub pair: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<u64>,
     #[serde(rename = "type")]
@@ -355,6 +360,9 @@ pub struct StageRejection {
     pub client_order_id: Option<ClientOrderId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<CommandKind>,
+    /// The gateway's id of the refused command: a place's is its `order_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<u64>,
     pub code: ErrorCode,
     pub message: String,
     pub shard: u32,
@@ -981,12 +989,13 @@ mod tests {
     #[test]
     fn a_stage_rejection_is_an_orders_push_of_type_rejected() {
         let r = StageRejection {
-            pair: "BTC-EUR".into(),
+            pair: Some("BTC-EUR".into()),
             req_id: Some(4),
             kind: RejectedType::Rejected,
             order_id: Some(9),
             client_order_id: None,
             command: Some(CommandKind::Place),
+            command_id: Some(9),
             code: ErrorCode::InsufficientFunds,
             message: "not enough".into(),
             shard: 1,
@@ -996,7 +1005,7 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"channel": "orders", "pair": "BTC-EUR", "req_id": 4,
-                "type": "rejected", "order_id": 9, "command": "place",
+                "type": "rejected", "order_id": 9, "command": "place", "command_id": 9,
                 "code": "insufficient_funds", "message": "not enough", "shard": 1,
                 "accounts_offset": 17})
         );
