@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::shard::{Effects, ShardState};
-use crate::store::{self, StoreError};
+use crate::store::{self, Rows, StoreError};
 use crate::telemetry as m;
 
 /// What every shard actor shares.
@@ -95,8 +95,25 @@ pub async fn recover(stage: &Stage, shard: u32) -> Result<(ShardState, i64), Act
     Ok((state, last))
 }
 
+/// Batches decided and published but not yet committed: how far the decider may run ahead of
+/// PostgreSQL (and so at most what a restart decides again). When full, the decider waits.
+const STAGED_BATCHES_MAX: usize = 16;
+
+/// A decided batch on its way to PostgreSQL.
+struct Staged {
+    last: i64,
+    rows: Rows,
+    deliveries: Vec<DeliveryFuture>,
+    records: u64,
+    lines: u64,
+    repeats: u64,
+    inconsistent: u64,
+    refused: u64,
+    published: Instant,
+}
+
 async fn run(stage: Arc<Stage>, shard: u32, stop: CancellationToken) -> Result<(), ActorError> {
-    let (mut state, mut last) = recover(&stage, shard).await?;
+    let (state, last) = recover(&stage, shard).await?;
     let consumer: StreamConsumer = infra::kafka::client_config(
         &stage.config.brokers,
         &format!("accounts-{shard}"),
@@ -123,11 +140,30 @@ async fn run(stage: Arc<Stage>, shard: u32, stop: CancellationToken) -> Result<(
         open_orders = state.ledger.reservations().count(),
         "shard actor started"
     );
-    let labels = [("shard", shard.to_string())];
+    // The decider publishes each batch at once and passes it on; the committer waits for Kafka
+    // and commits, absorbing the batches that queued meanwhile into one transaction. A client's
+    // order never waits for PostgreSQL, and the position never runs ahead of what Kafka holds.
+    let (staged, waiting) = tokio::sync::mpsc::channel(STAGED_BATCHES_MAX);
+    tokio::try_join!(
+        decide(&stage, shard, state, last, consumer, staged, stop),
+        commit(&stage, shard, last, waiting),
+    )?;
+    Ok(())
+}
+
+async fn decide(
+    stage: &Stage,
+    shard: u32,
+    mut state: ShardState,
+    mut last: i64,
+    consumer: StreamConsumer,
+    staged: tokio::sync::mpsc::Sender<Staged>,
+    stop: CancellationToken,
+) -> Result<(), ActorError> {
     let batch_max = stage.config.batch_records_max.max(1);
     loop {
         let mut fx = Effects::default();
-        let mut records = 0usize;
+        let mut records = 0u64;
         let mut lines_read = 0u64;
         let mut batch_last = last;
         let first = tokio::select! {
@@ -153,7 +189,7 @@ async fn run(stage: Arc<Stage>, shard: u32, stop: CancellationToken) -> Result<(
                 }
                 Err(err) => tracing::warn!(shard, error = %err, "accounts partition read error"),
             }
-            if records >= batch_max {
+            if records >= batch_max as u64 {
                 break;
             }
             msg = tokio::select! {
@@ -166,29 +202,76 @@ async fn run(stage: Arc<Stage>, shard: u32, stop: CancellationToken) -> Result<(
         if batch_last == last {
             continue;
         }
-        let started = Instant::now();
-        let deliveries = publish(&stage, shard, &fx).await?;
-        for d in deliveries {
-            match d.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((source, _))) => return Err(kafka("publish")(source)),
-                Err(_) => return Err(ActorError::Cancelled),
-            }
-        }
-        store::persist(&stage.pool, &state, last, batch_last, &fx).await?;
-        metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(m::BATCH_RECORDS).record(records as f64);
-        metrics::counter!(m::RECORDS_TOTAL, &labels).increment(records as u64);
-        metrics::counter!(m::LINES_TOTAL, &labels).increment(lines_read);
-        metrics::counter!(m::REPEATS_TOTAL, &labels).increment(fx.repeats);
-        metrics::counter!(m::INCONSISTENT_TOTAL, &labels).increment(fx.inconsistent);
-        let refused = fx.answers.iter().filter(|a| a.refusal.is_some()).count();
-        metrics::counter!(m::REFUSED_TOTAL, &labels).increment(refused as u64);
+        let deliveries = publish(stage, shard, &fx).await?;
+        let refused = fx.answers.iter().filter(|a| a.refusal.is_some()).count() as u64;
+        let batch = Staged {
+            last: batch_last,
+            deliveries,
+            records,
+            lines: lines_read,
+            repeats: fx.repeats,
+            inconsistent: fx.inconsistent,
+            refused,
+            rows: Rows::capture(&state, &mut fx),
+            published: Instant::now(),
+        };
         last = batch_last;
+        // Err: the committer is gone, and its error ends the actor.
+        if staged.send(batch).await.is_err() {
+            std::future::pending::<()>().await;
+        }
         if stop.is_cancelled() {
             return Ok(());
         }
     }
+}
+
+/// Commits staged batches in order until the decider is gone and nothing is left.
+async fn commit(
+    stage: &Stage,
+    shard: u32,
+    mut last: i64,
+    mut waiting: tokio::sync::mpsc::Receiver<Staged>,
+) -> Result<(), ActorError> {
+    let labels = [("shard", shard.to_string())];
+    let assets = AssetRegistry::from_pairs(&stage.pairs);
+    while let Some(mut first) = waiting.recv().await {
+        acknowledged(&mut first).await?;
+        let published = first.published;
+        let mut batch = first;
+        while let Ok(mut next) = waiting.try_recv() {
+            acknowledged(&mut next).await?;
+            batch.rows.absorb(next.rows);
+            batch.last = next.last;
+            batch.records += next.records;
+            batch.lines += next.lines;
+            batch.repeats += next.repeats;
+            batch.inconsistent += next.inconsistent;
+            batch.refused += next.refused;
+        }
+        store::persist(&stage.pool, shard, &assets, last, batch.last, &batch.rows).await?;
+        last = batch.last;
+        metrics::histogram!(m::COMMIT_SECONDS).record(published.elapsed().as_secs_f64());
+        metrics::histogram!(m::BATCH_RECORDS).record(batch.records as f64);
+        metrics::counter!(m::RECORDS_TOTAL, &labels).increment(batch.records);
+        metrics::counter!(m::LINES_TOTAL, &labels).increment(batch.lines);
+        metrics::counter!(m::REPEATS_TOTAL, &labels).increment(batch.repeats);
+        metrics::counter!(m::INCONSISTENT_TOTAL, &labels).increment(batch.inconsistent);
+        metrics::counter!(m::REFUSED_TOTAL, &labels).increment(batch.refused);
+    }
+    Ok(())
+}
+
+/// Waits until Kafka holds every forward and answer of a batch.
+async fn acknowledged(batch: &mut Staged) -> Result<(), ActorError> {
+    for d in batch.deliveries.drain(..) {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((source, _))) => return Err(kafka("publish")(source)),
+            Err(_) => return Err(ActorError::Cancelled),
+        }
+    }
+    Ok(())
 }
 
 /// Hands the batch's forwards (per pair partition of `orders`) and answers (the shard's

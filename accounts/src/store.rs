@@ -2,13 +2,13 @@
 //! transfers, per-pair settlement seqs and its position, in one transaction fenced on the
 //! previous position). Schema: `infra/migrations/0006_accounts.sql`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use accounts_core::{AssetRegistry, Balance, Cause, Reservation};
+use accounts_core::{AssetId, AssetRegistry, Balance, Cause, Reservation};
 use protocol::{AccountId, OrderId, PairId, Price, Qty, Side};
 use sqlx::{PgPool, Row};
 
-use crate::shard::{Effects, OrderMeta, ShardState};
+use crate::shard::{Effects, LedgerRow, OrderMeta, ShardState, TransferRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -149,23 +149,76 @@ fn cause_name(cause: &Cause) -> &'static str {
     }
 }
 
-fn symbol(assets: &AssetRegistry, id: accounts_core::AssetId) -> String {
+fn symbol(assets: &AssetRegistry, id: AssetId) -> String {
     assets
         .get(id)
         .map_or_else(|| format!("#{}", id.0), |a| a.symbol.clone())
 }
 
-/// Commits the effects of the lines after `expected` up to `last` (positions), fenced.
+/// What one or more batches change, with every value captured when its batch ended: the
+/// actor decides the next batch while this one waits for Kafka and commits.
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub balances: BTreeMap<(AccountId, AssetId), (Balance, i64)>,
+    pub open: BTreeMap<OrderId, (Reservation, Option<OrderMeta>)>,
+    pub gone: BTreeSet<OrderId>,
+    pub ledger: Vec<LedgerRow>,
+    pub pair_seqs: BTreeMap<PairId, u64>,
+    pub transfers: Vec<TransferRow>,
+}
+
+impl Rows {
+    /// The rows of a batch's effects, as the state stands at the batch's end.
+    pub fn capture(state: &ShardState, fx: &mut Effects) -> Rows {
+        let mut open = BTreeMap::new();
+        let mut gone = BTreeSet::new();
+        for &order_id in &fx.orders {
+            match state.ledger.reservation(order_id) {
+                Some(r) => {
+                    open.insert(order_id, (*r, state.meta.get(&order_id).cloned()));
+                }
+                None => {
+                    gone.insert(order_id);
+                }
+            }
+        }
+        Rows {
+            balances: std::mem::take(&mut fx.balances),
+            open,
+            gone,
+            ledger: std::mem::take(&mut fx.ledger),
+            pair_seqs: std::mem::take(&mut fx.pair_seqs),
+            transfers: std::mem::take(&mut fx.transfers),
+        }
+    }
+
+    /// Adds the rows of the batch that followed: its values win.
+    pub fn absorb(&mut self, later: Rows) {
+        self.balances.extend(later.balances);
+        for (id, row) in later.open {
+            self.gone.remove(&id);
+            self.open.insert(id, row);
+        }
+        for id in later.gone {
+            self.open.remove(&id);
+            self.gone.insert(id);
+        }
+        self.ledger.extend(later.ledger);
+        self.pair_seqs.extend(later.pair_seqs);
+        self.transfers.extend(later.transfers);
+    }
+}
+
+/// Commits the rows of the lines after `expected` up to `last` (positions), fenced.
 pub async fn persist(
     pool: &PgPool,
-    state: &ShardState,
+    shard: u32,
+    assets: &AssetRegistry,
     expected: i64,
     last: i64,
-    fx: &Effects,
+    fx: &Rows,
 ) -> Result<(), StoreError> {
-    let shard = state.shard;
     let s = shard as i32;
-    let assets = state.ledger.assets();
     let mut tx = pool.begin().await?;
     let moved = sqlx::query(
         "UPDATE account_shards SET last_offset = $3, updated_at = now() \
@@ -211,13 +264,10 @@ pub async fn persist(
         .await?;
     }
 
-    let mut gone = Vec::new();
+    let gone: Vec<i64> = fx.gone.iter().map(|id| id.0 as i64).collect();
     let mut open = OpenColumns::default();
-    for &order_id in &fx.orders {
-        match state.ledger.reservation(order_id) {
-            None => gone.push(order_id.0 as i64),
-            Some(r) => open.push(order_id, r, state.meta.get(&order_id), assets),
-        }
+    for (&order_id, (r, meta)) in &fx.open {
+        open.push(order_id, r, meta.as_ref(), assets);
     }
     if !gone.is_empty() {
         sqlx::query("DELETE FROM reservations WHERE order_id = ANY($1)")
