@@ -377,7 +377,25 @@ impl Conn {
             RequestBody::Unsubscribe(s) => self.unsubscribe(id, s).map(Some),
             RequestBody::Balances(q) => {
                 let account = self.stage_account("asking for balances")?;
+                self.shared.check_account_rate(account)?;
+                let _permit = self.shared.query_permit()?;
                 balances(Arc::clone(&self.shared), account, id, q)
+                    .await
+                    .map(Some)
+            }
+            body @ (RequestBody::OpenOrders(_)
+            | RequestBody::OrderStatus(_)
+            | RequestBody::MyTrades(_)) => {
+                let account = self.account.ok_or_else(|| {
+                    ErrorBody::new(
+                        ErrorCode::Unauthenticated,
+                        format!("log in before {method}"),
+                    )
+                })?;
+                // Answered in line, like `balances`: one query at a time per connection.
+                self.shared.check_account_rate(account)?;
+                let _permit = self.shared.query_permit()?;
+                query(Arc::clone(&self.shared), id, account, body)
                     .await
                     .map(Some)
             }
@@ -588,7 +606,10 @@ impl Conn {
             | RequestBody::Ping
             | RequestBody::Subscribe(_)
             | RequestBody::Unsubscribe(_)
-            | RequestBody::Balances(_) => {
+            | RequestBody::Balances(_)
+            | RequestBody::OpenOrders(_)
+            | RequestBody::OrderStatus(_)
+            | RequestBody::MyTrades(_) => {
                 return Err(ErrorBody::new(
                     ErrorCode::Internal,
                     format!("{} is not a trading method", body_name),
@@ -596,6 +617,55 @@ impl Conn {
             }
         }
         Ok(None)
+    }
+}
+
+/// `open_orders`, `order_status`, `my_trades` (see `queries`).
+async fn query(
+    shared: Arc<Shared>,
+    id: u64,
+    account: AccountId,
+    body: RequestBody,
+) -> Result<String, ErrorBody> {
+    let spec_of = |symbol: &str| {
+        shared.pairs.by_symbol(symbol).cloned().ok_or_else(|| {
+            ErrorBody::new(ErrorCode::UnknownPair, format!("unknown pair {symbol:?}"))
+        })
+    };
+    let (pool, hub, pairs) = (&shared.pool, &*shared.hub, &*shared.pairs);
+    match body {
+        RequestBody::OpenOrders(q) => {
+            let spec = q.pair.as_deref().map(&spec_of).transpose()?;
+            let answer =
+                crate::queries::open_orders(pool, hub, pairs, account, spec.as_ref()).await?;
+            Ok(ok_text(id, answer))
+        }
+        RequestBody::OrderStatus(q) => {
+            let spec = spec_of(&q.pair)?;
+            validate::order_ref(q.order_id, q.client_order_id.as_ref())?;
+            let answer =
+                crate::queries::order_status(pool, hub, pairs, account, &spec, &q).await??;
+            Ok(ok_text(id, answer))
+        }
+        RequestBody::MyTrades(q) => {
+            let spec = q.pair.as_deref().map(&spec_of).transpose()?;
+            let limit = crate::queries::my_trades_limit(&q)?;
+            let answer = crate::queries::my_trades(
+                pool,
+                hub,
+                pairs,
+                account,
+                spec.as_ref(),
+                limit,
+                q.before_trade_id,
+            )
+            .await?;
+            Ok(ok_text(id, answer))
+        }
+        other => Err(ErrorBody::new(
+            ErrorCode::Internal,
+            format!("{} is not a query", other.method()),
+        )),
     }
 }
 
@@ -629,13 +699,19 @@ async fn balances(
         ));
     }
     let shard = stage.shard(account);
-    let (held, as_of_offset) =
-        crate::accounts::committed_balances(&shared.pool, account, shard, q.asset.as_deref())
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "balances query failed");
-                ErrorBody::new(ErrorCode::Internal, "cannot read balances now; retry")
-            })?;
+    // Not older than the balances pushes this gateway already sent (see `queries`).
+    let target = shared.hub.shard_offset(shard);
+    let wait = crate::queries::CatchUp::new();
+    let (held, as_of_offset) = loop {
+        let found =
+            crate::accounts::committed_balances(&shared.pool, account, shard, q.asset.as_deref())
+                .await
+                .map_err(crate::queries::QueryError::from)?;
+        if target.is_none_or(|t| found.1 >= t) {
+            break found;
+        }
+        wait.again().await?;
+    };
     let balances = held
         .into_iter()
         .map(|h| {

@@ -196,6 +196,21 @@ impl Hub {
         }
     }
 
+    /// The last seq of `pair` this gateway has read (and pushed); 0 before any.
+    pub fn last_seq(&self, pair: PairId) -> u64 {
+        if (pair as usize) < self.books.len() {
+            self.book(pair).last_seq
+        } else {
+            0
+        }
+    }
+
+    /// The last `accounts_offset` of `shard` whose answer this gateway applied (and pushed).
+    pub fn shard_offset(&self, shard: u32) -> Option<i64> {
+        let seen = self.shard_offsets.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&shard).copied()
+    }
+
     /// Whether the replica has read every record that existed when the gateway started.
     pub fn caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Relaxed)

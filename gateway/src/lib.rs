@@ -18,6 +18,7 @@ pub mod hub;
 pub mod ids;
 pub mod outbound;
 pub mod provision;
+pub mod queries;
 pub mod sink;
 pub mod snapshot;
 mod state;

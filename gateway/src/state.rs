@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     /// The account stage, when on: place and amend go through it.
     pub stage: Option<Stage>,
+    /// Database queries of clients running now (`queries::QUERY_CONCURRENCY_MAX`).
+    queries: tokio::sync::Semaphore,
     connections: AtomicUsize,
     next_conn_id: AtomicU64,
 }
@@ -109,6 +111,7 @@ impl Shared {
             pairs,
             shutdown,
             stage,
+            queries: tokio::sync::Semaphore::new(crate::queries::QUERY_CONCURRENCY_MAX),
             connections: AtomicUsize::new(0),
             next_conn_id: AtomicU64::new(1),
             config,
@@ -152,6 +155,20 @@ impl Shared {
                     "account",
                 )
             })
+    }
+
+    /// A slot for one client query of the database, or `overloaded`.
+    pub fn query_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ErrorBody> {
+        self.queries.try_acquire().map_err(|_| {
+            metrics::counter!("gateway_shed_total", "reason" => telemetry::SHED_QUERIES)
+                .increment(1);
+            let mut e = ErrorBody::new(
+                ErrorCode::Overloaded,
+                "too many queries of the database at once; retry",
+            );
+            e.retry_after_ms = Some(crate::queries::QUERY_RETRY_AFTER_MS);
+            e
+        })
     }
 
     /// Admission control (see `sink`): a slot, or `overloaded` with `retry_after_ms`.

@@ -12,6 +12,8 @@ use crate::state::error_code_name;
 pub(crate) const SHED_CONNECTION_RATE: &str = "connection_rate";
 pub(crate) const SHED_ACCOUNT_RATE: &str = "account_rate";
 pub(crate) const SHED_KAFKA: &str = "kafka";
+/// Too many client queries of the database at once (`queries::QUERY_CONCURRENCY_MAX`).
+pub(crate) const SHED_QUERIES: &str = "queries";
 
 /// Reasons of `gateway_slow_consumers_total`.
 pub(crate) const SLOW_OUTBOUND_QUEUE: &str = "outbound_queue";
@@ -38,6 +40,7 @@ const COUNTERS: &[&str] = &[
     "gateway_account_events_duplicates_total",
     "gateway_account_events_undecodable_total",
     "gateway_account_events_read_errors_total",
+    "gateway_query_behind_total",
 ];
 
 const GAUGES: &[&str] = &["gateway_connections", "gateway_commands_in_flight"];
@@ -75,7 +78,12 @@ pub(crate) fn register() {
     for code in codes {
         metrics::counter!("gateway_errors_total", "code" => error_code_name(code)).increment(0);
     }
-    let shed = [SHED_CONNECTION_RATE, SHED_ACCOUNT_RATE, SHED_KAFKA];
+    let shed = [
+        SHED_CONNECTION_RATE,
+        SHED_ACCOUNT_RATE,
+        SHED_KAFKA,
+        SHED_QUERIES,
+    ];
     for reason in shed.iter().chain(Shed::LABELS) {
         metrics::counter!("gateway_shed_total", "reason" => *reason).increment(0);
     }

@@ -119,7 +119,7 @@ pub fn place(
 }
 
 /// Exactly one of an order id and a client order id.
-fn order_ref(
+pub(crate) fn order_ref(
     order_id: Option<u64>,
     client_order_id: Option<&String>,
 ) -> Result<OrderRef, ErrorBody> {

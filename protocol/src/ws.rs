@@ -42,6 +42,12 @@ pub enum RequestBody {
     Unsubscribe(Subscription),
     /// The account's balances as the account stage last committed them.
     Balances(BalancesQuery),
+    /// The account's open orders as the engine committed them, with the seq per pair.
+    OpenOrders(OpenOrdersQuery),
+    /// One of the account's orders, whatever its status.
+    OrderStatus(OrderStatusQuery),
+    /// The account's fills, newest first, a page at a time.
+    MyTrades(MyTradesQuery),
     Ping,
 }
 
@@ -57,6 +63,9 @@ impl RequestBody {
             RequestBody::Subscribe(_) => "subscribe",
             RequestBody::Unsubscribe(_) => "unsubscribe",
             RequestBody::Balances(_) => "balances",
+            RequestBody::OpenOrders(_) => "open_orders",
+            RequestBody::OrderStatus(_) => "order_status",
+            RequestBody::MyTrades(_) => "my_trades",
             RequestBody::Ping => "ping",
         }
     }
@@ -73,6 +82,9 @@ pub const METHODS: &[&str] = &[
     "subscribe",
     "unsubscribe",
     "balances",
+    "open_orders",
+    "order_status",
+    "my_trades",
     "ping",
 ];
 
@@ -123,6 +135,137 @@ pub struct Place {
 pub struct BalancesQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asset: Option<String>,
+}
+
+/// `open_orders`: every pair, or only `pair`. Params may be omitted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenOrdersQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
+}
+
+/// `order_status`: one order of the account, named like a cancel names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderStatusQuery {
+    pub pair: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<ClientOrderId>,
+}
+
+/// `my_trades`: the account's fills, newest first. Params may be omitted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MyTradesQuery {
+    /// One pair, or every pair when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
+    /// Fills per page: default [`MY_TRADES_LIMIT_DEFAULT`], at most [`MY_TRADES_LIMIT_MAX`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Only fills of trades before this one (trade ids are per pair, so `pair` is required):
+    /// the previous answer's `next_before_trade_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_trade_id: Option<u64>,
+}
+
+pub const MY_TRADES_LIMIT_DEFAULT: u32 = 100;
+pub const MY_TRADES_LIMIT_MAX: u32 = 1000;
+/// `open_orders` answers at most this many orders (oldest first) and says `truncated`.
+pub const OPEN_ORDERS_MAX: u32 = 1000;
+
+/// An order's status as the engine stored it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    Open,
+    Filled,
+    Cancelled,
+    Expired,
+    ExpiredStp,
+}
+
+/// One order as the engine committed it. Quantities are decimal strings with the pair's
+/// decimals; `qty` is the total (filled part included).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderInfo {
+    pub pair: String,
+    pub order_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_order_id: Option<ClientOrderId>,
+    pub side: Side,
+    #[serde(rename = "type")]
+    pub order_type: OrderType,
+    pub tif: TimeInForce,
+    pub post_only: bool,
+    /// Absent for market orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<String>,
+    pub qty: String,
+    pub filled_qty: String,
+    pub remaining_qty: String,
+    pub status: OrderState,
+    /// The pair's seq of the order's `accepted` event, and of the last event that changed it.
+    pub created_seq: u64,
+    pub updated_seq: u64,
+}
+
+/// `result` of `open_orders`. `as_of_seq` names, per pair the query covers, the pair's seq the
+/// answer reflects: every event up to it, none after. An `orders` push with a higher `seq` is
+/// not in the answer; one at or below it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenOrders {
+    /// Oldest first (by `order_id`).
+    pub orders: Vec<OrderInfo>,
+    pub as_of_seq: std::collections::BTreeMap<String, u64>,
+    /// More than [`OPEN_ORDERS_MAX`] orders are open: ask per pair.
+    pub truncated: bool,
+}
+
+/// `result` of `order_status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderStatus {
+    pub order: OrderInfo,
+    /// The pair's seq the answer reflects.
+    pub as_of_seq: u64,
+}
+
+/// Whether the account's order was the resting (maker) or the incoming (taker) side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liquidity {
+    Maker,
+    Taker,
+}
+
+/// One fill of the account's order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MyTrade {
+    pub pair: String,
+    pub trade_id: u64,
+    /// The pair's seq of the trade.
+    pub seq: u64,
+    pub order_id: u64,
+    /// The side of the account's order.
+    pub side: Side,
+    pub liquidity: Liquidity,
+    pub price: String,
+    pub qty: String,
+    pub ts_ms: u64,
+}
+
+/// `result` of `my_trades`: newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MyTrades {
+    pub trades: Vec<MyTrade>,
+    pub as_of_seq: std::collections::BTreeMap<String, u64>,
+    /// With `pair`, when the page is full: pass it as `before_trade_id` for the next (older)
+    /// page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before_trade_id: Option<u64>,
 }
 
 impl Place {
@@ -245,6 +388,9 @@ pub enum ErrorCode {
     AccountsDisabled,
     /// An asset no pair trades.
     UnknownAsset,
+    /// `order_status`: the account has no such order in the database (yet: it trails the
+    /// stream by the engine's commit interval).
+    OrderNotFound,
     /// The account stage refused a place or amend: not enough available funds.
     InsufficientFunds,
     /// The account stage refused a market buy without `quote_qty`.
@@ -633,6 +779,7 @@ impl ErrorCode {
         ErrorCode::OutcomeUnknown,
         ErrorCode::AccountsDisabled,
         ErrorCode::UnknownAsset,
+        ErrorCode::OrderNotFound,
     ];
 
     /// Codes only the account stage gives (its refusals of a place or amend), besides the
@@ -732,7 +879,7 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
     }
     let params = raw.params.map_or("null", RawValue::get);
     let params = match (raw.method, params) {
-        ("balances", "null") => "{}",
+        ("balances" | "open_orders" | "my_trades", "null") => "{}",
         (_, p) => p,
     };
     if raw.method != "ping" && !params.trim_start().starts_with('{') {
@@ -936,7 +1083,8 @@ mod tests {
                 | ErrorCode::Internal
                 | ErrorCode::OutcomeUnknown
                 | ErrorCode::AccountsDisabled
-                | ErrorCode::UnknownAsset => ErrorCode::GATEWAY.contains(&c),
+                | ErrorCode::UnknownAsset
+                | ErrorCode::OrderNotFound => ErrorCode::GATEWAY.contains(&c),
                 ErrorCode::InsufficientFunds
                 | ErrorCode::QuoteBudgetRequired
                 | ErrorCode::InvalidQty
@@ -946,7 +1094,7 @@ mod tests {
         for c in ErrorCode::GATEWAY {
             assert!(gateway_listed(*c));
         }
-        assert_eq!(ErrorCode::GATEWAY.len(), 22);
+        assert_eq!(ErrorCode::GATEWAY.len(), 23);
         for c in ErrorCode::ACCOUNT_REFUSALS {
             assert!(gateway_listed(*c));
         }
@@ -1036,6 +1184,46 @@ mod tests {
                 channel: Channel::Balances,
                 pair: None
             })
+        );
+    }
+
+    #[test]
+    fn queries_take_optional_params_where_documented() {
+        for (text, want) in [
+            (
+                r#"{"id":1,"method":"open_orders"}"#,
+                RequestBody::OpenOrders(OpenOrdersQuery::default()),
+            ),
+            (
+                r#"{"id":1,"method":"my_trades"}"#,
+                RequestBody::MyTrades(MyTradesQuery::default()),
+            ),
+            (
+                r#"{"id":1,"method":"my_trades","params":{"pair":"BTC-EUR","limit":5,"before_trade_id":9}}"#,
+                RequestBody::MyTrades(MyTradesQuery {
+                    pair: Some("BTC-EUR".into()),
+                    limit: Some(5),
+                    before_trade_id: Some(9),
+                }),
+            ),
+            (
+                r#"{"id":1,"method":"order_status","params":{"pair":"BTC-EUR","client_order_id":"a"}}"#,
+                RequestBody::OrderStatus(OrderStatusQuery {
+                    pair: "BTC-EUR".into(),
+                    order_id: None,
+                    client_order_id: Some("a".into()),
+                }),
+            ),
+        ] {
+            assert_eq!(parse_request(text).unwrap().body, want, "{text}");
+        }
+        assert_eq!(
+            code_of(r#"{"id":2,"method":"order_status"}"#),
+            (Some(2), ErrorCode::InvalidParams)
+        );
+        assert_eq!(
+            code_of(r#"{"id":3,"method":"open_orders","params":{"pair":"X","x":1}}"#),
+            (Some(3), ErrorCode::InvalidParams)
         );
     }
 
