@@ -30,6 +30,35 @@ fn decimal_error(field: &str, spec: &PairSpec, e: DecimalError) -> ErrorBody {
     )
 }
 
+/// `quote_qty` in the pair's notional units (price units x quantity units), only on a market
+/// buy; checked where the engine checks `invalid_quote_budget` (after the price, before the
+/// quantity).
+fn quote_budget(spec: &PairSpec, p: &Place) -> Result<Option<i128>, ErrorBody> {
+    let Some(text) = &p.quote_qty else {
+        return Ok(None);
+    };
+    if p.order_type != OrderType::Market || p.side != protocol::Side::Buy {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidParams,
+            "quote_qty is only for market buys",
+        ));
+    }
+    let decimals = spec.price_decimals + spec.qty_decimals;
+    let units = protocol::pairs::parse_units(text, decimals).map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::InvalidDecimal,
+            format!(
+                "quote_qty: {e} (a plain decimal string with at most {decimals} decimals for {})",
+                spec.symbol
+            ),
+        )
+    })?;
+    if units <= 0 {
+        return Err(order_error(RejectReason::InvalidQuoteBudget));
+    }
+    Ok(Some(i128::from(units)))
+}
+
 fn check_client_id(id: Option<&str>) -> Result<(), ErrorBody> {
     match id {
         Some(c) if !is_valid_client_order_id(c) => {
@@ -99,12 +128,13 @@ pub fn place(
         (OrderType::Market, None) => {}
         _ => return Err(order_error(RejectReason::InvalidPrice)),
     }
+    let quote_budget = quote_budget(spec, p)?;
     check_qty(spec, qty)?;
     if let Some(price) = price {
         check_notional(spec, price, qty)?;
     }
     Ok(PlaceOrder {
-        quote_budget: None,
+        quote_budget,
         order_id,
         account_id,
         client_order_id: p.client_order_id.clone(),
@@ -210,6 +240,53 @@ mod tests {
             post_only: false,
             client_order_id: None,
             stp: SelfTradePrevention::ExpireTaker,
+            quote_qty: None,
+        }
+    }
+
+    #[test]
+    fn quote_qty_is_a_market_buys_budget_in_notional_units() {
+        let reg = PairRegistry::from_toml(include_str!("../../config/pairs.toml")).unwrap();
+        let spec = reg.by_symbol("BTC-EUR").unwrap();
+        let market_buy = Place {
+            order_type: OrderType::Market,
+            price: None,
+            quote_qty: Some("250.5".into()),
+            ..limit("1", "0.01")
+        };
+        let order = place(spec, &market_buy, AccountId(1), OrderId(2)).unwrap();
+        // BTC-EUR: 2 price decimals + 8 quantity decimals.
+        assert_eq!(order.quote_budget, Some(2_505 * 10_i128.pow(9)));
+        assert_eq!(
+            place(spec, &limit("100.0", "0.1"), AccountId(1), OrderId(2))
+                .unwrap()
+                .quote_budget,
+            None
+        );
+        let on_limit = Place {
+            quote_qty: Some("10".into()),
+            ..limit("100.0", "0.1")
+        };
+        let on_sell = Place {
+            side: Side::Sell,
+            ..market_buy.clone()
+        };
+        for p in [on_limit, on_sell] {
+            let e = place(spec, &p, AccountId(1), OrderId(2)).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidParams, "{p:?}");
+        }
+        for (text, code) in [
+            ("0", ErrorCode::Order(RejectReason::InvalidQuoteBudget)),
+            ("1.00000000001", ErrorCode::InvalidDecimal),
+            ("-5", ErrorCode::Order(RejectReason::InvalidQuoteBudget)),
+            ("abc", ErrorCode::InvalidDecimal),
+        ] {
+            let p = Place {
+                quote_qty: Some(text.into()),
+                ..market_buy.clone()
+            };
+            let e = place(spec, &p, AccountId(1), OrderId(2)).unwrap_err();
+            assert_eq!(e.code, code, "{text}");
         }
     }
 

@@ -181,6 +181,51 @@ async fn a_refusal_answers_the_place_like_an_engine_rejection() {
     stack.stop().await;
 }
 
+/// `quote_qty` reaches the stage as the market buy's `quote_budget`, in notional units; on
+/// anything but a market buy it is refused before Kafka.
+#[tokio::test]
+async fn quote_qty_becomes_the_market_buys_quote_budget() {
+    let Some(stack) = start_with_accounts(Limits::default(), 1, SHARDS as usize).await else {
+        return;
+    };
+    let accounts = consumer_of(&stack, stack.accounts_topic.as_deref().unwrap(), SHARDS);
+    let mut c = stack.logged_in(0).await;
+    let r = c
+        .request(
+            "place",
+            json!({"pair": "BTC-EUR", "side": "sell", "type": "market", "qty": "0.1",
+                   "quote_qty": "10"}),
+        )
+        .await;
+    assert_eq!(error_code(&r), "invalid_params", "{r}");
+    let r = c
+        .request(
+            "place",
+            json!({"pair": "BTC-EUR", "side": "buy", "type": "market", "qty": "0.1",
+                   "quote_qty": "250.5"}),
+        )
+        .await;
+    let order_id = r["result"]["order_id"].as_u64().expect("received");
+    let place = tokio::time::timeout(WAIT, async {
+        loop {
+            let m = accounts.recv().await.unwrap();
+            for line in protocol::records::command_lines(m.payload()) {
+                if let AccountRecord::Order(o) = AccountRecord::decode(line.unwrap()).unwrap()
+                    && let Command::Place(p) = o.command
+                {
+                    return p;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the place on the accounts topic");
+    assert_eq!(place.order_id.0, order_id);
+    // BTC-EUR: 2 price + 8 quantity decimals.
+    assert_eq!(place.quote_budget, Some(2_505 * 10_i128.pow(9)));
+    stack.stop().await;
+}
+
 /// The stage's answer names the account, so a refusal reaches every connection of it even on
 /// a gateway that never saw the command (another gateway wrote it, or this one forgot it): only
 /// the pair, kind and order it named are missing, and the command id says which it was.

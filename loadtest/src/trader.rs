@@ -247,6 +247,7 @@ impl Trader {
             post_only: false,
             client_order_id: None,
             stp: SelfTradePrevention::ExpireTaker,
+            quote_qty: None,
         })
     }
 
@@ -615,6 +616,7 @@ mod tests {
             tif: Some(TimeInForce::Gtc),
             post_only: false,
             stp: SelfTradePrevention::ExpireTaker,
+            quote_qty: None,
         };
         let text = accepted(7, 42, &place);
         assert!(text.starts_with(ORDERS_PUSH_PREFIX), "{text}");

@@ -127,6 +127,11 @@ pub struct Place {
     pub client_order_id: Option<ClientOrderId>,
     #[serde(default)]
     pub stp: SelfTradePrevention,
+    /// Market buys only: the most quote asset to spend, a decimal string with up to
+    /// `price_decimals + qty_decimals` decimals (like Binance's `quoteOrderQty`). The order buys
+    /// up to `qty` and stops when the budget is spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote_qty: Option<String>,
 }
 
 /// `balances`: every asset of the account, or only `asset`. Params may be omitted.
