@@ -30,6 +30,7 @@ use crate::telemetry as m;
 pub struct Stage {
     pub config: Config,
     pub pairs: Arc<PairRegistry>,
+    pub assets: AssetRegistry,
     pub pool: PgPool,
     pub producer: FutureProducer,
     pub shards: u32,
@@ -144,9 +145,10 @@ async fn run(stage: Arc<Stage>, shard: u32, stop: CancellationToken) -> Result<(
     // and commits, absorbing the batches that queued meanwhile into one transaction. A client's
     // order never waits for PostgreSQL, and the position never runs ahead of what Kafka holds.
     let (staged, waiting) = tokio::sync::mpsc::channel(STAGED_BATCHES_MAX);
+    let stored = state.ledger.reservations().map(|(id, _)| id).collect();
     tokio::try_join!(
         decide(&stage, shard, state, last, consumer, staged, stop),
-        commit(&stage, shard, last, waiting),
+        commit(&stage, shard, last, stored, waiting),
     )?;
     Ok(())
 }
@@ -231,10 +233,13 @@ async fn commit(
     stage: &Stage,
     shard: u32,
     mut last: i64,
+    // The orders whose reservation row exists: an order that came and went between two commits
+    // (an IOC, a marketable order filled at once) never gets a row, so nothing to delete.
+    mut stored: std::collections::HashSet<protocol::OrderId>,
     mut waiting: tokio::sync::mpsc::Receiver<Staged>,
 ) -> Result<(), ActorError> {
     let labels = [("shard", shard.to_string())];
-    let assets = AssetRegistry::from_pairs(&stage.pairs);
+    let assets = &stage.assets;
     while let Some(mut first) = waiting.recv().await {
         acknowledged(&mut first).await?;
         let published = first.published;
@@ -249,7 +254,12 @@ async fn commit(
             batch.inconsistent += next.inconsistent;
             batch.refused += next.refused;
         }
-        store::persist(&stage.pool, shard, &assets, last, batch.last, &batch.rows).await?;
+        batch.rows.gone.retain(|id| stored.contains(id));
+        store::persist(&stage.pool, shard, assets, last, batch.last, &batch.rows).await?;
+        for id in &batch.rows.gone {
+            stored.remove(id);
+        }
+        stored.extend(batch.rows.open.keys().copied());
         last = batch.last;
         metrics::histogram!(m::COMMIT_SECONDS).record(published.elapsed().as_secs_f64());
         metrics::histogram!(m::BATCH_RECORDS).record(batch.records as f64);
@@ -303,8 +313,8 @@ async fn publish(
     }
     let mut buf = Vec::new();
     let mut lines = Vec::new();
-    for a in &fx.answers {
-        push_line(&mut buf, &mut lines, a);
+    for a in fx.balance_answers(shard, &stage.assets) {
+        push_line(&mut buf, &mut lines, &a);
     }
     let key = shard.to_string();
     for range in pack_lines(&lines, EVENTS_PAYLOAD_MAX) {

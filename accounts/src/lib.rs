@@ -146,6 +146,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Acco
     .map_err(AccountsError::Producer)?;
     let stage = Arc::new(actor::Stage {
         pairs: Arc::new(config.registry.clone()),
+        assets: AssetRegistry::from_pairs(&config.registry),
         config,
         pool,
         producer,

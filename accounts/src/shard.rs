@@ -70,6 +70,50 @@ pub struct Effects {
 }
 
 impl Effects {
+    /// Every answer of the batch, in position order: the refusals and transfers, and for every
+    /// balance the batch changed, its value at the batch's end, in a record at the position of
+    /// the line that last changed it (joining that line's own answer, if it has one). Positions
+    /// stay unique and increasing, so a consumer dropping those at or below the last it saw
+    /// drops only repeats.
+    pub fn balance_answers(
+        &self,
+        shard: u32,
+        assets: &accounts_core::AssetRegistry,
+    ) -> Vec<AccountEventRecord> {
+        let mut by_position: BTreeMap<i64, AccountEventRecord> = self
+            .answers
+            .iter()
+            .map(|a| {
+                let mut a = a.clone();
+                a.balances.clear();
+                (a.accounts_offset, a)
+            })
+            .collect();
+        for (&(account_id, asset_id), &(b, position)) in &self.balances {
+            let record = by_position
+                .entry(position)
+                .or_insert_with(|| AccountEventRecord {
+                    v: RECORD_VERSION,
+                    shard,
+                    accounts_offset: position,
+                    command_id: None,
+                    account_id: None,
+                    transfer_id: None,
+                    refusal: None,
+                    balances: Vec::new(),
+                });
+            record.balances.push(BalanceLine {
+                account_id,
+                asset: assets
+                    .get(asset_id)
+                    .map_or_else(|| format!("#{}", asset_id.0), |a| a.symbol.clone()),
+                available_units: b.available_units,
+                reserved_units: b.reserved_units,
+            });
+        }
+        by_position.into_values().collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.forwards.is_empty()
             && self.answers.is_empty()
@@ -203,8 +247,10 @@ impl ShardState {
             account_id,
             transfer_id,
         } = to;
-        if refusal.is_none() && touched.is_empty() && command_id.is_none() && transfer_id.is_none()
-        {
+        // A line answers on its own only when refused or a transfer: the rest of a batch's
+        // balance changes go out once per (account, asset), as of the batch's end
+        // (`Effects::balance_answers`), so an active account costs one line, not one per order.
+        if refusal.is_none() && transfer_id.is_none() {
             return;
         }
         let balances = touched
@@ -952,6 +998,41 @@ mod tests {
             10_i128.pow(9)
         );
         assert_eq!(s.ledger.balance(AccountId(2), eur(&s)).total_units(), units);
+    }
+
+    #[test]
+    fn a_batch_answers_each_balance_once_at_the_line_that_last_changed_it() {
+        let mut s = shard(0);
+        let fx = run(
+            &mut s,
+            0,
+            &[
+                deposit(1, 2, "EUR", 10_i128.pow(12)),
+                order(1, "BTC-EUR", buy(50, 2, 10_000, 100_000)),
+                order(2, "BTC-EUR", buy(51, 2, 10_000, 100_000)),
+                order(3, "BTC-EUR", buy(52, 2, 10_i128.pow(9) as i64, 100_000_000)),
+            ],
+        );
+        let answers = fx.balance_answers(0, s.ledger.assets());
+        let positions: Vec<i64> = answers.iter().map(|a| a.accounts_offset).collect();
+        let p = |i| protocol::accounts::position(0, i);
+        // The transfer, the refused order; EUR last changed by the second order.
+        assert_eq!(positions, [p(0), p(2), p(3)]);
+        assert_eq!(answers[0].transfer_id, Some(1));
+        assert!(
+            answers[0].balances.is_empty(),
+            "changed again later in the batch"
+        );
+        assert_eq!(answers[1].balances.len(), 1);
+        let eur = &answers[1].balances[0];
+        assert_eq!(
+            (eur.available_units, eur.reserved_units),
+            (10_i128.pow(12) - 2 * 10_i128.pow(9), 2 * 10_i128.pow(9))
+        );
+        assert_eq!(
+            answers[2].refusal.as_ref().unwrap().code,
+            "insufficient_funds"
+        );
     }
 
     #[test]
