@@ -240,8 +240,17 @@ async fn commit(
 ) -> Result<(), ActorError> {
     let labels = [("shard", shard.to_string())];
     let assets = &stage.assets;
+    let interval = stage.config.commit_interval;
+    let mut last_commit = tokio::time::Instant::now();
     while let Some(mut first) = waiting.recv().await {
         acknowledged(&mut first).await?;
+        // At most one commit per interval: the batches decided meanwhile join it (one
+        // transaction and one fsync for all). Once the decider stopped, nothing more will
+        // join, so the last commits go at once.
+        if !waiting.is_closed() {
+            tokio::time::sleep_until(last_commit + interval).await;
+        }
+        last_commit = tokio::time::Instant::now();
         let published = first.published;
         let mut batch = first;
         while let Ok(mut next) = waiting.try_recv() {

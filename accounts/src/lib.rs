@@ -47,6 +47,9 @@ pub struct Config {
     pub batch_records_max: usize,
     /// ...or this long after its first.
     pub batch_linger: Duration,
+    /// A shard commits to PostgreSQL at most this often; the batches decided meanwhile join the
+    /// next commit. Orders never wait for it (forwards are published at once).
+    pub commit_interval: Duration,
     pub restart_backoff_max: Duration,
     /// Where `/metrics` is served; `None`: not served.
     pub metrics_addr: Option<SocketAddr>,
@@ -66,6 +69,7 @@ impl Config {
             pair_fees: BTreeMap::new(),
             batch_records_max: 2000,
             batch_linger: Duration::from_millis(2),
+            commit_interval: Duration::from_millis(100),
             restart_backoff_max: Duration::from_secs(5),
             metrics_addr: None,
         }

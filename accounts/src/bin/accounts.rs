@@ -55,6 +55,10 @@ enum Cmd {
         /// How long a batch waits for more records after its first.
         #[arg(long, env = "ACCOUNTS_BATCH_LINGER_MS", default_value_t = 2)]
         batch_linger_ms: u64,
+        /// A shard commits to PostgreSQL at most this often (the batches decided meanwhile join
+        /// the commit); orders never wait for it.
+        #[arg(long, env = "ACCOUNTS_COMMIT_INTERVAL_MS", default_value_t = 100)]
+        commit_interval_ms: u64,
         /// Where /metrics is served.
         #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9102")]
         metrics_addr: SocketAddr,
@@ -100,6 +104,7 @@ async fn main() -> Result<()> {
             fee_account,
             batch_max_records,
             batch_linger_ms,
+            commit_interval_ms,
             metrics_addr,
         } => {
             let mut config = accounts::Config::new(cli.brokers, database_url, registry);
@@ -110,6 +115,7 @@ async fn main() -> Result<()> {
             config.fee_account_id = AccountId(fee_account);
             config.batch_records_max = batch_max_records;
             config.batch_linger = Duration::from_millis(batch_linger_ms);
+            config.commit_interval = Duration::from_millis(commit_interval_ms);
             config.metrics_addr = Some(metrics_addr);
             let shutdown = infra::shutdown::shutdown_token();
             accounts::run(config, shutdown)
