@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use accounts::shard::{Effects, ShardState};
 use accounts_core::{AssetRegistry, Ledger, LedgerConfig};
 use common::*;
-use protocol::accounts::{AccountRecord, TransferDirection, TransferRecord, record_offset};
+use protocol::accounts::{AccountRecord, record_offset};
 use protocol::records::{OrderRecord, RECORD_VERSION};
 use protocol::{
     AccountId, CancelOrder, Command, OrderId, OrderRef, OrderType, PlaceOrder, Price, Qty,
@@ -54,21 +54,6 @@ fn start_engine(
     config.commit_interval = Duration::from_millis(1000);
     let token = tokio_util::sync::CancellationToken::new();
     (token.clone(), tokio::spawn(engine::run(config, token)))
-}
-
-fn transfer(id: u64, account: u64, asset: &str, units: i128) -> (u32, AccountRecord) {
-    (
-        shard_of(account),
-        AccountRecord::Transfer(TransferRecord {
-            v: RECORD_VERSION,
-            transfer_id: id,
-            account_id: AccountId(account),
-            direction: TransferDirection::Deposit,
-            asset: asset.into(),
-            amount_units: units,
-            ts_ns: 0,
-        }),
-    )
 }
 
 /// The gateway's side of the load: places to the stage, cancels straight to `orders`.
@@ -151,12 +136,12 @@ async fn crashes_of_either_stage_leave_balances_equal_to_a_replay() {
     let producer = world.producer();
     // Account 1 is poor: many of its orders are refused. The rest can afford everything.
     let mut funding = vec![
-        transfer(1, 1, "EUR", 30 * EUR),
-        transfer(2, 1, "BTC", BTC / 1000),
+        deposit(1, 1, "EUR", 30 * EUR),
+        deposit(2, 1, "BTC", BTC / 1000),
     ];
     for a in 2..=ACCOUNTS {
-        funding.push(transfer(a * 10, a, "EUR", 1_000_000 * EUR));
-        funding.push(transfer(a * 10 + 1, a, "BTC", 20 * BTC));
+        funding.push(deposit(a * 10, a, "EUR", 1_000_000 * EUR));
+        funding.push(deposit(a * 10 + 1, a, "BTC", 20 * BTC));
     }
     world.produce(&producer, &funding).await;
 

@@ -12,29 +12,12 @@ use accounts::shard::{Effects, ShardState};
 use accounts_core::{AssetRegistry, Ledger, LedgerConfig};
 use common::*;
 use engine_core::OrderBook;
-use protocol::accounts::{
-    AccountRecord, SettleRecord, TransferDirection, TransferRecord, account_shard,
-};
+use protocol::accounts::{AccountRecord, SettleRecord, account_shard};
 use protocol::records::{OrderRecord, RECORD_VERSION};
 use protocol::{
     AccountId, CancelOrder, Command, CommandKind, Event, EventBody, OrderId, OrderRef, OrderType,
     PlaceOrder, Price, Qty, SelfTradePrevention, Side, TimeInForce,
 };
-
-fn deposit(id: u64, account: u64, asset: &str, units: i128) -> (u32, AccountRecord) {
-    (
-        shard_of(account),
-        AccountRecord::Transfer(TransferRecord {
-            v: RECORD_VERSION,
-            transfer_id: id,
-            account_id: AccountId(account),
-            direction: TransferDirection::Deposit,
-            asset: asset.into(),
-            amount_units: units,
-            ts_ns: 0,
-        }),
-    )
-}
 
 fn place(
     command_id: u64,

@@ -282,6 +282,22 @@ impl World {
     }
 }
 
+/// An operator's deposit, as the line its account's shard reads.
+pub fn deposit(id: u64, account: u64, asset: &str, units: i128) -> (u32, AccountRecord) {
+    (
+        shard_of(account),
+        AccountRecord::Transfer(protocol::accounts::TransferRecord {
+            v: protocol::records::RECORD_VERSION,
+            transfer_id: id,
+            account_id: protocol::AccountId(account),
+            direction: protocol::accounts::TransferDirection::Deposit,
+            asset: asset.into(),
+            amount_units: units,
+            ts_ns: 0,
+        }),
+    )
+}
+
 pub fn shard_of(account: u64) -> u32 {
     account_shard(protocol::AccountId(account), SHARDS)
 }
