@@ -94,10 +94,14 @@ describe('the account stage drain bound is the one accounts/src and infra/src im
     assert.equal(number(db, /ACQUIRE_TIMEOUT: Duration = Duration::from_secs\((\d+)\)/, 'ACQUIRE_TIMEOUT'), ACCOUNTS_DRAIN.poolAcquireS);
     // Each shard's actor is a task of its own, so the bound does not grow with the shards a task owns.
     assert.match(source('accounts', 'src', 'lib.rs'), /for shard in owned \{\s*tasks\.push\(tokio::spawn\(actor::supervise\(/);
-    // On SIGTERM a shard finishes its batch: deliveries acknowledged, then the commit, then it stops.
+    // On SIGTERM a shard's decider stops after its batch; its committer then waits for the
+    // deliveries already sent and commits what is left at once (no commit interval once the
+    // decider is gone), then it stops.
+    const actor = source('accounts', 'src', 'actor.rs');
+    assert.match(actor, /_ = stop\.cancelled\(\) => return Ok\(\(\)\),/);
     assert.match(
-      source('accounts', 'src', 'actor.rs'),
-      /d\.await[^]*?store::persist\([^;]*\)\s*\.await\?;[^]*?if stop\.is_cancelled\(\) \{\s*return Ok\(\(\)\);/,
+      actor,
+      /acknowledged\(&mut first\)\.await\?;\s*[^]*?if !waiting\.is_closed\(\) \{\s*tokio::time::sleep_until\(last_commit \+ interval\)\.await;\s*\}[^]*?store::persist\([^;]*\)\s*\.await\?;/,
     );
   });
 
