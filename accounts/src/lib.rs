@@ -42,6 +42,7 @@ pub struct Config {
     pub static_shards: Option<Vec<u32>>,
     /// The account every fee is credited to.
     pub fee_account_id: AccountId,
+    /// From `pairs.toml` (`maker_fee`, `taker_fee`); pairs not listed trade without fees.
     pub pair_fees: BTreeMap<PairId, PairFees>,
     /// A batch ends after this many records...
     pub batch_records_max: usize,
@@ -57,6 +58,11 @@ pub struct Config {
 
 impl Config {
     pub fn new(brokers: String, database_url: String, registry: PairRegistry) -> Config {
+        let pair_fees = registry
+            .iter()
+            .map(|p| (p.id, registry.fees(p.id)))
+            .filter(|(_, fees)| *fees != PairFees::default())
+            .collect();
         Config {
             brokers,
             database_url,
@@ -66,7 +72,7 @@ impl Config {
             account_events_topic: protocol::accounts::ACCOUNT_EVENTS_TOPIC.to_owned(),
             static_shards: None,
             fee_account_id: AccountId(0),
-            pair_fees: BTreeMap::new(),
+            pair_fees,
             batch_records_max: 2000,
             batch_linger: Duration::from_millis(2),
             commit_interval: Duration::from_millis(100),

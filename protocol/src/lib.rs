@@ -16,4 +16,4 @@ pub mod records;
 pub mod ws;
 
 pub use domain::*;
-pub use pairs::{PairId, PairRegistry, PairSpec};
+pub use pairs::{PPM_WHOLE, PairFees, PairId, PairRegistry, PairSpec};

@@ -5,7 +5,7 @@
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::{Price, Qty};
 
@@ -53,6 +53,43 @@ struct PairEntry {
     min_qty: String,
     max_qty: String,
     min_notional: String,
+    /// Rates as decimals of what each side receives ("0.001" is 0.1%); absent: 0.
+    #[serde(default)]
+    maker_fee: Option<String>,
+    #[serde(default)]
+    taker_fee: Option<String>,
+}
+
+/// One part in a million: a fee is `fee_ppm / PPM_WHOLE` of what its side receives.
+pub const PPM_WHOLE: u32 = 1_000_000;
+
+/// A pair's maker and taker fees, in parts per million of what each side receives (the buyer
+/// the base asset, the seller the quote asset). Default 0: no fee.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairFees {
+    pub maker_fee_ppm: u32,
+    pub taker_fee_ppm: u32,
+}
+
+impl PairFees {
+    /// Parses `pairs.toml`'s rates: plain decimals with at most 6 places, from 0 up to and
+    /// excluding 1 (a fee of everything received is a configuration mistake).
+    fn parse(maker: Option<&str>, taker: Option<&str>) -> Result<PairFees, String> {
+        let rate = |name: &str, s: Option<&str>| -> Result<u32, String> {
+            let Some(s) = s else { return Ok(0) };
+            match parse_units(s, 6) {
+                Ok(ppm) if (0..i64::from(PPM_WHOLE)).contains(&ppm) => {
+                    Ok(u32::try_from(ppm).expect("below PPM_WHOLE"))
+                }
+                Ok(_) => Err(format!("{name} {s:?}: must be at least 0 and below 1")),
+                Err(err) => Err(format!("{name} {s:?}: {err} (at most 6 decimals)")),
+            }
+        };
+        Ok(PairFees {
+            maker_fee_ppm: rate("maker_fee", maker)?,
+            taker_fee_ppm: rate("taker_fee", taker)?,
+        })
+    }
 }
 
 /// One pair's trading rules, in integer units.
@@ -98,7 +135,7 @@ impl PairSpec {
         i128::from(price.0) * i128::from(qty.0)
     }
 
-    fn from_entry(id: PairId, e: PairEntry) -> Result<PairSpec, PairsError> {
+    fn from_entry(id: PairId, e: PairEntry) -> Result<(PairSpec, PairFees), PairsError> {
         let invalid = |problem: String| PairsError::Invalid {
             symbol: e.symbol.clone(),
             problem,
@@ -134,7 +171,9 @@ impl PairSpec {
         if min_notional < 0 {
             return Err(invalid("min_notional must not be negative".into()));
         }
-        Ok(PairSpec {
+        let fees =
+            PairFees::parse(e.maker_fee.as_deref(), e.taker_fee.as_deref()).map_err(invalid)?;
+        let spec = PairSpec {
             id,
             symbol: e.symbol,
             price_decimals: e.price_decimals,
@@ -144,7 +183,8 @@ impl PairSpec {
             min_qty: Qty(min_qty),
             max_qty: Qty(max_qty),
             min_notional: i128::from(min_notional),
-        })
+        };
+        Ok((spec, fees))
     }
 }
 
@@ -189,6 +229,8 @@ pub fn format_units(units: i64, decimals: u32) -> String {
 #[derive(Debug, Clone)]
 pub struct PairRegistry {
     pairs: Vec<PairSpec>,
+    /// By pair id.
+    fees: Vec<PairFees>,
 }
 
 impl PairRegistry {
@@ -199,14 +241,17 @@ impl PairRegistry {
             return Err(PairsError::Empty);
         }
         let mut pairs: Vec<PairSpec> = Vec::with_capacity(file.pair.len());
+        let mut fees = Vec::with_capacity(file.pair.len());
         for (i, entry) in file.pair.into_iter().enumerate() {
             if pairs.iter().any(|p| p.symbol == entry.symbol) {
                 return Err(PairsError::Duplicate(entry.symbol));
             }
             let id = PairId::try_from(i).expect("fewer than 2^32 pairs");
-            pairs.push(PairSpec::from_entry(id, entry)?);
+            let (spec, pair_fees) = PairSpec::from_entry(id, entry)?;
+            pairs.push(spec);
+            fees.push(pair_fees);
         }
-        Ok(PairRegistry { pairs })
+        Ok(PairRegistry { pairs, fees })
     }
 
     pub fn len(&self) -> usize {
@@ -219,6 +264,11 @@ impl PairRegistry {
 
     pub fn get(&self, id: PairId) -> Option<&PairSpec> {
         self.pairs.get(id as usize)
+    }
+
+    /// The pair's fees (`pairs.toml`'s `maker_fee` and `taker_fee`); 0 for an unknown pair.
+    pub fn fees(&self, id: PairId) -> PairFees {
+        self.fees.get(id as usize).copied().unwrap_or_default()
     }
 
     pub fn by_symbol(&self, symbol: &str) -> Option<&PairSpec> {
@@ -302,6 +352,34 @@ mod tests {
             PairRegistry::from_toml(&off_lot).unwrap_err(),
             PairsError::Invalid { .. }
         ));
+    }
+
+    #[test]
+    fn fees_parse_as_parts_per_million_and_default_to_zero() {
+        let reg = PairRegistry::from_toml(&format!(
+            "{}maker_fee = \"0.0002\"\ntaker_fee = \"0.001\"\n{}",
+            one_pair("BTC-EUR"),
+            one_pair("ETH-EUR")
+        ))
+        .unwrap();
+        assert_eq!(
+            reg.fees(0),
+            PairFees {
+                maker_fee_ppm: 200,
+                taker_fee_ppm: 1000
+            }
+        );
+        assert_eq!(reg.fees(1), PairFees::default());
+        assert_eq!(reg.fees(9), PairFees::default());
+        for bad in ["1", "-0.001", "0.0000001", "1e-3", "2.5"] {
+            let text = format!("{}taker_fee = \"{bad}\"\n", one_pair("BTC-EUR"));
+            match PairRegistry::from_toml(&text) {
+                Err(PairsError::Invalid { problem, .. }) => {
+                    assert!(problem.starts_with("taker_fee"), "{bad:?}: {problem}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     fn one_pair(symbol: &str) -> String {

@@ -10,15 +10,7 @@ use crate::command::{Amend, Fill, LedgerCommand, Release, Reserve, Transfer};
 use crate::error::{ConfigError, LedgerError};
 use crate::event::{Balance, Cause, LedgerEvent, Liquidity};
 
-/// One part in a million: fees are `fee_ppm / PPM_WHOLE` of what is received.
-pub const PPM_WHOLE: u32 = 1_000_000;
-
-/// A pair's fees, in parts per million of the asset each side receives. Default 0.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PairFees {
-    pub maker_fee_ppm: u32,
-    pub taker_fee_ppm: u32,
-}
+pub use protocol::{PPM_WHOLE, PairFees};
 
 /// What the ledger is given at construction (by the actor's config, never read from a file here).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -388,21 +380,22 @@ impl Ledger {
         let cost_units = pair
             .quote_units(PairSpec::notional(f.price, f.qty))
             .ok_or(too_big)?;
-        let leg =
-            |paid_asset, consumed_units, returned_units, received_asset, received_units| Leg {
-                order_id: s.order_id,
-                account_id: s.account_id,
-                liquidity: s.liquidity,
-                paid_asset,
-                consumed_units,
-                returned_units,
-                received_asset,
-                received_units,
-                fee_units: fee_units(received_units, s.fee_ppm),
-            };
+        // What it receives, and its fee, by the rule a client's fill push shows (`trade_fee`).
+        let (received_asset, received_units) =
+            received(pair, s.side, f.price, f.qty).ok_or(too_big)?;
+        let leg = |paid_asset, consumed_units, returned_units| Leg {
+            order_id: s.order_id,
+            account_id: s.account_id,
+            liquidity: s.liquidity,
+            paid_asset,
+            consumed_units,
+            returned_units,
+            received_asset,
+            received_units,
+            fee_units: fee_units(received_units, s.fee_ppm),
+        };
         if s.side == Side::Sell {
-            let consumed_units = pair.base_units(f.qty);
-            return Ok(leg(pair.base, consumed_units, 0, pair.quote, cost_units));
+            return Ok(leg(pair.base, pair.base_units(f.qty), 0));
         }
         // A limit buy pays from what its limit reserved; a market buy from its budget.
         let consumed_units = match order.limit_price {
@@ -417,15 +410,7 @@ impl Ledger {
         if consumed_units > order.reserved_units {
             return Err(inconsistent("the cost exceeds the buyer's reservation"));
         }
-        let returned_units = consumed_units - cost_units;
-        let received_units = pair.base_units(f.qty);
-        Ok(leg(
-            pair.quote,
-            consumed_units,
-            returned_units,
-            pair.base,
-            received_units,
-        ))
+        Ok(leg(pair.quote, consumed_units, consumed_units - cost_units))
     }
 
     /// Moves one side of a validated fill: its reservation pays, it receives net of its fee,
@@ -573,6 +558,37 @@ fn reserve_units(pair: &PairAssets, side: Side, price: Option<Price>, qty: Qty) 
         Side::Buy => pair.quote_units(PairSpec::notional(price?, qty)),
         Side::Sell => Some(pair.base_units(qty)),
     }
+}
+
+/// What one side of a trade receives before its fee: the buyer the base quantity, the seller
+/// the notional in the quote asset. `None` if the notional does not fit.
+fn received(pair: &PairAssets, side: Side, price: Price, qty: Qty) -> Option<(AssetId, i128)> {
+    match side {
+        Side::Buy => Some((pair.base, pair.base_units(qty))),
+        Side::Sell => Some((
+            pair.quote,
+            pair.quote_units(PairSpec::notional(price, qty))?,
+        )),
+    }
+}
+
+/// The fee one side of a trade pays, in the asset it receives: what the ledger settles (a
+/// client's fill push names it). `None` for an unknown pair or a notional that does not fit.
+pub fn trade_fee(
+    assets: &AssetRegistry,
+    fees: PairFees,
+    pair_id: PairId,
+    side: Side,
+    liquidity: Liquidity,
+    price: Price,
+    qty: Qty,
+) -> Option<(AssetId, i128)> {
+    let (asset, received_units) = received(assets.pair(pair_id)?, side, price, qty)?;
+    let fee_ppm = match liquidity {
+        Liquidity::Maker => fees.maker_fee_ppm,
+        Liquidity::Taker => fees.taker_fee_ppm,
+    };
+    Some((asset, fee_units(received_units, fee_ppm)))
 }
 
 /// `received_units x fee_ppm / 1_000_000`, rounded down (in the client's favour), without an

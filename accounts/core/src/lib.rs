@@ -57,7 +57,7 @@ pub use assets::{Asset, AssetId, AssetRegistry, PairAssets};
 pub use command::{Amend, Fill, FillLeg, LedgerCommand, Release, ReleaseReason, Reserve, Transfer};
 pub use error::{ConfigError, LedgerError};
 pub use event::{Balance, Cause, LedgerEvent, Liquidity};
-pub use ledger::{Ledger, LedgerConfig, PPM_WHOLE, PairFees, Reservation, fee_units};
+pub use ledger::{Ledger, LedgerConfig, PPM_WHOLE, PairFees, Reservation, fee_units, trade_fee};
 
 #[cfg(test)]
 mod tests;

@@ -793,6 +793,70 @@ fn fees_above_the_whole_or_for_unknown_pairs_are_refused() {
 }
 
 #[test]
+fn a_fills_fee_is_what_trade_fee_tells_a_client() {
+    // Maker 0.1%, taker 0.2%, and a notional whose fee rounds (down).
+    let mut t = setup(&[("BTC-EUR", 1_000, 2_000)]);
+    t.deposit(ALICE, "BTC", "1");
+    t.deposit(BOB, "EUR", "50000");
+    t.apply(t.limit(1, ALICE, "BTC-EUR", Side::Sell, "60000.3", "0.33333"))
+        .unwrap();
+    t.apply(t.limit(2, BOB, "BTC-EUR", Side::Buy, "61000", "0.33333"))
+        .unwrap();
+    let fill = t.fill(
+        "BTC-EUR",
+        "60000.3",
+        "0.33333",
+        Side::Sell,
+        (1, ALICE),
+        (2, BOB),
+    );
+    let LedgerCommand::Fill(f) = fill.clone() else {
+        unreachable!()
+    };
+    t.apply(fill).unwrap();
+    let fees = PairFees {
+        maker_fee_ppm: 1_000,
+        taker_fee_ppm: 2_000,
+    };
+    let assets = t.ledger.assets().clone();
+    let charged = |order_id: u64| {
+        t.events
+            .iter()
+            .find(|e| matches!(e.cause, Cause::Fee { order_id: o, .. } if o == OrderId(order_id)))
+            .map(|e| (e.asset_id, e.available_delta_units))
+            .expect("a fee row")
+    };
+    let seller = trade_fee(
+        &assets,
+        fees,
+        f.pair_id,
+        Side::Sell,
+        Liquidity::Maker,
+        f.price,
+        f.qty,
+    );
+    let buyer = trade_fee(
+        &assets,
+        fees,
+        f.pair_id,
+        Side::Buy,
+        Liquidity::Taker,
+        f.price,
+        f.qty,
+    );
+    assert_eq!(seller, Some(charged(1)));
+    assert_eq!(buyer, Some(charged(2)));
+    // The seller receives 60000.3 x 0.33333 = 19999.899999 EUR and pays 0.1% of it; the buyer
+    // receives 0.33333 BTC and pays 0.2%.
+    let (eur, units) = seller.unwrap();
+    assert_eq!(assets.get(eur).unwrap().symbol, "EUR");
+    assert_eq!(units, t.units("EUR", "19.999899999"));
+    let (btc, units) = buyer.unwrap();
+    assert_eq!(assets.get(btc).unwrap().symbol, "BTC");
+    assert_eq!(units, t.units("BTC", "0.00066666"));
+}
+
+#[test]
 fn two_shards_settling_one_leg_each_equal_one_ledger_settling_both() {
     // One ledger holds both accounts; two others hold one each, as two shards would.
     let mut both = setup(&[("BTC-EUR", 1_000, 2_000)]);
