@@ -97,6 +97,7 @@ impl Effects {
                     shard,
                     accounts_offset: position,
                     command_id: None,
+                    ts_ns: None,
                     account_id: None,
                     transfer_id: None,
                     refusal: None,
@@ -142,6 +143,7 @@ pub struct ShardState {
 #[derive(Debug, Clone, Copy, Default)]
 struct Answering {
     command_id: Option<u64>,
+    ts_ns: Option<u64>,
     account_id: Option<AccountId>,
     transfer_id: Option<u64>,
 }
@@ -244,6 +246,7 @@ impl ShardState {
     ) {
         let Answering {
             command_id,
+            ts_ns,
             account_id,
             transfer_id,
         } = to;
@@ -267,6 +270,7 @@ impl ShardState {
             shard: self.shard,
             accounts_offset: position,
             command_id,
+            ts_ns,
             account_id,
             transfer_id,
             refusal,
@@ -287,6 +291,7 @@ impl ShardState {
         let mut touched = BTreeMap::new();
         let to = Answering {
             command_id: Some(rec.command_id),
+            ts_ns: Some(rec.ts_ns),
             account_id: Some(rec.command.account_id()),
             transfer_id: None,
         };
@@ -463,6 +468,7 @@ impl ShardState {
         let refused = decided.as_ref().err().map(|r| r.code.clone());
         let to = Answering {
             command_id: None,
+            ts_ns: None,
             account_id: Some(t.account_id),
             transfer_id: Some(t.transfer_id),
         };
@@ -518,6 +524,7 @@ impl ShardState {
                 maker_account_id,
                 taker_order_id,
                 taker_account_id,
+                ..
             } => {
                 let fill = Fill {
                     pair_id,
@@ -891,6 +898,12 @@ mod tests {
             maker_account_id: AccountId(2),
             taker_order_id: OrderId(21),
             taker_account_id: AccountId(3),
+            maker_filled_qty: None,
+            maker_remaining_qty: None,
+            maker_client_order_id: None,
+            taker_filled_qty: None,
+            taker_remaining_qty: None,
+            taker_client_order_id: None,
         };
         let done = |id, acc| EventBody::Done {
             order_id: OrderId(id),
@@ -963,6 +976,7 @@ mod tests {
         let amended = EventBody::Amended {
             order_id: OrderId(30),
             account_id: AccountId(2),
+            client_order_id: None,
             price: Price(20_000),
             qty: Qty(50_000),
             remaining_qty: Qty(50_000),

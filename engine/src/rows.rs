@@ -221,6 +221,7 @@ pub fn derive<'a>(
                     maker_account_id,
                     taker_order_id,
                     taker_account_id,
+                    ..
                 } => {
                     trades.push(TradeRow {
                         trade_id: *trade_id,
@@ -627,6 +628,12 @@ mod tests {
                 maker_account_id: AccountId(1),
                 taker_order_id: OrderId(2),
                 taker_account_id: AccountId(2),
+                maker_filled_qty: None,
+                maker_remaining_qty: None,
+                maker_client_order_id: None,
+                taker_filled_qty: None,
+                taker_remaining_qty: None,
+                taker_client_order_id: None,
             },
         }];
         let applied = [Applied {

@@ -187,6 +187,12 @@ mod tests {
                 maker_account_id: AccountId(maker),
                 taker_order_id: OrderId(taker * 10),
                 taker_account_id: AccountId(taker),
+                maker_filled_qty: None,
+                maker_remaining_qty: None,
+                maker_client_order_id: None,
+                taker_filled_qty: None,
+                taker_remaining_qty: None,
+                taker_client_order_id: None,
             },
         )
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use accounts_core::AssetRegistry;
+use accounts_core::{AssetRegistry, Liquidity, PairFees, trade_fee};
 use dashmap::DashMap;
 use protocol::accounts::AccountEventRecord;
 use protocol::records::EventRecord;
@@ -20,8 +20,8 @@ use protocol::ws::{
     RejectedType, StageRejection, TickerMessage,
 };
 use protocol::{
-    AccountId, ClientOrderId, CommandKind, Event, EventBody, PairId, PairRegistry, PairSpec, Price,
-    Qty, Side,
+    AccountId, ClientOrderId, CommandKind, Event, EventBody, OrderId, PairId, PairRegistry,
+    PairSpec, Price, Qty, Side,
 };
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -80,8 +80,10 @@ pub struct Hub {
     engine_delay: Arc<DelayWindow>,
     depth: usize,
     caught_up: AtomicBool,
-    /// Assets and their decimals, for `balances` pushes.
+    /// Assets and their decimals, for `balances` pushes and fill fees.
     assets: AssetRegistry,
+    /// Whether trades settle in the account stage: a fill then names its fee.
+    settled: bool,
     /// Per account shard, the last `accounts_offset` whose answer was applied: a restarted
     /// shard sends its answers again, and those at or below it are dropped.
     shard_offsets: Mutex<HashMap<u32, i64>>,
@@ -150,13 +152,19 @@ impl PairState {
 }
 
 impl Hub {
-    pub fn new(pairs: Arc<PairRegistry>, depth: usize, request_map_max: usize) -> Hub {
+    pub fn new(
+        pairs: Arc<PairRegistry>,
+        depth: usize,
+        request_map_max: usize,
+        settled: bool,
+    ) -> Hub {
         let books = (0..pairs.len())
             .map(|_| Mutex::new(PairState::default()))
             .collect();
         let assets = AssetRegistry::from_pairs(&pairs);
         Hub {
             assets,
+            settled,
             shard_offsets: Mutex::new(HashMap::new()),
             pairs,
             books,
@@ -324,7 +332,10 @@ impl Hub {
                 return;
             }
             self.apply_public(spec, &mut state, &fresh);
-            private_updates(spec, &fresh)
+            let fees = self
+                .settled
+                .then(|| (&self.assets, self.pairs.fees(spec.id)));
+            private_updates(spec, &fresh, fees)
         };
         metrics::counter!("gateway_events_records_total").increment(1);
         self.route_private(&record, private);
@@ -510,6 +521,8 @@ impl Hub {
             message,
             shard: record.shard,
             accounts_offset: record.accounts_offset,
+            // A stage older than `ts_ns` did not say: the time the gateway learned of it.
+            ts_ms: record.ts_ns.map_or_else(crate::now_ms, |ns| ns / 1_000_000),
         };
         let requester = origin.as_ref().map(|o| (o.conn, o.req_id));
         let mut plain: Option<String> = None;
@@ -568,15 +581,22 @@ fn orders_text(update: &OrderUpdate) -> String {
 }
 
 /// The engine's events as each concerned account sees them.
-fn private_updates(spec: &PairSpec, events: &[&Event]) -> Vec<(AccountId, OrderUpdate)> {
+/// `fees`: when trades settle in the account stage, the assets and the pair's fees, so a fill
+/// names the fee the stage charges for it.
+fn private_updates(
+    spec: &PairSpec,
+    events: &[&Event],
+    fees: Option<(&AssetRegistry, PairFees)>,
+) -> Vec<(AccountId, OrderUpdate)> {
     let mut out = Vec::new();
-    let update = |seq, kind| OrderUpdate {
-        pair: spec.symbol.clone(),
-        seq,
-        req_id: None,
-        kind,
-    };
     for e in events {
+        let update = |seq, kind| OrderUpdate {
+            pair: spec.symbol.clone(),
+            seq,
+            req_id: None,
+            ts_ms: e.ts_ns / 1_000_000,
+            kind,
+        };
         match &e.body {
             EventBody::Accepted {
                 order_id,
@@ -601,6 +621,8 @@ fn private_updates(spec: &PairSpec, events: &[&Event]) -> Vec<(AccountId, OrderU
                         qty: spec.format_qty(*qty),
                         tif: *tif,
                         post_only: *post_only,
+                        filled_qty: spec.format_qty(Qty(0)),
+                        remaining_qty: spec.format_qty(*qty),
                     },
                 ),
             )),
@@ -635,22 +657,70 @@ fn private_updates(spec: &PairSpec, events: &[&Event]) -> Vec<(AccountId, OrderU
                 maker_account_id,
                 taker_order_id,
                 taker_account_id,
+                maker_filled_qty,
+                maker_remaining_qty,
+                maker_client_order_id,
+                taker_filled_qty,
+                taker_remaining_qty,
+                taker_client_order_id,
             } => {
-                let fill = |order_id: u64, side, maker| OrderUpdateKind::Fill {
-                    order_id,
-                    trade_id: *trade_id,
-                    side,
-                    price: spec.format_price(*price),
-                    qty: spec.format_qty(*qty),
-                    maker,
+                let fill = |order_id: OrderId,
+                            client_order_id: &Option<ClientOrderId>,
+                            side: Side,
+                            liquidity: Liquidity,
+                            filled: &Option<Qty>,
+                            remaining: &Option<Qty>| {
+                    let fee = fees.and_then(|(assets, fees)| {
+                        let (asset, units) =
+                            trade_fee(assets, fees, spec.id, side, liquidity, *price, *qty)?;
+                        let asset = assets.get(asset)?;
+                        Some((
+                            crate::accounts::format_units(units, asset.decimals),
+                            asset.symbol.clone(),
+                        ))
+                    });
+                    let (fee, fee_asset) = fee.unzip();
+                    OrderUpdateKind::Fill {
+                        order_id: order_id.0,
+                        client_order_id: client_order_id.clone(),
+                        trade_id: *trade_id,
+                        side,
+                        price: spec.format_price(*price),
+                        qty: spec.format_qty(*qty),
+                        maker: liquidity == Liquidity::Maker,
+                        filled_qty: filled.map(|q| spec.format_qty(q)),
+                        remaining_qty: remaining.map(|q| spec.format_qty(q)),
+                        fee,
+                        fee_asset,
+                    }
                 };
                 out.push((
                     *maker_account_id,
-                    update(e.seq, fill(maker_order_id.0, taker_side.opposite(), true)),
+                    update(
+                        e.seq,
+                        fill(
+                            *maker_order_id,
+                            maker_client_order_id,
+                            taker_side.opposite(),
+                            Liquidity::Maker,
+                            maker_filled_qty,
+                            maker_remaining_qty,
+                        ),
+                    ),
                 ));
                 out.push((
                     *taker_account_id,
-                    update(e.seq, fill(taker_order_id.0, *taker_side, false)),
+                    update(
+                        e.seq,
+                        fill(
+                            *taker_order_id,
+                            taker_client_order_id,
+                            *taker_side,
+                            Liquidity::Taker,
+                            taker_filled_qty,
+                            taker_remaining_qty,
+                        ),
+                    ),
                 ));
             }
             EventBody::Done {
@@ -676,6 +746,7 @@ fn private_updates(spec: &PairSpec, events: &[&Event]) -> Vec<(AccountId, OrderU
             EventBody::Amended {
                 order_id,
                 account_id,
+                client_order_id,
                 price,
                 qty,
                 remaining_qty,
@@ -686,8 +757,10 @@ fn private_updates(spec: &PairSpec, events: &[&Event]) -> Vec<(AccountId, OrderU
                     e.seq,
                     OrderUpdateKind::Amended {
                         order_id: order_id.0,
+                        client_order_id: client_order_id.clone(),
                         price: spec.format_price(*price),
                         qty: spec.format_qty(*qty),
+                        filled_qty: spec.format_qty(Qty(qty.0 - remaining_qty.0)),
                         remaining_qty: spec.format_qty(*remaining_qty),
                         priority_kept: *priority_kept,
                     },
@@ -904,7 +977,7 @@ mod tests {
                 remaining_qty: Qty(7),
             },
         };
-        let (_, mut update) = private_updates(&spec, &[&done]).remove(0);
+        let (_, mut update) = private_updates(&spec, &[&done], None).remove(0);
         for req_id in [None, Some(42)] {
             update.req_id = req_id;
             let text = orders_text(&update);
@@ -913,6 +986,83 @@ mod tests {
             let back: protocol::ws::Push = serde_json::from_str(&text).unwrap();
             assert_eq!(back, protocol::ws::Push::Orders(update.clone()));
         }
+    }
+
+    #[test]
+    fn a_fill_names_its_cumulative_quantities_and_the_fee_the_stage_settles() {
+        let text = include_str!("../../config/pairs.toml").replacen(
+            "symbol = \"BTC-EUR\"\n",
+            "symbol = \"BTC-EUR\"\nmaker_fee = \"0.001\"\ntaker_fee = \"0.0025\"\n",
+            1,
+        );
+        let pairs = PairRegistry::from_toml(&text).unwrap();
+        let spec = pairs.by_symbol("BTC-EUR").unwrap().clone();
+        let assets = AssetRegistry::from_pairs(&pairs);
+        // 0.3 BTC at 60000.10 EUR: the seller (maker) receives 18000.03 EUR, the buyer 0.3 BTC.
+        let trade = Event {
+            seq: 12,
+            ts_ns: 1_700_000_000_123_456_789,
+            body: EventBody::Trade {
+                trade_id: 4,
+                price: spec.parse_price("60000.10").unwrap(),
+                qty: spec.parse_qty("0.3").unwrap(),
+                taker_side: Side::Buy,
+                maker_order_id: OrderId(1),
+                maker_account_id: AccountId(7),
+                taker_order_id: OrderId(2),
+                taker_account_id: AccountId(8),
+                maker_filled_qty: Some(spec.parse_qty("0.5").unwrap()),
+                maker_remaining_qty: Some(spec.parse_qty("0.1").unwrap()),
+                maker_client_order_id: Some("m-1".into()),
+                taker_filled_qty: Some(spec.parse_qty("0.3").unwrap()),
+                taker_remaining_qty: Some(Qty(0)),
+                taker_client_order_id: None,
+            },
+        };
+        let amended = Event {
+            seq: 13,
+            ts_ns: 1_700_000_001_000_000_000,
+            body: EventBody::Amended {
+                order_id: OrderId(1),
+                account_id: AccountId(7),
+                client_order_id: Some("m-1".into()),
+                price: spec.parse_price("60000.10").unwrap(),
+                qty: spec.parse_qty("0.55").unwrap(),
+                remaining_qty: spec.parse_qty("0.05").unwrap(),
+                priority_kept: true,
+            },
+        };
+        let fees = Some((&assets, pairs.fees(spec.id)));
+        let out = private_updates(&spec, &[&trade, &amended], fees);
+        let json = |u: &OrderUpdate| serde_json::to_value(u).unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].0, AccountId(7));
+        assert_eq!(
+            json(&out[0].1),
+            serde_json::json!({"pair": "BTC-EUR", "seq": 12, "ts_ms": 1_700_000_000_123_u64,
+                "type": "fill", "order_id": 1, "client_order_id": "m-1", "trade_id": 4,
+                "side": "sell", "price": "60000.10", "qty": "0.30000000", "maker": true,
+                "filled_qty": "0.50000000", "remaining_qty": "0.10000000",
+                "fee": "18.0000300000", "fee_asset": "EUR"})
+        );
+        assert_eq!(out[1].0, AccountId(8));
+        let taker = json(&out[1].1);
+        assert_eq!(taker["side"], "buy");
+        assert_eq!(
+            taker["fee"], "0.00075000000000",
+            "0.25% of 0.3 BTC: {taker}"
+        );
+        assert_eq!(taker["fee_asset"], "BTC");
+        assert_eq!(taker["remaining_qty"], "0.00000000");
+        assert_eq!(taker.get("client_order_id"), None);
+        let amend = json(&out[2].1);
+        assert_eq!(amend["filled_qty"], "0.50000000", "{amend}");
+        assert_eq!(amend["client_order_id"], "m-1");
+        assert_eq!(amend["ts_ms"], 1_700_000_001_000_u64);
+        // Without the stage nothing settles: no fee named.
+        let plain = private_updates(&spec, &[&trade], None);
+        assert_eq!(json(&plain[0].1).get("fee"), None);
+        assert_eq!(json(&plain[0].1).get("fee_asset"), None);
     }
 
     #[test]

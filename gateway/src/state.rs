@@ -89,6 +89,7 @@ impl Shared {
             Arc::clone(&pairs),
             limits.book_depth,
             limits.request_map_max,
+            stage.is_some(),
         ));
         let (engine_delay, awaiting_verdict) = hub.verdict_signals();
         Ok(Shared {

@@ -151,6 +151,7 @@ async fn a_refusal_answers_the_place_like_an_engine_rejection() {
             shard,
             accounts_offset: 12,
             command_id: Some(order_id),
+            ts_ns: Some(1_700_000_000_555_000_000),
             account_id: None,
             transfer_id: None,
             refusal: Some(Refusal {
@@ -170,7 +171,7 @@ async fn a_refusal_answers_the_place_like_an_engine_rejection() {
         json!({"channel": "orders", "pair": "ETH-EUR", "req_id": 41, "type": "rejected",
                "order_id": order_id, "client_order_id": "mine-1", "command": "place",
                "command_id": order_id, "code": "insufficient_funds", "message": "EUR: 3000 needed, 0 available",
-               "shard": shard, "accounts_offset": 12})
+               "shard": shard, "accounts_offset": 12, "ts_ms": 1_700_000_000_555_u64})
     );
     // The account's other connection sees it too, without the request id.
     let seen = tokio::time::timeout(WAIT, sibling.push_where(|p| p["channel"] == "orders"))
@@ -245,6 +246,7 @@ async fn a_refusal_naming_the_account_reaches_it_without_the_request() {
         shard,
         accounts_offset: offset,
         command_id: Some(command_id),
+        ts_ns: Some(1_700_000_000_999_000_000),
         account_id: Some(AccountId(account)),
         transfer_id: None,
         refusal: Some(Refusal {
@@ -261,7 +263,7 @@ async fn a_refusal_naming_the_account_reaches_it_without_the_request() {
     .await;
     let want = json!({"channel": "orders", "type": "rejected", "command_id": foreign_command,
                       "code": "insufficient_funds", "message": "BTC: 1 needed, 0 available",
-                      "shard": shard, "accounts_offset": 30});
+                      "shard": shard, "accounts_offset": 30, "ts_ms": 1_700_000_000_999_u64});
     for conn in [&mut c, &mut sibling] {
         let seen = tokio::time::timeout(WAIT, conn.push_where(|p| p["channel"] == "orders"))
             .await
@@ -344,6 +346,7 @@ async fn a_balance_line_reaches_a_subscriber_once_even_when_sent_twice() {
         shard,
         accounts_offset: 7,
         command_id: None,
+        ts_ns: None,
         account_id: None,
         transfer_id: Some(1),
         refusal: None,

@@ -46,12 +46,18 @@ async fn two_accounts_cross_and_a_third_sees_the_book_and_the_trade() {
     // The maker's account on a second connection (a UI beside a bot, say).
     let mut maker_ui = stack.logged_in(0).await;
     let mut taker = stack.logged_in(1).await;
-    let r = maker
-        .request("place", place_params("BTC-EUR", "sell", "100.00", "0.5"))
-        .await;
+    let mut params = place_params("BTC-EUR", "sell", "100.00", "0.5");
+    params["client_order_id"] = json!("mk-1");
+    let before_ms = now_ms();
+    let r = maker.request("place", params).await;
     let maker_order = r["result"]["order_id"].as_u64().expect("received");
     let accepted = maker.push_where(is_order("accepted")).await;
     assert_eq!(accepted["order_id"], maker_order);
+    assert_eq!(accepted["filled_qty"], "0.00000000");
+    assert_eq!(accepted["remaining_qty"], "0.50000000");
+    // Event time: when the gateway received the command.
+    let ts_ms = accepted["ts_ms"].as_u64().expect("an event time");
+    assert!((before_ms..=now_ms()).contains(&ts_ms), "{accepted}");
     assert_eq!(accepted["req_id"], r["id"], "the verdict names the request");
     // The account's other connection sees the same update, without the other's request id.
     let seen = maker_ui.push_where(is_order("accepted")).await;
@@ -68,11 +74,22 @@ async fn two_accounts_cross_and_a_third_sees_the_book_and_the_trade() {
     assert_eq!(fill["maker"], false);
     assert_eq!(fill["qty"], "0.20000000");
     assert_eq!(fill["price"], "100.00");
+    assert_eq!(fill["filled_qty"], "0.20000000");
+    assert_eq!(fill["remaining_qty"], "0.00000000");
+    assert_eq!(fill.get("client_order_id"), None, "{fill}");
+    // Without the account stage nothing settles, so no fee is named.
+    assert_eq!(fill.get("fee"), None, "{fill}");
+    assert!(fill["ts_ms"].as_u64().unwrap() >= ts_ms);
     let done = taker.push_where(is_order("done")).await;
     assert_eq!(done["reason"], "filled");
+    assert_eq!(done["ts_ms"], fill["ts_ms"], "one command, one event time");
     let maker_fill = maker.push_where(is_order("fill")).await;
     assert_eq!(maker_fill["order_id"], maker_order);
     assert_eq!(maker_fill["maker"], true);
+    assert_eq!(maker_fill["client_order_id"], "mk-1");
+    assert_eq!(maker_fill["filled_qty"], "0.20000000");
+    assert_eq!(maker_fill["remaining_qty"], "0.30000000");
+    assert_eq!(maker_fill["trade_id"], fill["trade_id"]);
 
     // The watcher sees the ask appear, then shrink, with contiguous book sequence numbers.
     let mut asks = Vec::new();

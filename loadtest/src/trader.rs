@@ -581,6 +581,7 @@ mod tests {
             pair: place.pair.clone(),
             seq: order_id,
             req_id: Some(req_id),
+            ts_ms: 1,
             kind: OrderUpdateKind::Accepted {
                 order_id,
                 client_order_id: None,
@@ -590,6 +591,8 @@ mod tests {
                 qty: place.qty.clone(),
                 tif: place.time_in_force(),
                 post_only: false,
+                filled_qty: "0".into(),
+                remaining_qty: place.qty.clone(),
             },
         });
         serde_json::to_string(&push).unwrap()
@@ -786,6 +789,7 @@ mod tests {
             pair: "BTC-EUR".into(),
             seq: 1,
             req_id: Some(1),
+            ts_ms: 1,
             kind: OrderUpdateKind::Rejected {
                 order_id: Some(1),
                 client_order_id: None,
@@ -803,7 +807,7 @@ mod tests {
 
     /// The account stage's refusal exactly as the gateway writes it (gateway/src/hub.rs,
     /// `StageRejection::push_json`): no `seq`, `shard` and `accounts_offset` instead.
-    const STAGE_REFUSAL: &str = r#"{"channel":"orders","pair":"BTC-EUR","req_id":1,"type":"rejected","order_id":5348024557502465,"command":"place","command_id":5348024557502465,"code":"insufficient_funds","message":"EUR: 3000 needed, 0 available","shard":1,"accounts_offset":12}"#;
+    const STAGE_REFUSAL: &str = r#"{"channel":"orders","pair":"BTC-EUR","req_id":1,"type":"rejected","order_id":5348024557502465,"command":"place","command_id":5348024557502465,"code":"insufficient_funds","message":"EUR: 3000 needed, 0 available","shard":1,"accounts_offset":12,"ts_ms":1700000000555}"#;
 
     #[test]
     fn a_stage_refusal_is_a_rejection_by_its_code_before_or_after_the_ack() {
@@ -889,6 +893,7 @@ mod tests {
             message: "not enough".into(),
             shard: 0,
             accounts_offset: 3,
+            ts_ms: 1,
         };
         t.handle_text(&refusal.push_json(), &mut obs);
         assert_eq!(

@@ -30,6 +30,7 @@ fn push(pair: &str, seq: u64, req_id: u64, kind: OrderUpdateKind) -> Message {
         pair: pair.to_owned(),
         seq,
         req_id: Some(req_id),
+        ts_ms: 1,
         kind,
     });
     Message::text(serde_json::to_string(&p).unwrap())
@@ -86,6 +87,8 @@ async fn connection(tcp: tokio::net::TcpStream, account: u64) {
                     qty: p.qty.clone(),
                     tif: p.time_in_force(),
                     post_only: false,
+                    filled_qty: "0".into(),
+                    remaining_qty: p.qty.clone(),
                 };
                 let mut out = vec![
                     respond(id, Some(received), None),
@@ -101,6 +104,11 @@ async fn connection(tcp: tokio::net::TcpStream, account: u64) {
                         price: p.price.clone().unwrap(),
                         qty: p.qty.clone(),
                         maker: false,
+                        client_order_id: None,
+                        filled_qty: Some(p.qty.clone()),
+                        remaining_qty: Some("0".into()),
+                        fee: Some("0".into()),
+                        fee_asset: Some("EUR".into()),
                     };
                     out.push(push(&p.pair, seq, id, fill));
                     let done = OrderUpdateKind::Done {
@@ -141,8 +149,10 @@ async fn connection(tcp: tokio::net::TcpStream, account: u64) {
             RequestBody::Amend(a) => {
                 let verdict = OrderUpdateKind::Amended {
                     order_id: a.order_id.unwrap(),
+                    client_order_id: None,
                     price: a.price.clone().unwrap_or_else(|| "1".into()),
                     qty: a.qty.clone().unwrap_or_else(|| "1".into()),
+                    filled_qty: "0".into(),
                     remaining_qty: "1".into(),
                     priority_kept: a.price.is_none(),
                 };

@@ -151,6 +151,9 @@ pub struct AccountEventRecord {
     /// The gateway command this answers, for an `order` line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_id: Option<u64>,
+    /// When the gateway received that command (its `ts_ns`): a refusal's event time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_ns: Option<u64>,
     /// The account whose command or transfer this answers, so a refusal reaches every
     /// connection of the account, on any gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,6 +294,7 @@ mod tests {
             shard: 2,
             accounts_offset: 40,
             command_id: Some(7),
+            ts_ns: None,
             account_id: Some(AccountId(3)),
             transfer_id: None,
             refusal: Some(Refusal {

@@ -359,6 +359,21 @@ pub enum EventBody {
         maker_account_id: AccountId,
         taker_order_id: OrderId,
         taker_account_id: AccountId,
+        /// Each order's cumulative filled quantity and what is left of it after this trade, and
+        /// its client order id. Always written; `None` only in a record written before they
+        /// existed (the `events` topic keeps those, and readers start from its beginning).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        maker_filled_qty: Option<Qty>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        maker_remaining_qty: Option<Qty>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        maker_client_order_id: Option<ClientOrderId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        taker_filled_qty: Option<Qty>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        taker_remaining_qty: Option<Qty>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        taker_client_order_id: Option<ClientOrderId>,
     },
     /// An order left the book, or never rested. `filled_qty + remaining_qty` is its total
     /// quantity; `remaining_qty` is what was cancelled or expired (0 when filled).
@@ -375,6 +390,8 @@ pub enum EventBody {
     Amended {
         order_id: OrderId,
         account_id: AccountId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_order_id: Option<ClientOrderId>,
         price: Price,
         qty: Qty,
         remaining_qty: Qty,

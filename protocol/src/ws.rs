@@ -518,6 +518,8 @@ pub struct StageRejection {
     pub message: String,
     pub shard: u32,
     pub accounts_offset: i64,
+    /// Event time: when the gateway received the refused command, in ms since the Unix epoch.
+    pub ts_ms: u64,
 }
 
 /// The `type` of a [`StageRejection`]: always `rejected`.
@@ -584,6 +586,9 @@ pub struct OrderUpdate {
     /// The request that caused it, when it came from this connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub req_id: Option<u64>,
+    /// Event time: when the gateway received the command that caused it, in ms since the Unix
+    /// epoch (the pair's only clock; every event of one command has the same).
+    pub ts_ms: u64,
     #[serde(flatten)]
     pub kind: OrderUpdateKind,
 }
@@ -603,6 +608,9 @@ pub enum OrderUpdateKind {
         qty: String,
         tif: TimeInForce,
         post_only: bool,
+        /// "0" and `qty`: nothing is filled when an order is accepted (its fills follow).
+        filled_qty: String,
+        remaining_qty: String,
     },
     Rejected {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -616,17 +624,36 @@ pub enum OrderUpdateKind {
     },
     Fill {
         order_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_order_id: Option<ClientOrderId>,
         trade_id: u64,
         side: Side,
         price: String,
         qty: String,
         /// Whether this order was the resting side.
         maker: bool,
+        /// The order's cumulative filled quantity after this fill, and what is left of it.
+        /// Absent only for a trade an engine older than these fields wrote.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filled_qty: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remaining_qty: Option<String>,
+        /// The fee this fill pays, in the asset it receives (`fee_asset`: the base asset for a
+        /// buy, the quote asset for a sell), rounded down to that asset's smallest unit: what
+        /// the account stage settles. Absent when the gateway runs without the account stage.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fee: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fee_asset: Option<String>,
     },
     Amended {
         order_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_order_id: Option<ClientOrderId>,
         price: String,
         qty: String,
+        /// `qty − remaining_qty`: what was filled before the amend.
+        filled_qty: String,
         remaining_qty: String,
         priority_kept: bool,
     },
@@ -1153,6 +1180,7 @@ mod tests {
             message: "not enough".into(),
             shard: 1,
             accounts_offset: 17,
+            ts_ms: 1_700_000_000_123,
         };
         let v: serde_json::Value = serde_json::from_str(&r.push_json()).unwrap();
         assert_eq!(
@@ -1160,7 +1188,7 @@ mod tests {
             serde_json::json!({"channel": "orders", "pair": "BTC-EUR", "req_id": 4,
                 "type": "rejected", "order_id": 9, "command": "place", "command_id": 9,
                 "code": "insufficient_funds", "message": "not enough", "shard": 1,
-                "accounts_offset": 17})
+                "accounts_offset": 17, "ts_ms": 1_700_000_000_123_u64})
         );
     }
 

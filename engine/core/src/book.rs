@@ -532,6 +532,12 @@ impl OrderBook {
             maker_account_id: maker.account_id,
             taker_order_id: t.order_id,
             taker_account_id: t.account_id,
+            maker_filled_qty: Some(Qty(maker.filled_qty.0 + qty)),
+            maker_remaining_qty: Some(Qty(maker_remaining - qty)),
+            maker_client_order_id: maker.client_order_id.clone(),
+            taker_filled_qty: Some(Qty(t.filled + qty)),
+            taker_remaining_qty: Some(Qty(t.remaining() - qty)),
+            taker_client_order_id: t.client_order_id.clone(),
         };
         self.emit(ts_ns, out, body);
         t.filled += qty;
@@ -720,6 +726,7 @@ impl OrderBook {
         let body = EventBody::Amended {
             order_id: o.order_id,
             account_id: o.account_id,
+            client_order_id: o.client_order_id.clone(),
             price: o.price,
             qty: o.qty,
             remaining_qty: o.remaining_qty(),
@@ -745,6 +752,7 @@ impl OrderBook {
         let body = EventBody::Amended {
             order_id: order.order_id,
             account_id: order.account_id,
+            client_order_id: order.client_order_id.clone(),
             price,
             qty,
             remaining_qty: Qty(qty.0 - order.filled_qty.0),

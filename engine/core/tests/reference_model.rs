@@ -328,6 +328,12 @@ impl RefBook {
                 maker_account_id: m.account_id,
                 taker_order_id: t.id,
                 taker_account_id: t.acct,
+                maker_filled_qty: Some(m.filled_qty),
+                maker_remaining_qty: Some(Qty(remaining(&m))),
+                maker_client_order_id: m.client_order_id.clone(),
+                taker_filled_qty: Some(Qty(t.filled)),
+                taker_remaining_qty: Some(Qty(t.qty - t.filled)),
+                taker_client_order_id: t.cid.clone(),
             });
             if remaining(&m) == 0 {
                 self.orders.remove(i);
@@ -479,6 +485,7 @@ impl RefBook {
         self.bodies.push(EventBody::Amended {
             order_id: o.order_id,
             account_id: o.account_id,
+            client_order_id: o.client_order_id.clone(),
             price,
             qty,
             remaining_qty: Qty(remaining(&o)),
