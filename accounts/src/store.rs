@@ -1,7 +1,9 @@
 //! PostgreSQL: a shard's recovery, and its commit (balances, reservations, ledger rows,
 //! transfers, per-pair settlement seqs and its position, in one transaction fenced on the
-//! previous position). Schema: `infra/migrations/0006_accounts.sql`.
+//! previous position). Schema: `infra/migrations/0006_accounts.sql`; the ledger is one row per
+//! line since `0008_ledger_lines.sql`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use accounts_core::{AssetId, AssetRegistry, Balance, Cause, Reservation};
@@ -150,9 +152,58 @@ fn cause_name(cause: &Cause) -> &'static str {
 }
 
 fn symbol(assets: &AssetRegistry, id: AssetId) -> String {
-    assets
-        .get(id)
-        .map_or_else(|| format!("#{}", id.0), |a| a.symbol.clone())
+    symbol_str(assets, id).into_owned()
+}
+
+fn symbol_str(assets: &AssetRegistry, id: AssetId) -> Cow<'_, str> {
+    assets.get(id).map_or_else(
+        || Cow::Owned(format!("#{}", id.0)),
+        |a| Cow::Borrowed(a.symbol.as_str()),
+    )
+}
+
+/// One line's changes as the compact JSON array `ledger_lines.changes` holds, each change an
+/// array of account_id, asset, cause, detail, available_delta, reserved_delta, available,
+/// reserved (amounts as strings: they can exceed 64 bits). `line` is one position's rows in
+/// order; element i is the row of `idx` i.
+fn line_json(assets: &AssetRegistry, line: &[LedgerRow]) -> String {
+    use std::fmt::Write as _;
+    let mut out = Vec::with_capacity(160 * line.len());
+    // The four amounts of a change, formatted once into one reused buffer.
+    let mut amounts = String::with_capacity(160);
+    out.push(b'[');
+    for (i, row) in line.iter().enumerate() {
+        debug_assert_eq!(row.idx as usize, i, "a line's rows arrive in idx order");
+        let e = &row.event;
+        if i > 0 {
+            out.push(b',');
+        }
+        amounts.clear();
+        let mut ends = [0; 4];
+        for (end, units) in ends.iter_mut().zip([
+            e.available_delta_units,
+            e.reserved_delta_units,
+            e.balance.available_units,
+            e.balance.reserved_units,
+        ]) {
+            write!(amounts, "{units}").expect("formatting into a String");
+            *end = amounts.len();
+        }
+        let asset = symbol_str(assets, e.asset_id);
+        let change = (
+            e.account_id.0 as i64,
+            asset.as_ref(),
+            cause_name(&e.cause),
+            &e.cause,
+            &amounts[..ends[0]],
+            &amounts[ends[0]..ends[1]],
+            &amounts[ends[1]..ends[2]],
+            &amounts[ends[2]..ends[3]],
+        );
+        serde_json::to_writer(&mut out, &change).expect("a ledger change serializes");
+    }
+    out.push(b']');
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 /// What one or more batches change, with every value captured when its batch ended: the
@@ -307,49 +358,20 @@ pub async fn persist(
     }
 
     if !fx.ledger.is_empty() {
-        let n = fx.ledger.len();
-        let mut position = Vec::with_capacity(n);
-        let mut idx = Vec::with_capacity(n);
-        let mut account = Vec::with_capacity(n);
-        let mut asset = Vec::with_capacity(n);
-        let mut cause = Vec::with_capacity(n);
-        let mut detail = Vec::with_capacity(n);
-        let mut da = Vec::with_capacity(n);
-        let mut dr = Vec::with_capacity(n);
-        let mut av = Vec::with_capacity(n);
-        let mut re = Vec::with_capacity(n);
-        for row in &fx.ledger {
-            let e = &row.event;
-            position.push(row.position);
-            idx.push(row.idx as i32);
-            account.push(e.account_id.0 as i64);
-            asset.push(symbol(assets, e.asset_id));
-            cause.push(cause_name(&e.cause));
-            detail.push(serde_json::to_string(&e.cause).expect("a cause serializes"));
-            da.push(e.available_delta_units.to_string());
-            dr.push(e.reserved_delta_units.to_string());
-            av.push(e.balance.available_units.to_string());
-            re.push(e.balance.reserved_units.to_string());
+        // One row per line: its changes, in order, as one compact JSON array
+        // (infra/migrations/0008_ledger_lines.sql documents the columns).
+        let mut position = Vec::new();
+        let mut changes = Vec::new();
+        for line in fx.ledger.chunk_by(|a, b| a.position == b.position) {
+            position.push(line[0].position);
+            changes.push(line_json(assets, line));
         }
         sqlx::query(
-            "INSERT INTO ledger (shard, accounts_offset, idx, account_id, asset, cause, detail, \
-               available_delta, reserved_delta, available, reserved) \
-             SELECT $11, p, i, a, s, c, d::jsonb, da::numeric, dr::numeric, av::numeric, \
-               re::numeric \
-             FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::text[], $5::text[], \
-               $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) \
-               AS t(p, i, a, s, c, d, da, dr, av, re)",
+            "INSERT INTO ledger_lines (shard, accounts_offset, changes) \
+             SELECT $3, p, c::json FROM unnest($1::bigint[], $2::text[]) AS t(p, c)",
         )
         .bind(&position)
-        .bind(&idx)
-        .bind(&account)
-        .bind(&asset)
-        .bind(&cause)
-        .bind(&detail)
-        .bind(&da)
-        .bind(&dr)
-        .bind(&av)
-        .bind(&re)
+        .bind(&changes)
         .bind(s)
         .execute(&mut *tx)
         .await?;
