@@ -111,6 +111,12 @@ pub enum AccountsError {
     Fees(#[from] accounts_core::ConfigError),
     #[error(transparent)]
     Telemetry(#[from] infra::telemetry::TelemetryError),
+    #[error("cannot serve /metrics and /healthz on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The number of account shards: the partition count of the `accounts` topic.
@@ -141,11 +147,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Acco
         AssetRegistry::from_pairs(&config.registry),
         config.ledger_config(),
     )?;
+    // `/healthz` answers 200 while the stage runs and 503 once it drains (an ECS or load
+    // balancer check stops counting on it), beside `/metrics`.
+    let health = infra::telemetry::Health::default();
+    let endpoint_stop = CancellationToken::new();
     if let Some(addr) = config.metrics_addr {
-        infra::telemetry::serve_prometheus(addr)?;
+        let handle = infra::telemetry::install_prometheus_recorder()?;
         telemetry::describe();
         telemetry::register(&owned);
+        let listener = infra::telemetry::bind(addr)
+            .await
+            .map_err(|source| AccountsError::Metrics { addr, source })?;
+        tokio::spawn(infra::telemetry::serve(
+            listener,
+            handle,
+            health.clone(),
+            endpoint_stop.clone(),
+        ));
     }
+    let _endpoint = endpoint_stop.drop_guard();
     let pool = infra::db::connect(&config.database_url, owned.len() as u32 + 2).await?;
     let producer = infra::kafka::client_config(
         &config.brokers,
@@ -162,6 +182,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Acco
         producer,
         shards,
     });
+    health.set(true);
     tracing::info!(shards, owned = ?owned, "account stage started");
     let mut tasks = Vec::new();
     for shard in owned {
@@ -171,6 +192,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Acco
             shutdown.clone(),
         )));
     }
+    shutdown.cancelled().await;
+    health.set(false);
     for t in tasks {
         let _ = t.await;
     }

@@ -1,5 +1,5 @@
 //! A freshly started account stage exports every series `docs/METRICS.md` documents for it, per
-//! owned shard, before it has applied anything; and nothing undocumented. Its own test binary,
+//! owned shard, before it has applied anything; and nothing undocumented; and answers /healthz. Its own test binary,
 //! so the process-wide recorder is fresh.
 
 mod common;
@@ -51,6 +51,21 @@ async fn the_first_scrape_shows_exactly_the_documented_metrics() {
         !text.contains("shard=\"0\""),
         "a shard this process does not own has no series: {text}"
     );
+    // Beside /metrics, the health check ECS and a load balancer ask: 503 "not serving" while
+    // the stage starts (and once it drains), then 200 "ok".
+    let healthz = format!("http://{addr}/healthz");
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match scrape(&healthz).await.as_deref() {
+                Ok("ok\n") => return,
+                Ok("not serving\n") | Err(_) => {}
+                Ok(other) => panic!("/healthz answered {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("/healthz says ok once the stage runs");
     shutdown.cancel();
     stage.await.unwrap().unwrap();
     world.drop_schema().await;

@@ -117,10 +117,10 @@ export class AccountsServices extends Construct {
         METRICS_ADDR: `0.0.0.0:${ACCOUNTS_METRICS_PORT}`,
       },
       secrets: { ...app.kafka.secrets, ...app.databaseSecrets },
-      // The stage has no /healthz yet: /metrics answering 200 means the process is up and has
-      // found its topic (it serves metrics only after reading the shard count). It says nothing
-      // about the shards: a shard restarting in a loop is the restarts alarm's business.
-      healthCheck: httpCheck(ACCOUNTS_METRICS_PORT, '/metrics', Duration.seconds(60)),
+      // /healthz: 200 once the stage has its topic, database and producer and runs its shards,
+      // 503 while it starts or drains. It says nothing about each shard: a shard restarting in
+      // a loop is the restarts alarm's business.
+      healthCheck: httpCheck(ACCOUNTS_METRICS_PORT, '/healthz', Duration.seconds(60)),
       stopTimeout: Duration.seconds(accountsStopTimeoutS()),
       logging: appLogs(app, 'accounts'),
       readonlyRootFilesystem: true,

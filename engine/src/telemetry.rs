@@ -1,14 +1,5 @@
-//! The engine's metrics (documented in docs/METRICS.md) and its small HTTP endpoint serving
-//! `/metrics` (Prometheus text) and `/healthz`.
-
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+//! The engine's metrics (documented in docs/METRICS.md); its endpoint serving `/metrics` and
+//! `/healthz` is `infra::telemetry::serve`.
 
 pub const COMMANDS_TOTAL: &str = "engine_commands_total";
 pub const BATCH_RECORDS: &str = "engine_batch_records";
@@ -120,74 +111,4 @@ pub fn register<'a>(pairs: impl IntoIterator<Item = &'a str>) {
     }
 }
 
-/// Whether the engine is up: false once it started draining, so a load balancer or ECS health
-/// check stops counting on it.
-#[derive(Clone, Default)]
-pub struct Health(Arc<AtomicBool>);
-
-impl Health {
-    pub fn set(&self, healthy: bool) {
-        self.0.store(healthy, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Largest request head read; anything longer is answered 400.
-const REQUEST_BYTES_MAX: usize = 4096;
-
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    handle: PrometheusHandle,
-    health: Health,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (mut stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(s) => s,
-                Err(err) => {
-                    tracing::warn!(error = %err, "metrics endpoint accept failed");
-                    continue;
-                }
-            },
-        };
-        let handle = handle.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; REQUEST_BYTES_MAX];
-            let n = match tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                stream.read(&mut buf),
-            )
-            .await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", handle.render()),
-                "/healthz" if health.get() => ("200 OK", "ok\n".to_owned()),
-                "/healthz" => ("503 Service Unavailable", "draining\n".to_owned()),
-                _ => ("404 Not Found", "not found\n".to_owned()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\n\
-                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
-    }
-}
-
-/// Binds the endpoint; an error names the address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
+pub use infra::telemetry::{Health, bind, serve};

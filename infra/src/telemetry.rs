@@ -4,8 +4,13 @@
 //! for CloudWatch and other collectors. Metrics: the `metrics` facade, exported for Prometheus.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +64,75 @@ pub fn install_prometheus_recorder() -> Result<PrometheusHandle, TelemetryError>
 /// How often histogram samples are folded into their summaries.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Installs the global metrics recorder with its own HTTP listener serving `/metrics` on `addr`.
-/// Must be called inside a tokio runtime.
-pub fn serve_prometheus(addr: SocketAddr) -> Result<(), TelemetryError> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()?;
-    Ok(())
+/// Whether the service is up: false once it started draining, so a load balancer or ECS health
+/// check stops counting on it.
+#[derive(Clone, Default)]
+pub struct Health(Arc<AtomicBool>);
+
+impl Health {
+    pub fn set(&self, healthy: bool) {
+        self.0.store(healthy, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Largest request head read; anything longer is answered 400.
+const REQUEST_BYTES_MAX: usize = 4096;
+
+/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::warn!(error = %err, "metrics endpoint accept failed");
+                    continue;
+                }
+            },
+        };
+        let handle = handle.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; REQUEST_BYTES_MAX];
+            let n = match tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                stream.read(&mut buf),
+            )
+            .await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = match path {
+                "/metrics" => ("200 OK", handle.render()),
+                "/healthz" if health.get() => ("200 OK", "ok\n".to_owned()),
+                // Starting, or draining.
+                "/healthz" => ("503 Service Unavailable", "not serving\n".to_owned()),
+                _ => ("404 Not Found", "not found\n".to_owned()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+/// Binds the endpoint; an error names the address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
 }

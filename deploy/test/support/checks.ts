@@ -672,13 +672,13 @@ export const CHECKS: readonly Check[] = [
     ],
   },
   {
-    name: "account stage: its health check asks /metrics on METRICS_ADDR's port (it has no /healthz yet)",
+    name: "account stage: its health check asks /healthz on METRICS_ADDR's port",
     run(json, ctx) {
       for (const c of stage(json, ctx)) {
         const port = Number(/:(\d+)$/.exec(effective(ctx.specs, 'accounts', 'METRICS_ADDR', c.environment, 'run'))?.[1]);
         assert.equal(port, ACCOUNTS_METRICS_PORT, `${c.taskId}: METRICS_ADDR`);
         const check = (c.raw.HealthCheck as { Command: string[] } | undefined)?.Command.join(' ') ?? '';
-        assert.match(check, new RegExp(`/dev/tcp/127\\.0\\.0\\.1/${port} .*GET /metrics HTTP.*' 200 '`), `${c.taskId}: ${check}`);
+        assert.match(check, new RegExp(`/dev/tcp/127\\.0\\.0\\.1/${port} .*GET /healthz HTTP.*' 200 '`), `${c.taskId}: ${check}`);
       }
     },
     breakIt(json) {
