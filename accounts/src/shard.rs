@@ -737,6 +737,7 @@ mod tests {
             pair: pair.into(),
             ts_ns: 1,
             src: None,
+            tp: None,
             command,
         })
     }

@@ -82,6 +82,7 @@ fn workload() -> Vec<Line> {
                 pair: "BTC-EUR".into(),
                 ts_ns: id,
                 src: None,
+                tp: None,
                 command: Command::Cancel(CancelOrder {
                     account_id: AccountId(acc),
                     target: OrderRef::Id(OrderId(order)),
@@ -104,6 +105,7 @@ fn workload() -> Vec<Line> {
             pair: "BTC-EUR".into(),
             ts_ns: id,
             src: None,
+            tp: None,
             command: Command::Place(PlaceOrder {
                 order_id: OrderId(id),
                 account_id: AccountId(account),

@@ -34,6 +34,7 @@ fn place(
         pair: pair.into(),
         ts_ns: command_id,
         src: None,
+        tp: None,
         command: Command::Place(PlaceOrder {
             order_id: OrderId(order_id),
             account_id: AccountId(account),
@@ -123,6 +124,7 @@ impl Stream {
                 pair: "BTC-EUR".into(),
                 ts_ns: id,
                 src: None,
+                tp: None,
                 command: Command::Cancel(CancelOrder {
                     account_id: AccountId(acc),
                     target: OrderRef::Id(OrderId(order)),

@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::KeyValue;
 
 use engine_core::OrderBook;
 use protocol::records::{
@@ -107,6 +109,8 @@ struct Batch {
     repeated: u64,
     records: Vec<EventRecord>,
     commands: Vec<Option<Command>>,
+    /// The traced commands' spans, ended once the batch is committed.
+    traces: Vec<infra::trace::CmdSpan>,
     /// Injected fault: the commit holding this batch fails.
     #[cfg(feature = "fault-injection")]
     fail_commit: bool,
@@ -114,8 +118,10 @@ struct Batch {
 
 impl Commit {
     /// A commit of one acknowledged batch.
-    fn of(batch: Staged, events_offset: i64) -> Commit {
+    fn of(mut batch: Staged, events_offset: i64) -> Commit {
+        let traces = published_traces(&mut batch);
         Commit {
+            traces,
             last_offset: batch.last_offset,
             events_offset,
             last_seq: batch.last_seq,
@@ -131,7 +137,8 @@ impl Commit {
     }
 
     /// Adds the acknowledged batch that followed.
-    fn absorb(&mut self, batch: Staged, events_offset: i64) {
+    fn absorb(&mut self, mut batch: Staged, events_offset: i64) {
+        self.traces.extend(published_traces(&mut batch));
         self.last_offset = batch.last_offset;
         self.events_offset = self.events_offset.max(events_offset);
         self.last_seq = batch.last_seq;
@@ -157,6 +164,7 @@ impl Batch {
             repeated: 0,
             records: Vec::new(),
             commands: Vec::new(),
+            traces: Vec::new(),
             #[cfg(feature = "fault-injection")]
             fail_commit: false,
         }
@@ -178,6 +186,9 @@ struct Staged {
     settle_deliveries: Vec<DeliveryFuture>,
     /// When its events were handed to the producer.
     published: Instant,
+    /// Traced commands: `engine.publish` from `publish_from` to `published`, then the commit.
+    traces: Vec<infra::trace::CmdSpan>,
+    publish_from: SystemTime,
     #[cfg(feature = "fault-injection")]
     fail_commit: bool,
 }
@@ -353,12 +364,14 @@ impl Matcher {
         // line is one command, applied in order, and gets its own answer.
         for line in command_lines(msg.payload()) {
             self.events.clear();
+            let applying = infra::trace::enabled().then(SystemTime::now);
             let Outcome {
                 command_id,
                 account_id,
                 command,
                 poison,
                 repeat,
+                tp,
             } = apply_record(
                 &mut self.book,
                 &mut self.sources,
@@ -388,12 +401,30 @@ impl Matcher {
                     "poison command answered with a rejection"
                 );
             }
+            // A traced command: `engine.command` from its line's read to its commit, with
+            // the match as a step; the answer carries it on.
+            let span = match (applying, tp.as_deref()) {
+                (Some(at), Some(tp)) => infra::trace::start("engine.command", Some(tp), at),
+                _ => None,
+            };
+            let answer_tp = span.as_ref().map(|span| {
+                span.set_attribute(KeyValue::new("pair", self.spec.symbol.clone()));
+                span.set_attribute(KeyValue::new("orders_offset", offset));
+                span.step(
+                    "engine.match",
+                    applying.unwrap_or_else(SystemTime::now),
+                    SystemTime::now(),
+                );
+                span.traceparent()
+            });
+            batch.traces.extend(span);
             batch.records.push(EventRecord {
                 v: RECORD_VERSION,
                 pair: self.spec.symbol.clone(),
                 orders_offset: offset,
                 command_id,
                 account_id,
+                tp: answer_tp,
                 events: std::mem::take(&mut self.events),
             });
             batch.commands.push(command);
@@ -427,7 +458,8 @@ impl Matcher {
 
     /// Derives the batch's rows, hands its events to the producer, and passes it to the
     /// committer (waiting while `STAGED_BATCHES_MAX` batches are uncommitted).
-    async fn publish_batch(&mut self, batch: Batch) -> Result<(), ActorError> {
+    async fn publish_batch(&mut self, mut batch: Batch) -> Result<(), ActorError> {
+        let publish_from = SystemTime::now();
         let applied = batch
             .records
             .iter()
@@ -472,6 +504,8 @@ impl Matcher {
             deliveries,
             settle_deliveries,
             published: Instant::now(),
+            traces: std::mem::take(&mut batch.traces),
+            publish_from,
             #[cfg(feature = "fault-injection")]
             fail_commit: batch.fail_commit,
         };
@@ -628,7 +662,13 @@ impl Committer {
             sources: &c.sources,
         };
         let started = Instant::now();
+        let persist_from = SystemTime::now();
         store::persist(&self.engine.pool, &write).await?;
+        let persisted = SystemTime::now();
+        for span in c.traces {
+            span.step("engine.commit", persist_from, persisted);
+            span.end_at(persisted);
+        }
         metrics::histogram!(m::PERSIST_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::COMMIT_LAG_SECONDS).record(c.published.elapsed().as_secs_f64());
         metrics::histogram!(m::COMMIT_BATCHES).record(c.batches as f64);
@@ -670,8 +710,20 @@ struct Commit {
     /// When the first batch's events were handed to the producer.
     published: Instant,
     batches: usize,
+    /// Traced commands, their publish step recorded; ended after the commit.
+    traces: Vec<infra::trace::CmdSpan>,
     #[cfg(feature = "fault-injection")]
     fail_commit: bool,
+}
+
+/// Records the publish step of a staged batch's traced commands (it ends now: Kafka holds
+/// their answers) and hands the spans on.
+fn published_traces(batch: &mut Staged) -> Vec<infra::trace::CmdSpan> {
+    let now = SystemTime::now();
+    for span in &batch.traces {
+        span.step("engine.publish", batch.publish_from, now);
+    }
+    std::mem::take(&mut batch.traces)
 }
 
 fn wall_clock_ns() -> u64 {

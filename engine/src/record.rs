@@ -71,6 +71,8 @@ pub struct Outcome {
     /// `Some`: the line repeats a source already applied; nothing was applied and nothing is
     /// answered (`out` is untouched, every other field is `None`).
     pub repeat: Option<Source>,
+    /// The gateway's trace context for the command, when it is traced.
+    pub tp: Option<String>,
 }
 
 /// Decodes one command line and applies it to `book`, appending the decided events to `out`.
@@ -108,6 +110,7 @@ pub fn apply_record(
                 command: None,
                 poison: Some(RejectReason::MalformedRecord),
                 repeat: None,
+                tp: None,
             };
         }
     };
@@ -121,6 +124,7 @@ pub fn apply_record(
             command: None,
             poison: None,
             repeat: Some(src),
+            tp: None,
         };
     }
     let account_id = record.command.account_id();
@@ -144,6 +148,7 @@ pub fn apply_record(
             command: None,
             poison: Some(RejectReason::WrongPair),
             repeat: None,
+            tp: record.tp,
         };
     }
     book.apply(&record.command, record.ts_ns, out);
@@ -153,6 +158,7 @@ pub fn apply_record(
         command: Some(record.command),
         poison: None,
         repeat: None,
+        tp: record.tp,
     }
 }
 
@@ -192,6 +198,7 @@ mod tests {
             pair: pair.into(),
             ts_ns: id,
             src,
+            tp: None,
             command: Command::Place(PlaceOrder {
                 quote_budget: None,
                 order_id: OrderId(id),

@@ -76,6 +76,7 @@ impl Workload {
             pair: self.spec.symbol.clone(),
             ts_ns,
             src: None,
+            tp: None,
             command,
         }
     }

@@ -27,6 +27,7 @@ async fn orders_for_several_pairs_become_events_and_rows() {
             pair: "ETH-EUR".into(),
             ts_ns: 1_700_000_000_000_000_004,
             src: None,
+            tp: None,
             command: Command::Cancel(CancelOrder {
                 account_id: AccountId(3),
                 target: OrderRef::Id(OrderId(201)),

@@ -6,13 +6,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, RateLimiter};
+use opentelemetry::KeyValue;
 use protocol::ws::{
     AssetBalance, Balances, BalancesQuery, BookMessage, BookMessageKind, Channel, DeadManSwitch,
     ErrorBody, ErrorCode, LoggedIn, Pong, Push, Received, ReceivedStatus, Request, RequestBody,
@@ -23,7 +24,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::auth::AuthError;
-use crate::outbound::{Closing, Levels, MarketPending, Next, Outbound, ReadSoFar};
+use crate::outbound::{Closing, ConnId, Levels, MarketPending, Next, Outbound, ReadSoFar};
 use crate::sink::Class;
 use crate::state::{Shared, count_error, quota, rate_limited};
 use crate::{deadman, now_ms, telemetry, validate};
@@ -58,7 +59,53 @@ fn received(order_id: Option<u64>, commands: u32) -> Received {
         status: ReceivedStatus::Received,
         order_id,
         commands,
+        trace_id: None,
     }
+}
+
+/// The gateway's span of one traced command: from its receipt to Kafka's acknowledgement,
+/// with the produce as a step. Its `traceparent` travels with the command (`OrderRecord::tp`).
+struct Traced {
+    span: infra::trace::CmdSpan,
+    tp: String,
+}
+
+impl Traced {
+    fn start(method: &'static str, client: Option<&str>, account: AccountId) -> Option<Traced> {
+        let span = infra::trace::start("gateway.command", client, SystemTime::now())?;
+        span.set_attribute(KeyValue::new("method", method));
+        span.set_attribute(KeyValue::new("account_id", account.0 as i64));
+        let tp = span.traceparent();
+        Some(Traced { span, tp })
+    }
+
+    /// Ends the span once the command is written (or refused); the trace id, for the answer.
+    fn finish(self, produce_from: SystemTime) -> String {
+        let now = SystemTime::now();
+        self.span.step("gateway.produce", produce_from, now);
+        let trace_id = self.span.trace_id();
+        self.span.end_at(now);
+        trace_id
+    }
+}
+
+/// Writes one command, traced when `traced` is set; answers `answer`, naming the trace.
+async fn produce_traced(
+    shared: &Shared,
+    permit: crate::sink::Permit,
+    spec: &PairSpec,
+    (command_id, command): (u64, Command),
+    origin: Option<(ConnId, u64)>,
+    traced: Option<Traced>,
+    answer: Received,
+) -> Result<Received, ErrorBody> {
+    let from = SystemTime::now();
+    let tp = traced.as_ref().map(|t| t.tp.clone());
+    let result = shared
+        .produce(permit, spec, command_id, command, origin, tp)
+        .await;
+    let trace_id = traced.map(|t| t.finish(from));
+    result.map(|()| Received { trace_id, ..answer })
 }
 
 /// The read error's tungstenite cause, when there is one.
@@ -404,7 +451,7 @@ impl Conn {
                     ErrorBody::new(ErrorCode::Unauthenticated, "log in before trading")
                 })?;
                 self.shared.check_account_rate(account)?;
-                self.trade(id, account, body)
+                self.trade(id, account, body, request.traceparent.as_deref())
             }
         }
     }
@@ -536,45 +583,49 @@ impl Conn {
         id: u64,
         account: AccountId,
         body: RequestBody,
+        traceparent: Option<&str>,
     ) -> Result<Option<String>, ErrorBody> {
         let origin = Some((self.out.id, id));
         let shared = Arc::clone(&self.shared);
         let body_name = body.method();
         match body {
             RequestBody::Place(p) => {
+                let traced = Traced::start("place", traceparent, account);
                 let spec = self.spec(&p.pair)?;
                 let command_id = shared.ids.next();
                 let place = validate::place(&spec, &p, account, OrderId(command_id))?;
                 let permit = shared.admit(Class::New)?;
                 self.later(id, async move {
-                    shared
-                        .produce(permit, &spec, command_id, Command::Place(place), origin)
-                        .await?;
-                    Ok(received(Some(command_id), 1))
+                    let command = Command::Place(place);
+                    let answer = received(Some(command_id), 1);
+                    let cmd = (command_id, command);
+                    produce_traced(&shared, permit, &spec, cmd, origin, traced, answer).await
                 });
             }
             RequestBody::Cancel(c) => {
+                let traced = Traced::start("cancel", traceparent, account);
                 let spec = self.spec(&c.pair)?;
                 let cancel = validate::cancel(&c, account)?;
                 let permit = shared.admit(Class::Cancel)?;
                 self.later(id, async move {
                     let command_id = shared.ids.next();
-                    shared
-                        .produce(permit, &spec, command_id, Command::Cancel(cancel), origin)
-                        .await?;
-                    Ok(received(c.order_id, 1))
+                    let command = Command::Cancel(cancel);
+                    let answer = received(c.order_id, 1);
+                    let cmd = (command_id, command);
+                    produce_traced(&shared, permit, &spec, cmd, origin, traced, answer).await
                 });
             }
             RequestBody::Amend(a) => {
+                let traced = Traced::start("amend", traceparent, account);
                 let spec = self.spec(&a.pair)?;
                 let amend = validate::amend(&spec, &a, account)?;
                 let permit = shared.admit(Class::New)?;
                 self.later(id, async move {
                     let command_id = shared.ids.next();
-                    shared
-                        .produce(permit, &spec, command_id, Command::Amend(amend), origin)
-                        .await?;
-                    Ok(received(a.order_id, 1))
+                    let command = Command::Amend(amend);
+                    let answer = received(a.order_id, 1);
+                    let cmd = (command_id, command);
+                    produce_traced(&shared, permit, &spec, cmd, origin, traced, answer).await
                 });
             }
             RequestBody::CancelAll(c) => {

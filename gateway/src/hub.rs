@@ -309,8 +309,19 @@ impl Hub {
         }
     }
 
-    /// Applies one record from partition `pair`.
+    /// Applies one record from partition `pair`. A traced command's answer continues its
+    /// trace: a `gateway.answer` span from the record's arrival to its pushes.
     pub fn apply(&self, pair: PairId, record: EventRecord) {
+        let answer = record.tp.as_deref().and_then(|tp| {
+            infra::trace::start("gateway.answer", Some(tp), std::time::SystemTime::now())
+        });
+        self.apply_record(pair, record);
+        if let Some(span) = answer {
+            span.end_at(std::time::SystemTime::now());
+        }
+    }
+
+    fn apply_record(&self, pair: PairId, record: EventRecord) {
         let Some(spec) = self.pairs.get(pair) else {
             metrics::counter!("gateway_events_wrong_pair_total").increment(1);
             return;

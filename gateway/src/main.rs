@@ -108,7 +108,11 @@ async fn main() -> anyhow::Result<()> {
             };
             provision(accounts, &out, &name_prefix, &database_url, funding).await
         }
-        None => serve(cli.serve).await,
+        None => {
+            let served = serve(cli.serve).await;
+            let _ = tokio::task::spawn_blocking(infra::trace::shutdown).await;
+            served
+        }
     }
 }
 

@@ -203,6 +203,7 @@ impl Shared {
         command_id: u64,
         command: Command,
         origin: Option<(ConnId, u64)>,
+        tp: Option<String>,
     ) -> Result<(), ErrorBody> {
         let via_stage = match (&self.stage, &command) {
             (Some(stage), Command::Place(_) | Command::Amend(_)) => Some(stage),
@@ -215,6 +216,7 @@ impl Shared {
             pair: spec.symbol.clone(),
             ts_ns: now_ms().saturating_mul(1_000_000),
             src: None,
+            tp,
             command,
         };
         if let Some((conn, req_id)) = origin {
@@ -270,7 +272,7 @@ impl Shared {
         }
         let sends = specs.iter().zip(permits).map(|(spec, permit)| {
             let command = Command::CancelAll(CancelAll { account_id });
-            self.produce(permit, spec, self.ids.next(), command, origin)
+            self.produce(permit, spec, self.ids.next(), command, origin, None)
         });
         let results = futures_util::future::join_all(sends).await;
         let written = results.iter().filter(|r| r.is_ok()).count() as u32;

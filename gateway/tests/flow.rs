@@ -202,6 +202,7 @@ async fn private_stream_drops_redeliveries_and_survives_garbage() {
         orders_offset: offset,
         command_id: None,
         account_id: Some(account),
+        tp: None,
         events,
     };
     let first = record(0, vec![accepted(1, 11)]);

@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod metrics_doc;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 /// Environment variable naming the Kafka bootstrap servers (`host:port[,host:port]`).
 pub const KAFKA_BROKERS_ENV: &str = "KAFKA_BROKERS";

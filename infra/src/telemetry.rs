@@ -21,23 +21,46 @@ pub enum TelemetryError {
     Upkeep(#[source] std::io::Error),
 }
 
-/// Installs the global tracing subscriber. Call once, first thing in `main`.
+/// Installs the global tracing subscriber, and trace export when the OpenTelemetry environment
+/// asks for it ([`crate::trace`]; `service` is the default `service.name`). Call once, first
+/// thing in `main`; call [`crate::trace::shutdown`] before exiting so buffered spans go out.
+/// A trace setting that cannot be honoured stops the service with the reason.
 pub fn init_tracing() {
+    let service = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "trading".to_owned());
+    if let Err(err) = crate::trace::init(&service) {
+        eprintln!("{service}: tracing: {err}");
+        std::process::exit(2);
+    }
     init_tracing_with_default("info");
 }
 
-/// [`init_tracing`] with another filter than `info` when `RUST_LOG` is unset.
+/// [`init_tracing`] with another filter than `info` when `RUST_LOG` is unset, and no export
+/// unless [`crate::trace::init`] ran first.
 pub fn init_tracing_with_default(default_filter: &str) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    // try_init: a second call (tests) keeps the first subscriber instead of panicking.
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
+    let fmt = tracing_subscriber::fmt::layer();
+    let fmt = if json {
+        fmt.json().flatten_event(true).boxed()
     } else {
-        builder.try_init()
+        fmt.boxed()
     };
+    // `tracing` spans join the exported traces (through tracing-opentelemetry) when export is
+    // on; the command spans themselves are made in `crate::trace`.
+    let otel = crate::trace::tracer().map(|t| tracing_opentelemetry::layer().with_tracer(t));
+    // try_init: a second call (tests) keeps the first subscriber instead of panicking.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init();
 }
 
 /// Installs the global metrics recorder and returns a handle that renders the Prometheus text

@@ -243,6 +243,7 @@ mod tests {
             pair: "BTC-EUR".into(),
             ts_ns: 5,
             src: None,
+            tp: None,
             command: Command::CancelAll(CancelAll {
                 account_id: AccountId(3),
             }),

@@ -23,11 +23,6 @@ use serde::{Deserialize, Serialize};
 use crate::accounts::Source;
 use crate::domain::{AccountId, Command, Event};
 
-pub const ORDERS_TOPIC: &str = "orders";
-pub const EVENTS_TOPIC: &str = "events";
-/// The record header carrying W3C trace context.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
-
 /// Schema version written by this build.
 pub const RECORD_VERSION: u16 = 1;
 
@@ -45,6 +40,10 @@ pub struct OrderRecord {
     /// applies each source once (`crate::accounts::Source`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src: Option<Source>,
+    /// The W3C `traceparent` of the gateway's span for this command, when it is traced
+    /// (`infra::trace`); readers that do not trace ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tp: Option<String>,
     pub command: Command,
 }
 
@@ -62,6 +61,10 @@ pub struct EventRecord {
     pub command_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<AccountId>,
+    /// The `traceparent` of the engine's span for this command, when it is traced: the
+    /// gateway's answer continues the trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tp: Option<String>,
     pub events: Vec<Event>,
 }
 
@@ -199,6 +202,7 @@ mod tests {
             pair: "BTC-EUR".into(),
             ts_ns: 1_700_000_000_000_000_000,
             src: None,
+            tp: None,
             command: Command::Place(PlaceOrder {
                 quote_budget: None,
                 order_id: OrderId(7),
@@ -272,6 +276,7 @@ mod tests {
                 orders_offset: i,
                 command_id: Some(i as u64),
                 account_id: None,
+                tp: None,
                 events: Vec::new(),
             })
             .collect();

@@ -26,6 +26,8 @@ pub const JSON_SAFE_INT_MAX: u64 = (1 << 53) - 1;
 pub struct Request {
     pub id: u64,
     pub body: RequestBody,
+    /// The client's W3C trace context, if it sent one: the command's trace continues it.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -449,6 +451,10 @@ pub struct Received {
     pub order_id: Option<u64>,
     /// Commands written: 1, or one per pair for a cancel-all over every pair.
     pub commands: u32,
+    /// The command's trace, when it is traced (sampled, or continuing the request's
+    /// `traceparent`): the id to look it up by in the trace store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -866,6 +872,8 @@ struct RawRequest<'a> {
     method: &'a str,
     #[serde(borrow, default)]
     params: Option<&'a RawValue>,
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -930,7 +938,11 @@ pub fn parse_request(text: &str) -> Result<Request, RequestError> {
             )
         })?,
     };
-    Ok(Request { id: raw.id, body })
+    Ok(Request {
+        id: raw.id,
+        body,
+        traceparent: raw.traceparent,
+    })
 }
 
 /// Says which part of the envelope is wrong, in the envelope's own terms.
@@ -986,6 +998,9 @@ impl Request {
     pub fn to_json(&self) -> String {
         let mut value = serde_json::to_value(&self.body).expect("requests always serialize");
         value["id"] = self.id.into();
+        if let Some(tp) = &self.traceparent {
+            value["traceparent"] = tp.as_str().into();
+        }
         value.to_string()
     }
 }
@@ -1074,6 +1089,7 @@ mod tests {
         let req = Request {
             id: 9,
             body: RequestBody::CancelAll(CancelAllParams { pair: None }),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         };
         assert_eq!(parse_request(&req.to_json()).unwrap(), req);
     }

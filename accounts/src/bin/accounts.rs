@@ -118,9 +118,9 @@ async fn main() -> Result<()> {
             config.commit_interval = Duration::from_millis(commit_interval_ms);
             config.metrics_addr = Some(metrics_addr);
             let shutdown = infra::shutdown::shutdown_token();
-            accounts::run(config, shutdown)
-                .await
-                .context("account stage stopped with an error")
+            let ran = accounts::run(config, shutdown).await;
+            let _ = tokio::task::spawn_blocking(infra::trace::shutdown).await;
+            ran.context("account stage stopped with an error")
         }
         Cmd::Deposit(args) => {
             transfer(

@@ -78,7 +78,7 @@ async fn main() -> Result<()> {
     config.db_connections_max = cli.db_connections;
     config.metrics_addr = Some(cli.metrics_addr);
     let shutdown = infra::shutdown::shutdown_token();
-    engine::run(config, shutdown)
-        .await
-        .context("engine stopped with an error")
+    let ran = engine::run(config, shutdown).await;
+    let _ = tokio::task::spawn_blocking(infra::trace::shutdown).await;
+    ran.context("engine stopped with an error")
 }

@@ -271,6 +271,7 @@ pub fn limit(
         pair: pair.to_owned(),
         ts_ns: 1_700_000_000_000_000_000 + command_id,
         src: None,
+        tp: None,
         command: Command::Place(PlaceOrder {
             quote_budget: None,
             order_id: OrderId(order_id),
