@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::accounts::Source;
 use crate::domain::{AccountId, Command, Event};
 
+pub const ORDERS_TOPIC: &str = "orders";
+pub const EVENTS_TOPIC: &str = "events";
+
 /// Schema version written by this build.
 pub const RECORD_VERSION: u16 = 1;
 
