@@ -135,24 +135,7 @@ async fn one_order_is_one_trace_across_the_gateway_and_the_engine() {
     };
 
     // A schema and topics of its own, as the other gateway tests have.
-    let admin_pool = infra::db::connect(&env.database_url, 1).await.unwrap();
-    let schema = unique("test_trace");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
-    admin_pool.close().await;
-    let sep = if env.database_url.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    let db_url = format!(
-        "{}{sep}options=-c%20search_path%3D{schema}",
-        env.database_url
-    );
-    let pool = infra::db::connect(&db_url, 2).await.unwrap();
-    infra::db::migrate(&pool).await.unwrap();
+    let (schema, db_url, pool) = fresh_schema(&env, "test_trace", 2).await;
     let creds = gateway::provision::provision(&pool, 1, "t").await.unwrap();
     let pairs = registry();
     let orders_topic = unique("orders_tr");

@@ -79,15 +79,13 @@ pub async fn start_with_accounts(limits: Limits, accounts: usize, shards: usize)
     start_stack(limits, accounts, Some(shards)).await
 }
 
-async fn start_stack(mut limits: Limits, accounts: usize, shards: Option<usize>) -> Option<Stack> {
-    tracing_subscriber_init();
-    let env = env()?;
-    let pairs = registry();
-    // The stack's role may not create databases; a schema on the search_path isolates as well.
+/// A fresh, migrated schema: (its name, a DATABASE_URL that puts it on the search_path, a pool).
+/// The stack's role may not create databases; a schema on the search_path isolates as well.
+pub async fn fresh_schema(env: &Env, prefix: &str, connections: u32) -> (String, String, PgPool) {
     let admin_pool = infra::db::connect(&env.database_url, 1).await.unwrap();
-    let db_name = unique("test_gw");
+    let name = unique(prefix);
     // The name is generated from letters, digits and underscores only.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {db_name}")))
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
         .execute(&admin_pool)
         .await
         .unwrap();
@@ -97,12 +95,17 @@ async fn start_stack(mut limits: Limits, accounts: usize, shards: Option<usize>)
     } else {
         '?'
     };
-    let db_url = format!(
-        "{}{sep}options=-c%20search_path%3D{db_name}",
-        env.database_url
-    );
-    let pool = infra::db::connect(&db_url, 4).await.unwrap();
+    let url = format!("{}{sep}options=-c%20search_path%3D{name}", env.database_url);
+    let pool = infra::db::connect(&url, connections).await.unwrap();
     infra::db::migrate(&pool).await.unwrap();
+    (name, url, pool)
+}
+
+async fn start_stack(mut limits: Limits, accounts: usize, shards: Option<usize>) -> Option<Stack> {
+    tracing_subscriber_init();
+    let env = env()?;
+    let pairs = registry();
+    let (db_name, db_url, pool) = fresh_schema(&env, "test_gw", 4).await;
     let creds = gateway::provision::provision(&pool, accounts, "t")
         .await
         .unwrap();
