@@ -67,7 +67,6 @@ fn received(order_id: Option<u64>, commands: u32) -> Received {
 /// with the produce as a step. Its `traceparent` travels with the command (`OrderRecord::tp`).
 struct Traced {
     span: infra::trace::CmdSpan,
-    tp: String,
 }
 
 impl Traced {
@@ -75,8 +74,7 @@ impl Traced {
         let span = infra::trace::start("gateway.command", client, SystemTime::now())?;
         span.set_attribute(KeyValue::new("method", method));
         span.set_attribute(KeyValue::new("account_id", account.0 as i64));
-        let tp = span.traceparent();
-        Some(Traced { span, tp })
+        Some(Traced { span })
     }
 
     /// Ends the span once the command is written (or refused); the trace id, for the answer.
@@ -100,7 +98,7 @@ async fn produce_traced(
     answer: Received,
 ) -> Result<Received, ErrorBody> {
     let from = SystemTime::now();
-    let tp = traced.as_ref().map(|t| t.tp.clone());
+    let tp = traced.as_ref().map(|t| t.span.traceparent());
     let result = shared
         .produce(permit, spec, command_id, command, origin, tp)
         .await;
