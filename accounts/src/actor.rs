@@ -205,6 +205,10 @@ async fn decide(
             continue;
         }
         let deliveries = publish(stage, shard, &fx).await?;
+        let handed = std::time::SystemTime::now();
+        for span in fx.traces.drain(..) {
+            span.end_at(handed);
+        }
         let refused = fx.answers.iter().filter(|a| a.refusal.is_some()).count() as u64;
         let batch = Staged {
             last: batch_last,

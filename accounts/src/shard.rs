@@ -14,6 +14,7 @@ use accounts_core::{
     Amend, AssetId, Balance, Cause, Fill, FillLeg, Ledger, LedgerCommand, LedgerError, LedgerEvent,
     Liquidity, Release, ReleaseReason, Reserve, Transfer,
 };
+use opentelemetry::KeyValue;
 use protocol::accounts::{
     AccountEventRecord, AccountRecord, BalanceLine, Refusal, SettleRecord, Source,
     TransferDirection, TransferRecord, account_shard,
@@ -67,6 +68,8 @@ pub struct Effects {
     pub repeats: u64,
     /// Settlement inputs the ledger found inconsistent with its reservations.
     pub inconsistent: u64,
+    /// Spans of the traced commands, ended once the batch is handed to Kafka.
+    pub traces: Vec<infra::trace::CmdSpan>,
 }
 
 impl Effects {
@@ -295,7 +298,34 @@ impl ShardState {
             account_id: Some(rec.command.account_id()),
             transfer_id: None,
         };
+        // A traced command: `accounts.command` from its line's read to the batch handed to
+        // Kafka; the engine's span continues it.
+        let span = rec.tp.as_deref().and_then(|tp| {
+            infra::trace::start("accounts.command", Some(tp), std::time::SystemTime::now())
+        });
         let decided = self.reserve_for(position, &rec, fx, &mut touched);
+        if let Some(span) = span {
+            let refused = decided.as_ref().err().map(|r| r.code.clone());
+            tracing::debug!(
+                target: "command",
+                trace_id = %span.trace_id(),
+                pair = %rec.pair,
+                account_id = rec.command.account_id().0,
+                order_id = rec.command.order_id().map(|o| o.0),
+                command_id = rec.command_id,
+                shard = self.shard,
+                position,
+                refused = refused.as_deref(),
+                "command reserved"
+            );
+            span.set_attribute(KeyValue::new("shard", i64::from(self.shard)));
+            span.set_attribute(KeyValue::new("accounts_position", position));
+            match refused {
+                Some(code) => span.set_attribute(KeyValue::new("refused", code)),
+                None => rec.tp = Some(span.traceparent()),
+            }
+            fx.traces.push(span);
+        }
         match decided {
             Ok(pair_id) => {
                 rec.src = Some(Source {

@@ -408,6 +408,16 @@ impl Matcher {
                 _ => None,
             };
             let answer_tp = span.as_ref().map(|span| {
+                tracing::debug!(
+                    target: "command",
+                    trace_id = %span.trace_id(),
+                    pair = %self.spec.symbol,
+                    account_id = account_id.map(|a| a.0),
+                    order_id = self.events.iter().find_map(|e| e.body.order_id()).map(|o| o.0),
+                    command_id,
+                    orders_offset = offset,
+                    "command applied"
+                );
                 span.set_attribute(KeyValue::new("pair", self.spec.symbol.clone()));
                 span.set_attribute(KeyValue::new("orders_offset", offset));
                 span.step(

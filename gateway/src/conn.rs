@@ -99,10 +99,24 @@ async fn produce_traced(
 ) -> Result<Received, ErrorBody> {
     let from = SystemTime::now();
     let tp = traced.as_ref().map(|t| t.span.traceparent());
+    let (account_id, order_id, kind) = (command.account_id(), command.order_id(), command.kind());
     let result = shared
         .produce(permit, spec, command_id, command, origin, tp)
         .await;
     let trace_id = traced.map(|t| t.finish(from));
+    if let Some(trace_id) = &trace_id {
+        tracing::debug!(
+            target: "command",
+            trace_id = %trace_id,
+            pair = %spec.symbol,
+            account_id = account_id.0,
+            order_id = order_id.map(|o| o.0),
+            command_id,
+            kind = ?kind,
+            written = result.is_ok(),
+            "command received"
+        );
+    }
     result.map(|()| Received { trace_id, ..answer })
 }
 
@@ -382,7 +396,11 @@ impl Conn {
         self.out.push(error_text(id, e));
         self.limited_in_a_row += 1;
         if self.limited_in_a_row >= self.shared.config.limits.abuse_limited_in_a_row {
-            tracing::info!(conn = self.out.id, "closing abusive connection");
+            tracing::info!(
+                conn = self.out.id,
+                account_id = self.account.map(|a| a.0),
+                "closing abusive connection"
+            );
             return Some(Closing::Abuse);
         }
         None

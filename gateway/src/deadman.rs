@@ -86,11 +86,11 @@ async fn watch(shared: Arc<Shared>, account: AccountId, timer: Arc<Timer>) {
         if deadline != 0 {
             metrics::counter!("gateway_deadman_fired_total").increment(1);
             tracing::info!(
-                account = account.0,
+                account_id = account.0,
                 "dead-man switch fired; cancelling all orders"
             );
             if let Err(e) = shared.cancel_all(account, None, None).await {
-                tracing::warn!(account = account.0, error = %e.message, "dead-man cancel-all incomplete");
+                tracing::warn!(account_id = account.0, error = %e.message, "dead-man cancel-all incomplete");
             }
         }
         return;

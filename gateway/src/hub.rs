@@ -313,7 +313,19 @@ impl Hub {
     /// trace: a `gateway.answer` span from the record's arrival to its pushes.
     pub fn apply(&self, pair: PairId, record: EventRecord) {
         let answer = record.tp.as_deref().and_then(|tp| {
-            infra::trace::start("gateway.answer", Some(tp), std::time::SystemTime::now())
+            let span =
+                infra::trace::start("gateway.answer", Some(tp), std::time::SystemTime::now())?;
+            tracing::debug!(
+                target: "command",
+                trace_id = %span.trace_id(),
+                pair = %record.pair,
+                account_id = record.account_id.map(|a| a.0),
+                order_id = record.events.iter().find_map(|e| e.body.order_id()).map(|o| o.0),
+                command_id = record.command_id,
+                orders_offset = record.orders_offset,
+                "command answered"
+            );
+            Some(span)
         });
         self.apply_record(pair, record);
         if let Some(span) = answer {

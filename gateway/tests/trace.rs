@@ -1,9 +1,12 @@
 //! One order placed through a real WebSocket client is one trace in the real trace store
-//! (Jaeger, `scripts/stack up --observe`), holding spans from both the gateway and the engine
-//! processes, each correctly parented, ending in the answer (docs/ARCHITECTURE.md, "Traces").
+//! (Jaeger, `scripts/stack up --observe`), holding spans from the gateway, the account stage
+//! (when it runs) and the engine processes, each correctly parented, ending in the answer
+//! (docs/ARCHITECTURE.md, "Traces"); and each process's JSON log names the trace, the pair,
+//! the account and the order in its `command` line.
 //!
-//! The gateway and the engine run as their own processes (the built binaries), exporting over
-//! OTLP/HTTP to the local Jaeger; the test reads the trace back from Jaeger's query API. It needs
+//! The gateway, the account stage and the engine run as their own processes (the built
+//! binaries), exporting over OTLP/HTTP to the local Jaeger; the test reads the trace back from
+//! Jaeger's query API. It needs
 //! `JAEGER_QUERY_URL` and `OTEL_EXPORTER_OTLP_ENDPOINT` (`scripts/stack env` prints both while
 //! Jaeger runs), so it is ignored by a plain `cargo test` and run by `scripts/test`'s `trace`
 //! step: `cargo test -p gateway --test trace -- --ignored`.
@@ -13,7 +16,6 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -30,9 +32,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The engine binary beside this crate's gateway binary (`cargo build --bins` builds both).
-fn engine_bin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_gateway")).with_file_name("engine");
+/// Another workspace binary beside this crate's gateway binary (`cargo build --bins` builds
+/// them all).
+fn sibling_bin(name: &str) -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_gateway")).with_file_name(name);
     assert!(
         bin.exists(),
         "{} is missing: build the binaries first (cargo build --bins)",
@@ -41,16 +44,30 @@ fn engine_bin() -> PathBuf {
     bin
 }
 
-fn spawn(bin: PathBuf, envs: &[(&str, String)]) -> Child {
+/// Starts `bin` with JSON logs and the `command` lines on, its log in `log`.
+fn spawn(bin: PathBuf, args: &[&str], envs: &[(&str, String)], log: &std::path::Path) -> Child {
+    let file = std::fs::File::create(log).expect("a log file");
     let mut cmd = Command::new(bin);
-    cmd.envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "warn")
+    cmd.args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "warn,command=debug")
+        .env("LOG_FORMAT", "json")
         // Spans leave the batch processor within a second instead of five.
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stdout(file.try_clone().expect("a log file"))
+        .stderr(file)
         .kill_on_drop(true);
     cmd.spawn().expect("the binary starts")
+}
+
+/// The JSON `command` lines of a log that name `trace_id`.
+fn command_lines_of(log: &std::path::Path, trace_id: &str) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "command" && v["trace_id"] == trace_id)
+        .collect()
 }
 
 /// GET over HTTP/1.0 (no chunked answer to decode): (status, body).
@@ -107,19 +124,43 @@ fn spans_of(trace: &Value) -> Vec<SpanView> {
         .unwrap_or_default()
 }
 
-const EXPECTED: [(&str, &str); 7] = [
-    ("gateway.command", "gateway"),
-    ("gateway.produce", "gateway"),
-    ("engine.command", "engine"),
-    ("engine.match", "engine"),
-    ("engine.publish", "engine"),
-    ("engine.commit", "engine"),
-    ("gateway.answer", "gateway"),
-];
+/// The spans of one order's trace: (name, service, parent's name).
+fn expected(stage: bool) -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    let mut spans = vec![
+        ("gateway.command", "gateway", None),
+        ("gateway.produce", "gateway", Some("gateway.command")),
+    ];
+    // Across Kafka: from the gateway, or through the account shard that reserved for it.
+    let engine_parent = if stage {
+        spans.push(("accounts.command", "accounts", Some("gateway.command")));
+        "accounts.command"
+    } else {
+        "gateway.command"
+    };
+    spans.extend([
+        ("engine.command", "engine", Some(engine_parent)),
+        ("engine.match", "engine", Some("engine.command")),
+        ("engine.publish", "engine", Some("engine.command")),
+        ("engine.commit", "engine", Some("engine.command")),
+        // Back across Kafka.
+        ("gateway.answer", "gateway", Some("engine.command")),
+    ]);
+    spans
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Jaeger (scripts/stack up --observe); run by scripts/test's trace step"]
 async fn one_order_is_one_trace_across_the_gateway_and_the_engine() {
+    one_order_traced(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Jaeger (scripts/stack up --observe); run by scripts/test's trace step"]
+async fn one_order_is_one_trace_through_the_account_stage() {
+    one_order_traced(true).await;
+}
+
+async fn one_order_traced(stage: bool) {
     let Some(env) = env() else {
         return;
     };
@@ -140,12 +181,23 @@ async fn one_order_is_one_trace_across_the_gateway_and_the_engine() {
     let pairs = registry();
     let orders_topic = unique("orders_tr");
     let events_topic = unique("events_tr");
+    let accounts_topic = unique("accounts_tr");
+    let account_events_topic = unique("account_events_tr");
+    const SHARDS: u32 = 2;
     let admin = std::sync::Arc::new(infra::kafka::admin_client(&env.brokers).unwrap());
-    for topic in [&orders_topic, &events_topic] {
-        infra::kafka::ensure_topic(&admin, &env.brokers, topic, pairs.len(), &[])
+    let mut topics = vec![(&orders_topic, pairs.len()), (&events_topic, pairs.len())];
+    if stage {
+        topics.push((&accounts_topic, SHARDS as usize));
+        topics.push((&account_events_topic, SHARDS as usize));
+    }
+    for (topic, partitions) in topics {
+        infra::kafka::ensure_topic(&admin, &env.brokers, topic, partitions, &[])
             .await
             .unwrap();
     }
+    let logs = std::env::temp_dir().join(unique("trace_logs"));
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = |name: &str| logs.join(format!("{name}.log"));
 
     let common_env = [
         ("KAFKA_BROKERS", env.brokers.clone()),
@@ -166,8 +218,44 @@ async fn one_order_is_one_trace_across_the_gateway_and_the_engine() {
         ("GW_ORDERS_TOPIC", orders_topic.clone()),
         ("GW_EVENTS_TOPIC", events_topic.clone()),
     ]);
-    let _engine = spawn(engine_bin(), &engine_env);
-    let _gateway = spawn(PathBuf::from(env!("CARGO_BIN_EXE_gateway")), &gateway_env);
+    let mut stage_proc = None;
+    if stage {
+        // The order must find its funds: a deposit ahead of it in the account's shard.
+        let assets = accounts_core::AssetRegistry::from_pairs(&pairs);
+        let funding = gateway::provision::parse_funding("EUR=1000", &assets).unwrap();
+        let producer: rdkafka::producer::FutureProducer =
+            infra::kafka::client_config(&env.brokers, "trace-test", infra::kafka::Role::Producer)
+                .create()
+                .unwrap();
+        gateway::provision::fund(&producer, &accounts_topic, SHARDS, &creds, &funding)
+            .await
+            .unwrap();
+        engine_env.push(("ENGINE_ACCOUNTS_TOPIC", accounts_topic.clone()));
+        gateway_env.extend([
+            ("GW_ACCOUNTS_TOPIC", accounts_topic.clone()),
+            ("GW_ACCOUNT_EVENTS_TOPIC", account_events_topic.clone()),
+        ]);
+        let mut stage_env = common_env.to_vec();
+        stage_env.extend([
+            ("ACCOUNTS_TOPIC", accounts_topic.clone()),
+            ("ORDERS_TOPIC", orders_topic.clone()),
+            ("ACCOUNT_EVENTS_TOPIC", account_events_topic.clone()),
+            ("METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
+        ]);
+        stage_proc = Some(spawn(
+            sibling_bin("accounts"),
+            &["run"],
+            &stage_env,
+            &log("accounts"),
+        ));
+    }
+    let _engine = spawn(sibling_bin("engine"), &[], &engine_env, &log("engine"));
+    let _gateway = spawn(
+        PathBuf::from(env!("CARGO_BIN_EXE_gateway")),
+        &[],
+        &gateway_env,
+        &log("gateway"),
+    );
     let addr: SocketAddr = format!("127.0.0.1:{gw_port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(addr).await.is_err() {
@@ -197,6 +285,7 @@ async fn one_order_is_one_trace_across_the_gateway_and_the_engine() {
         r["result"]["trace_id"], client_trace,
         "the answer names the trace: {r}"
     );
+    let order_id = r["result"]["order_id"].as_u64().expect("an order id");
     let accepted = tokio::time::timeout(
         WAIT,
         c.push_where(|p| p["channel"] == "orders" && p["type"] == "accepted"),
@@ -206,6 +295,7 @@ async fn one_order_is_one_trace_across_the_gateway_and_the_engine() {
     assert_eq!(accepted["req_id"], 7);
 
     // The trace in Jaeger: every expected span, from the right service, with the right parent.
+    let expected = expected(stage);
     let url = format!("{}/api/traces/{client_trace}", jaeger.trim_end_matches('/'));
     let deadline = Instant::now() + Duration::from_secs(30);
     let spans = loop {
@@ -216,39 +306,30 @@ async fn one_order_is_one_trace_across_the_gateway_and_the_engine() {
             _ => Vec::new(),
         };
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-        if EXPECTED.iter().all(|(n, _)| names.contains(n)) || Instant::now() > deadline {
+        if expected.iter().all(|(n, _, _)| names.contains(n)) || Instant::now() > deadline {
             break spans;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let by_name: HashMap<&str, &SpanView> = spans.iter().map(|s| (s.name.as_str(), s)).collect();
-    for (name, service) in EXPECTED {
+    for &(name, service, _) in &expected {
         let span = by_name
             .get(name)
             .unwrap_or_else(|| panic!("no {name} span in the trace: {spans:#?}"));
         assert_eq!(span.service, service, "{name}: {spans:#?}");
     }
-    let id = |name: &str| by_name[name].id.clone();
-    let parent = |name: &str| by_name[name].parent.clone();
-    assert_eq!(
-        parent("gateway.command"),
-        Some(client_span.clone()),
-        "continues the client's span"
-    );
-    assert_eq!(parent("gateway.produce"), Some(id("gateway.command")));
-    assert_eq!(
-        parent("engine.command"),
-        Some(id("gateway.command")),
-        "across Kafka"
-    );
-    for step in ["engine.match", "engine.publish", "engine.commit"] {
-        assert_eq!(parent(step), Some(id("engine.command")), "{step}");
+    for &(name, _, parent) in &expected {
+        let want = match parent {
+            // The first span continues the client's.
+            None => client_span.clone(),
+            Some(p) => by_name[p].id.clone(),
+        };
+        assert_eq!(
+            by_name[name].parent.as_deref(),
+            Some(want.as_str()),
+            "{name}'s parent should be {parent:?}: {spans:#?}"
+        );
     }
-    assert_eq!(
-        parent("gateway.answer"),
-        Some(id("engine.command")),
-        "back across Kafka"
-    );
     // It ends in the answer: the gateway's answer span starts after the match that decided it.
     let answer = by_name["gateway.answer"];
     let matched = by_name["engine.match"];
@@ -257,6 +338,29 @@ async fn one_order_is_one_trace_across_the_gateway_and_the_engine() {
         "the answer ({answer:?}) before the match ({matched:?})"
     );
     assert!(by_name["engine.command"].duration_us > 0);
+
+    // Each process's log leads to the trace: a `command` line naming it, the pair, the
+    // account and the order.
+    let mut services = vec![("gateway", 2), ("engine", 1)];
+    if stage {
+        services.push(("accounts", 1));
+    }
+    for (service, lines) in services {
+        let found = command_lines_of(&log(service), &client_trace);
+        assert_eq!(
+            found.len(),
+            lines,
+            "{service}'s command lines for the trace ({}): {found:#?}",
+            log(service).display()
+        );
+        for line in found {
+            assert_eq!(line["pair"], "BTC-EUR", "{service}: {line}");
+            assert_eq!(line["account_id"], creds[0].account_id, "{service}: {line}");
+            assert_eq!(line["order_id"], order_id, "{service}: {line}");
+        }
+    }
+    drop(stage_proc);
+    let _ = std::fs::remove_dir_all(&logs);
 }
 
 /// Random enough for ids no other test run shares.

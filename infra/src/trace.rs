@@ -13,6 +13,10 @@
 //! The context travels as a W3C `traceparent` string (`00-<trace id>-<span id>-<flags>`) per
 //! command line (`OrderRecord::tp`) and per answer (`EventRecord::tp`), since a Kafka record
 //! packs many commands and a header per record could not say which command it belongs to.
+//!
+//! Logs: every process writes one `debug` line per traced command under the log target
+//! `command` (`RUST_LOG=info,command=debug`), naming `trace_id`, `pair`, `account_id` and
+//! `order_id` where they apply, so a log line leads to its trace and a trace to its lines.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,6 +167,12 @@ pub fn parse_traceparent(tp: &str) -> Option<SpanContext> {
     cx.is_valid().then_some(cx)
 }
 
+/// The trace id of a `traceparent` (its second field), for logs; `None` when malformed.
+pub fn trace_id_of(tp: &str) -> Option<&str> {
+    tp.get(3..35)
+        .filter(|_| tp.as_bytes().get(35) == Some(&b'-'))
+}
+
 /// A recorded (sampled) span of one command in this process.
 pub struct CmdSpan {
     cx: Context,
@@ -268,6 +278,16 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_trace_id_is_the_second_field_of_a_traceparent() {
+        assert_eq!(
+            trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id_of("00-4bf92f35"), None);
+        assert_eq!(trace_id_of(""), None);
     }
 
     #[test]

@@ -173,6 +173,21 @@ impl Command {
         }
     }
 
+    /// The order the command places or targets by id (`None` for a cancel-all, or a target
+    /// named by its client order id): what logs name as `order_id`.
+    pub fn order_id(&self) -> Option<OrderId> {
+        let target = match self {
+            Command::Place(c) => return Some(c.order_id),
+            Command::CancelAll(_) => return None,
+            Command::Cancel(c) => &c.target,
+            Command::Amend(c) => &c.target,
+        };
+        match target {
+            OrderRef::Id(id) => Some(*id),
+            OrderRef::ClientId(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> CommandKind {
         match self {
             Command::Place(_) => CommandKind::Place,
@@ -399,4 +414,20 @@ pub enum EventBody {
     },
     /// The total resting quantity at one price level after a command; 0 means the level is gone.
     BookLevel { side: Side, price: Price, qty: Qty },
+}
+
+impl EventBody {
+    /// The order this event is about: the command's own order for a verdict (accepted,
+    /// rejected, done, amended), the taker for a trade; `None` for book levels and a rejection
+    /// that names none.
+    pub fn order_id(&self) -> Option<OrderId> {
+        match self {
+            EventBody::Accepted { order_id, .. }
+            | EventBody::Done { order_id, .. }
+            | EventBody::Amended { order_id, .. } => Some(*order_id),
+            EventBody::Rejected { order_id, .. } => *order_id,
+            EventBody::Trade { taker_order_id, .. } => Some(*taker_order_id),
+            EventBody::BookLevel { .. } => None,
+        }
+    }
 }
