@@ -34,6 +34,17 @@ pub struct Stage {
     pub pool: PgPool,
     pub producer: FutureProducer,
     pub shards: u32,
+    /// Per shard (indexed by shard number): the next `accounts` offset its actor will apply,
+    /// -1 until it has recovered; read by the consumer-lag sampler.
+    pub progress: Vec<std::sync::atomic::AtomicI64>,
+}
+
+impl Stage {
+    fn set_progress(&self, shard: u32, last: i64) {
+        if let Some(p) = self.progress.get(shard as usize) {
+            p.store(record_offset(last) + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +174,7 @@ async fn decide(
     stop: CancellationToken,
 ) -> Result<(), ActorError> {
     let batch_max = stage.config.batch_records_max.max(1);
+    stage.set_progress(shard, last);
     loop {
         let mut fx = Effects::default();
         let mut records = 0u64;
@@ -222,6 +234,7 @@ async fn decide(
             published: Instant::now(),
         };
         last = batch_last;
+        stage.set_progress(shard, last);
         // Err: the committer is gone, and its error ends the actor.
         if staged.send(batch).await.is_err() {
             std::future::pending::<()>().await;

@@ -107,6 +107,8 @@ pub enum AccountsError {
     },
     #[error("cannot create the Kafka producer: {0}")]
     Producer(#[source] rdkafka::error::KafkaError),
+    #[error("cannot create the Kafka client that samples the consumer lag: {0}")]
+    LagClient(#[source] rdkafka::error::KafkaError),
     #[error("fees: {0}")]
     Fees(#[from] accounts_core::ConfigError),
     #[error(transparent)]
@@ -181,7 +183,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Acco
         pool,
         producer,
         shards,
+        progress: (0..shards)
+            .map(|_| std::sync::atomic::AtomicI64::new(-1))
+            .collect(),
     });
+    let lag_consumer: rdkafka::consumer::BaseConsumer = infra::kafka::client_config(
+        &stage.config.brokers,
+        "accounts-lag",
+        infra::kafka::Role::Consumer,
+    )
+    .create()
+    .map_err(AccountsError::LagClient)?;
+    let lag_stop = CancellationToken::new();
+    tokio::spawn(telemetry::sample_lag(
+        Arc::clone(&stage),
+        owned.clone(),
+        Arc::new(lag_consumer),
+        lag_stop.clone(),
+    ));
+    let _lag = lag_stop.drop_guard();
     health.set(true);
     tracing::info!(shards, owned = ?owned, "account stage started");
     let mut tasks = Vec::new();

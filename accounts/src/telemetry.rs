@@ -9,9 +9,12 @@ pub const INCONSISTENT_TOTAL: &str = "accounts_inconsistent_total";
 pub const ACTOR_RESTARTS_TOTAL: &str = "accounts_actor_restarts_total";
 pub const BATCH_RECORDS: &str = "accounts_batch_records";
 pub const COMMIT_SECONDS: &str = "accounts_commit_seconds";
+pub const CONSUMER_LAG_RECORDS: &str = "accounts_consumer_lag_records";
+/// How often [`CONSUMER_LAG_RECORDS`] is sampled, as the engine samples its own.
+pub const LAG_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         RECORDS_TOTAL,
         Unit::Count,
@@ -42,6 +45,11 @@ pub fn describe() {
         Unit::Count,
         "shard actor restarts after an error or a panic, per shard"
     );
+    describe_gauge!(
+        CONSUMER_LAG_RECORDS,
+        Unit::Count,
+        "accounts high watermark minus the next offset the shard will apply, per shard"
+    );
     describe_histogram!(
         BATCH_RECORDS,
         Unit::Count,
@@ -67,8 +75,46 @@ pub fn register(shards: &[u32]) {
         ] {
             metrics::counter!(counter, &labels).increment(0);
         }
+        metrics::gauge!(CONSUMER_LAG_RECORDS, &labels).set(0.0);
     }
     for histogram in [BATCH_RECORDS, COMMIT_SECONDS] {
         let _ = metrics::histogram!(histogram);
+    }
+}
+
+/// Samples each owned shard's consumer lag every [`LAG_SAMPLE_INTERVAL`] until `stop`: the
+/// partition's high watermark minus the next offset its actor will apply (skipped while the
+/// actor recovers, or when the broker does not answer within a second).
+pub async fn sample_lag(
+    stage: std::sync::Arc<crate::actor::Stage>,
+    owned: Vec<u32>,
+    consumer: std::sync::Arc<rdkafka::consumer::BaseConsumer>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use rdkafka::consumer::Consumer as _;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(LAG_SAMPLE_INTERVAL) => {}
+        }
+        for &shard in &owned {
+            let next = stage
+                .progress
+                .get(shard as usize)
+                .map_or(-1, |p| p.load(std::sync::atomic::Ordering::Relaxed));
+            if next < 0 {
+                continue;
+            }
+            let consumer = std::sync::Arc::clone(&consumer);
+            let topic = stage.config.accounts_topic.clone();
+            let marks = tokio::task::spawn_blocking(move || {
+                consumer.fetch_watermarks(&topic, shard as i32, std::time::Duration::from_secs(1))
+            })
+            .await;
+            if let Ok(Ok((_, high))) = marks {
+                metrics::gauge!(CONSUMER_LAG_RECORDS, "shard" => shard.to_string())
+                    .set((high - next).max(0) as f64);
+            }
+        }
     }
 }
