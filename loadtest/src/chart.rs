@@ -8,6 +8,8 @@ use std::sync::Once;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
+use crate::server::ServerPoint;
+use crate::server::delta::{HOPS, VERDICT, short_name};
 use crate::stats::SecondPoint;
 
 const WIDTH: u32 = 1200;
@@ -131,8 +133,136 @@ fn series(points: &[SecondPoint], f: impl Fn(&SecondPoint) -> f64) -> Vec<(f64, 
     points.iter().map(|p| (p.t_s, f(p))).collect()
 }
 
-/// Throughput, latency and (when sampled) memory charts; returns the files written.
-pub fn draw_all(out_dir: &Path, points: &[SecondPoint]) -> Result<Vec<PathBuf>, ChartError> {
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// The server's points as (time, figure) where `f` has one.
+fn server_series(
+    server: &[ServerPoint],
+    f: impl Fn(&ServerPoint) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    server
+        .iter()
+        .filter_map(|p| f(p).map(|v| (p.t_s, v)))
+        .collect()
+}
+
+/// The server side's charts, when any point has figures from `/metrics`: each hop's mean
+/// beside the client's accept latency, shed by reason, consumer lag.
+fn draw_server(
+    out_dir: &Path,
+    points: &[SecondPoint],
+    server: &[ServerPoint],
+) -> Result<Vec<PathBuf>, ChartError> {
+    if !server.iter().any(ServerPoint::has_data) {
+        return Ok(Vec::new());
+    }
+    let mut written = Vec::new();
+    let hop_mean =
+        |metric: &'static str| move |s: &ServerPoint| s.hops.get(metric).and_then(|h| h.mean_ms);
+    let mut lines = vec![
+        Line {
+            label: "client: accept mean (from scheduled send)",
+            color: RGBColor(90, 90, 90),
+            // A second without verdicts has no mean (not a mean of 0).
+            points: points
+                .iter()
+                .filter(|p| p.verdicts > 0)
+                .map(|p| (p.t_s, p.accept_mean_ms))
+                .collect(),
+        },
+        Line {
+            label: "server: verdict mean (whole path)",
+            color: RGBColor(214, 39, 40),
+            points: server_series(server, hop_mean(VERDICT)),
+        },
+    ];
+    for (i, metric) in HOPS.into_iter().enumerate() {
+        let points = server_series(server, hop_mean(metric));
+        if !points.is_empty() {
+            lines.push(Line {
+                label: short_name(metric),
+                color: PALETTE[i % PALETTE.len()],
+                points,
+            });
+        }
+    }
+    let path = out_dir.join("server_latency.png");
+    line_chart(
+        &path,
+        "Where the time goes: each hop's mean per second (/metrics) beside the client's",
+        "milliseconds",
+        &lines,
+    )?;
+    written.push(path);
+
+    let reasons: std::collections::BTreeSet<&String> =
+        server.iter().flat_map(|s| s.shed.keys()).collect();
+    let mut lines = vec![Line {
+        label: "client: shed (overloaded + rate limited)",
+        color: RGBColor(90, 90, 90),
+        points: series(points, |p| p.shed as f64),
+    }];
+    for (i, reason) in reasons.iter().enumerate() {
+        lines.push(Line {
+            label: reason.as_str(),
+            color: PALETTE[i % PALETTE.len()],
+            // A round missing a service does not know the whole rate.
+            points: server_series(server, |s| {
+                let rate = s.shed_per_s.get(*reason).copied().unwrap_or(0.0);
+                (s.has_data() && s.missing.is_empty()).then_some(rate)
+            }),
+        });
+    }
+    let path = out_dir.join("server_shed.png");
+    line_chart(
+        &path,
+        "Shed per second by reason (gateway_shed_total)",
+        "commands per second",
+        &lines,
+    )?;
+    written.push(path);
+
+    let lag = server_series(server, |s| s.consumer_lag_records);
+    if !lag.is_empty() {
+        let path = out_dir.join("consumer_lag.png");
+        line_chart(
+            &path,
+            "Engine consumer lag (engine_consumer_lag_records, sampled every 2 s)",
+            "records",
+            &[
+                Line {
+                    label: "all pairs",
+                    color: PALETTE[0],
+                    points: lag,
+                },
+                Line {
+                    label: "the largest pair",
+                    color: PALETTE[1],
+                    points: server_series(server, |s| s.consumer_lag_max_pair_records),
+                },
+            ],
+        )?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Throughput, latency and (when sampled) memory and server-side charts; returns the files
+/// written.
+pub fn draw_all(
+    out_dir: &Path,
+    points: &[SecondPoint],
+    server: &[ServerPoint],
+) -> Result<Vec<PathBuf>, ChartError> {
     let mut written = Vec::new();
     let path = out_dir.join("throughput.png");
     line_chart(
@@ -228,5 +358,6 @@ pub fn draw_all(out_dir: &Path, points: &[SecondPoint]) -> Result<Vec<PathBuf>, 
         line_chart(&path, "Resident memory", "MiB", &lines)?;
         written.push(path);
     }
+    written.extend(draw_server(out_dir, points, server)?);
     Ok(written)
 }

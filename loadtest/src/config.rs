@@ -103,7 +103,43 @@ pub struct Config {
     /// Processes whose memory to sample, as NAME=PID (repeatable): RSS per second, peak at the end.
     #[arg(long = "watch-pid", value_name = "NAME=PID")]
     pub watch_pids: Vec<String>,
+    /// A service's Prometheus endpoint to scrape once a second (repeatable; the environment
+    /// variable takes a comma-separated list): shed by reason, consumer lag and each hop's
+    /// latency go into the report beside the client's (docs/METRICS.md).
+    #[arg(
+        long = "metrics-url",
+        value_name = "http://HOST:PORT/metrics",
+        env = "LOADTEST_METRICS_URLS",
+        value_delimiter = ','
+    )]
+    pub metrics_urls: Vec<String>,
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Config;
+
+    #[test]
+    fn metrics_urls_repeat_and_split_on_commas() {
+        let c = Config::parse_from([
+            "loadtest",
+            "--metrics-url",
+            "http://gw:8080/metrics",
+            "--metrics-url=http://engine:9100/metrics,http://accounts:9102/metrics",
+        ]);
+        assert_eq!(
+            c.metrics_urls,
+            [
+                "http://gw:8080/metrics",
+                "http://engine:9100/metrics",
+                "http://accounts:9102/metrics"
+            ]
+        );
+        assert!(Config::parse_from(["loadtest"]).metrics_urls.is_empty());
+    }
 }

@@ -17,6 +17,7 @@ pub mod procmem;
 pub mod report;
 pub mod rng;
 pub mod schedule;
+pub mod server;
 pub mod sockq;
 pub mod stats;
 pub mod trader;
@@ -96,6 +97,13 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
                 .ok_or_else(|| LoadError::Config(format!("--watch-pid {s:?} is not NAME=PID")))
         })
         .collect::<Result<_, _>>()?;
+    let scraper = if config.metrics_urls.is_empty() {
+        None
+    } else {
+        let s = server::Scraper::new(&config.metrics_urls)
+            .map_err(|e| LoadError::Config(format!("--metrics-url {e}")))?;
+        Some(Arc::new(s))
+    };
     std::fs::create_dir_all(&config.out_dir).map_err(|e| LoadError::Output {
         path: config.out_dir.display().to_string(),
         message: e.to_string(),
@@ -115,13 +123,15 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
     });
     let cpu = Arc::new(std::sync::Mutex::new(procmem::CpuSampler::new(cpu_watched)));
     let sockets = Arc::new(sockq::Conns::new(conns.iter().filter_map(|c| c.addrs)));
-    let ticker = tokio::spawn(progress(
-        recorder.clone(),
-        watched.clone(),
-        cpu.clone(),
-        sockets.clone(),
-        config.quiet,
-    ));
+    let scraping = scraper
+        .clone()
+        .map(|s| tokio::spawn(s.run(recorder.clone())));
+    let probes = Probes {
+        watched: watched.clone(),
+        cpu,
+        sockets,
+    };
+    let ticker = tokio::spawn(progress(recorder.clone(), probes.clone(), config.quiet));
     let mut driver = Driver {
         conns: &conns,
         recorder: &recorder,
@@ -151,7 +161,13 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
     )
     .await;
     ticker.abort();
-    recorder.tick(sample(&watched, &cpu, &sockets));
+    recorder.tick(probes.sample());
+    if let (Some(s), Some(task)) = (&scraper, scraping) {
+        // The last, partial second gets its round too.
+        task.abort();
+        s.round(recorder.elapsed_s(), recorder.current_phase())
+            .await;
+    }
     // Every connection cancels what its account still has resting, unless told to keep it.
     let cleanup = !config.keep_orders;
     let answers = futures_util::future::join_all(conns.into_iter().map(|c| c.close(cleanup))).await;
@@ -175,12 +191,17 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
         report.measured.passed = report.phases[measured].passed;
     }
     report.highest_passing_events_per_min = highest;
+    report.server = scraper.map(|s| {
+        let phases: Vec<String> = report.phases.iter().map(|p| p.phase.clone()).collect();
+        s.report(&phases, &report.measured.phase)
+    });
     report.cleanup = cleanup.then(|| Cleanup::count(answers));
     report.peak_rss_mib = watched
         .iter()
         .filter_map(|w| procmem::read_mib(w.pid, "VmHWM").map(|m| (w.name.clone(), m)))
         .collect();
-    let charts = chart::draw_all(&config.out_dir, &report.series)?;
+    let server_series = report.server.as_ref().map_or(&[][..], |s| &s.series[..]);
+    let charts = chart::draw_all(&config.out_dir, &report.series, server_series)?;
     report.charts = charts.iter().map(|p| p.display().to_string()).collect();
     let path = config.out_dir.join("report.json");
     let json = serde_json::to_string_pretty(&report).expect("reports serialize");
@@ -393,34 +414,35 @@ async fn drain(recorder: &Recorder, conns: &[Connection], timeout: Duration) {
     }
 }
 
-fn sample(
-    watched: &[Watched],
-    cpu: &std::sync::Mutex<procmem::CpuSampler>,
-    sockets: &sockq::Conns,
-) -> Sample {
-    Sample {
-        rss_mib: watched
-            .iter()
-            .filter_map(|w| procmem::read_mib(w.pid, "VmRSS").map(|m| (w.name.clone(), m)))
-            .collect(),
-        cpu: cpu.lock().unwrap_or_else(|e| e.into_inner()).sample(),
-        unread: sockets.sample(),
+/// What the generator reads from outside itself each second.
+#[derive(Clone)]
+struct Probes {
+    watched: Vec<Watched>,
+    cpu: Arc<std::sync::Mutex<procmem::CpuSampler>>,
+    sockets: Arc<sockq::Conns>,
+}
+
+impl Probes {
+    fn sample(&self) -> Sample {
+        Sample {
+            rss_mib: self
+                .watched
+                .iter()
+                .filter_map(|w| procmem::read_mib(w.pid, "VmRSS").map(|m| (w.name.clone(), m)))
+                .collect(),
+            cpu: self.cpu.lock().unwrap_or_else(|e| e.into_inner()).sample(),
+            unread: self.sockets.sample(),
+        }
     }
 }
 
 /// Closes a second every second and prints the progress line.
-async fn progress(
-    recorder: Arc<Recorder>,
-    watched: Vec<Watched>,
-    cpu: Arc<std::sync::Mutex<procmem::CpuSampler>>,
-    sockets: Arc<sockq::Conns>,
-    quiet: bool,
-) {
+async fn progress(recorder: Arc<Recorder>, probes: Probes, quiet: bool) {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.tick().await;
     loop {
         interval.tick().await;
-        let p = recorder.tick(sample(&watched, &cpu, &sockets));
+        let p = recorder.tick(probes.sample());
         if !quiet {
             eprintln!(
                 "[{:>6.1}s {:<14}] offered {:>6}/s  acked {:>6}/s  verdicts {:>6}/s  accepted {:>6}/s  shed {:>5}/s  behind {:>4}  p99 accept {:>8.2} ms  outstanding {}",

@@ -9,6 +9,7 @@ use crate::config::Mode;
 use crate::merge::LatencyHistograms;
 use crate::procmem::round1;
 use crate::schedule::Arrival;
+use crate::server::ServerReport;
 use crate::stats::{Percentiles, PhaseStats, SecondPoint, Snapshot};
 
 /// One phase (warm-up, the measured window, or a ramp step) in the report.
@@ -136,6 +137,10 @@ pub struct Report {
     /// side's input: see [`SecondPoint::unread_ms`]. Sampled once a second.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub unread_ms_measured: BTreeMap<String, MeanMax>,
+    /// The services' own figures from `/metrics`, each phase and the measured window: each
+    /// hop's mean, shed by reason, consumer lag. Absent without `--metrics-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerReport>,
     pub charts: Vec<String>,
     pub series: Vec<SecondPoint>,
 }
@@ -200,6 +205,7 @@ impl Report {
             cleanup: None,
             cpu_pct_measured,
             unread_ms_measured,
+            server: None,
             charts: Vec::new(),
             series: snapshot.series.clone(),
         }
@@ -231,6 +237,7 @@ impl Report {
             );
         }
         phase_lines(&mut s, m, self.lost_all_phases);
+        crate::server::phase::summary_lines(&mut s, self.server.as_ref());
         if self.mode == Mode::Ramp {
             for p in &self.phases {
                 let _ = writeln!(

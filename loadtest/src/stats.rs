@@ -252,6 +252,8 @@ pub struct SecondPoint {
     pub outstanding: u64,
     pub ack_p99_ms: f64,
     pub accept_p50_ms: f64,
+    /// The mean, to set beside the server's means (`server`).
+    pub accept_mean_ms: f64,
     pub accept_p90_ms: f64,
     pub accept_p99_ms: f64,
     pub accept_max_ms: f64,
@@ -469,6 +471,11 @@ impl Recorder {
         point.ack_p99_ms = Percentiles::of(&g.second_ack_us).p99;
         let accept = Percentiles::of(&g.second_accept_us);
         point.accept_p50_ms = accept.p50;
+        point.accept_mean_ms = if g.second_accept_us.is_empty() {
+            0.0
+        } else {
+            g.second_accept_us.mean().round() / 1000.0
+        };
         point.accept_p90_ms = accept.p90;
         point.accept_p99_ms = accept.p99;
         point.accept_max_ms = accept.max;
@@ -480,6 +487,20 @@ impl Recorder {
         g.second_accept_us.reset();
         g.series.push(point.clone());
         point
+    }
+
+    /// Seconds since the start, on the series' clock.
+    pub fn elapsed_s(&self) -> f64 {
+        self.lock().t0.elapsed().as_secs_f64()
+    }
+
+    /// The phase under way (empty before the first).
+    pub fn current_phase(&self) -> String {
+        self.lock()
+            .phases
+            .last()
+            .map(|p| p.name.clone())
+            .unwrap_or_default()
     }
 
     pub fn outstanding(&self, phase: usize) -> u64 {

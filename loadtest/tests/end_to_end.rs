@@ -1,7 +1,9 @@
 //! A short load test against the real thing: the gateway and the engine in-process, the local
 //! Kafka and PostgreSQL (`scripts/stack up; eval "$(scripts/stack env)"`), fresh topics and a
-//! fresh schema. It checks accounting, not speed: every command answered, none lost.
+//! fresh schema. It checks accounting, not speed: every command answered, none lost; and that
+//! the server side read from `/metrics` lands in the report.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +45,72 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         Ok(Err(e)) => (0, e.to_string()),
         Err(_) => (0, "timed out".to_owned()),
     }
+}
+
+/// The generator given `--metrics-url` reports the server side per second, per phase and in
+/// its summary; the other says in one line that it has none.
+fn server_side_is_reported(with: &loadtest::Report, without: &loadtest::Report, out: &Path) {
+    use loadtest::server::delta::VERDICT;
+    let server = with
+        .server
+        .as_ref()
+        .expect("a --metrics-url run has a server side");
+    let m = &server.measured;
+    assert!(m.seconds > 0, "{server:?}");
+    let verdicts = m.hops.get(VERDICT).map_or(0, |h| h.count);
+    assert!(verdicts > 0, "{server:?}");
+    for hop in [
+        "gateway_kafka_ack_seconds",
+        "engine_record_age_seconds",
+        "engine_batch_wait_seconds",
+        "gateway_events_age_seconds",
+    ] {
+        assert!(m.hops.get(hop).is_some_and(|h| h.count > 0), "{hop}: {m:?}");
+    }
+    let seconds = &server.series;
+    assert!(
+        seconds
+            .iter()
+            .all(|s| s.phase == "warmup" || s.phase == "measure"),
+        "{seconds:?}"
+    );
+    assert!(
+        seconds
+            .iter()
+            .any(|s| s.hops.get(VERDICT).is_some_and(|h| h.mean_ms.is_some())),
+        "a second with a verdict mean"
+    );
+    assert!(
+        seconds.iter().any(|s| s.consumer_lag_records.is_some()),
+        "the engine's lag gauge is read"
+    );
+    let summary = with.summary();
+    let line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("server (/metrics)"))
+        .unwrap_or_else(|| panic!("no server line in\n{summary}"));
+    let holder = m.hops_by_time()[0].0;
+    let holder = holder.strip_suffix("_seconds").unwrap_or(holder);
+    assert!(
+        line.contains(&format!("the time is in {holder} ")),
+        "{line}"
+    );
+    assert!(out.join("gen0").join("server_latency.png").exists());
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("gen0").join("report.json")).unwrap())
+            .unwrap();
+    assert!(json["server"]["measured"]["hops"][VERDICT]["mean_ms"].is_number());
+    assert!(json["server"]["series"][0]["t_s"].is_number());
+
+    assert!(without.server.is_none());
+    let none: Vec<_> = without
+        .summary()
+        .lines()
+        .filter(|l| l.trim_start().starts_with("server"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(none.len(), 1, "{none:?}");
+    assert!(none[0].contains("no --metrics-url"), "{none:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,20 +210,27 @@ async fn a_short_run_against_gateway_and_engine_loses_nothing() {
             })
             .collect();
         std::fs::write(dir.join("accounts.jsonl"), accounts).unwrap();
-        let config = loadtest::Config::parse_from([
-            "loadtest".to_owned(),
-            format!("--url=ws://{addr}/ws"),
-            format!("--accounts-file={}", dir.join("accounts.jsonl").display()),
-            format!("--pairs-file={}", pairs_file.display()),
-            format!("--out-dir={}", dir.display()),
-            format!("--connections={}", CONNECTIONS / 2),
-            "--rate-per-min=15000".into(),
-            "--duration-s=5".into(),
-            "--warmup-s=1".into(),
-            "--drain-timeout-s=30".into(),
-            format!("--seed={}", 1 + half),
-            "--quiet".into(),
-        ]);
+        // The first generator also scrapes the gateway's /metrics, which in this one process
+        // holds the engine's series too; the second reads the client side only.
+        let metrics_url = format!("--metrics-url=http://{addr}/metrics");
+        let config = loadtest::Config::parse_from(
+            [
+                "loadtest".to_owned(),
+                format!("--url=ws://{addr}/ws"),
+                format!("--accounts-file={}", dir.join("accounts.jsonl").display()),
+                format!("--pairs-file={}", pairs_file.display()),
+                format!("--out-dir={}", dir.display()),
+                format!("--connections={}", CONNECTIONS / 2),
+                "--rate-per-min=15000".into(),
+                "--duration-s=5".into(),
+                "--warmup-s=1".into(),
+                "--drain-timeout-s=30".into(),
+                format!("--seed={}", 1 + half),
+                "--quiet".into(),
+            ]
+            .into_iter()
+            .chain((half == 0).then_some(metrics_url)),
+        );
         async move {
             tokio::time::timeout(Duration::from_secs(120), loadtest::run(config))
                 .await
@@ -168,6 +243,8 @@ async fn a_short_run_against_gateway_and_engine_loses_nothing() {
         eprintln!("{}", r.summary());
         assert!(r.measured.offered > 0);
     }
+    server_side_is_reported(&first, &second, &out);
+
     let reports = [0, 1].map(|half| out.join(format!("gen{half}")).join("report.json"));
     let merged = loadtest::merge::merge(&reports).expect("the two reports merge");
     eprintln!("{}", merged.summary());
