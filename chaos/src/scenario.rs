@@ -1,0 +1,491 @@
+//! The scenarios: what load, which fault when, what recovered, and the audit's verdict.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::world::{READY_LIMIT, World};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Form {
+    Short,
+    Long,
+}
+
+impl Form {
+    pub fn name(self) -> &'static str {
+        match self {
+            Form::Short => "short",
+            Form::Long => "long",
+        }
+    }
+    pub fn rate_per_min(self) -> u64 {
+        match self {
+            Form::Short => 300_000,
+            Form::Long => 800_000,
+        }
+    }
+    pub fn duration_s(self) -> u64 {
+        match self {
+            Form::Short => 30,
+            Form::Long => 120,
+        }
+    }
+    pub fn connections(self) -> usize {
+        match self {
+            Form::Short => 40,
+            Form::Long => 100,
+        }
+    }
+    /// SIGKILLs of one process per scenario.
+    fn kills(self) -> usize {
+        match self {
+            Form::Short => 2,
+            Form::Long => 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Scenario 1: SIGKILL the engine at random moments under load, several times.
+    EngineKill,
+    /// The account stage, SIGKILLed the same way (its own actors, fencing and recovery).
+    StageKill,
+    /// Scenario 4: the single broker killed and started again under load.
+    BrokerCrash,
+    /// Scenario 5: PostgreSQL stopped in immediate mode and started again under load.
+    PostgresCrash,
+    /// Scenario 11: SIGTERM under load for the engine, the stage and the gateway: each drains and exits
+    /// well within 120 s, is started again, and nothing is lost.
+    Sigterm,
+}
+
+impl Scenario {
+    pub fn all() -> &'static [Scenario] {
+        &[
+            Scenario::EngineKill,
+            Scenario::StageKill,
+            Scenario::BrokerCrash,
+            Scenario::PostgresCrash,
+            Scenario::Sigterm,
+        ]
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::EngineKill => "engine-kill",
+            Scenario::StageKill => "stage-kill",
+            Scenario::BrokerCrash => "broker-crash",
+            Scenario::PostgresCrash => "postgres-crash",
+            Scenario::Sigterm => "sigterm",
+        }
+    }
+}
+
+pub struct Plan {
+    pub form: Form,
+    pub rate_per_min: u64,
+    pub duration_s: u64,
+    pub connections: usize,
+    pub bins: PathBuf,
+    pub out: PathBuf,
+    pub brokers: String,
+    pub database_url: String,
+    pub seed: u64,
+}
+
+/// One injected fault and how the system came back from it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    /// Seconds into the load.
+    pub at_s: f64,
+    pub what: String,
+    /// From the fault to the service answering ready again (`None`: it did not, in time).
+    pub ready_s: Option<f64>,
+    /// From the fault to work resuming: every pair consuming again (the account stage: its first
+    /// commit after the restart).
+    pub recovered_s: Option<f64>,
+    /// SIGTERM: how long the drain took, and whether the process exited 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clean_exit: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub scenario: String,
+    pub passed: bool,
+    /// Why it failed, one line each.
+    pub problems: Vec<String>,
+    pub faults: Vec<Fault>,
+    /// The load generator's figures: offered, acknowledged, verdicts, lost, shed, ...
+    pub load: Value,
+    /// From the end of the load to no lag anywhere.
+    pub settled_s: Option<f64>,
+    /// The audit's JSON report (absent when it could not run).
+    pub audit: Value,
+    pub audit_passed: bool,
+    pub dir: String,
+}
+
+impl Outcome {
+    pub fn line(&self) -> String {
+        format!(
+            "chaos: {} {}{}",
+            self.scenario,
+            if self.passed { "passed" } else { "FAILED" },
+            if self.problems.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", self.problems.join("; "))
+            }
+        )
+    }
+}
+
+/// xorshift64*: fault times from the seed (reproducible, no dependency).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `[lo, hi)`.
+    fn between(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub async fn run(s: Scenario, plan: &Plan) -> Outcome {
+    let dir = plan.out.join(s.name());
+    let mut outcome = Outcome {
+        scenario: s.name().to_owned(),
+        passed: false,
+        problems: Vec::new(),
+        faults: Vec::new(),
+        load: Value::Null,
+        settled_s: None,
+        audit: Value::Null,
+        audit_passed: false,
+        dir: dir.display().to_string(),
+    };
+    if let Err(e) = run_inner(s, plan, &mut outcome).await {
+        outcome.problems.push(format!("{e:#}"));
+    }
+    outcome.passed = outcome.problems.is_empty();
+    outcome
+}
+
+async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()> {
+    let mut world = World::create(
+        s.name(),
+        &plan.out,
+        &plan.bins,
+        &plan.brokers,
+        &plan.database_url,
+        plan.connections,
+    )
+    .await?;
+    println!(
+        "chaos:   services up; schema and topic suffix {}, logs in {}",
+        world.name,
+        world.dir.display()
+    );
+    let mut rng = Rng(plan.seed ^ (s as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let load_dir = world.dir.join("load");
+    let mut load = tokio::process::Command::new(plan.bins.join("loadtest"))
+        .arg("--url")
+        .arg(format!("ws://127.0.0.1:{}/ws", world.gw_port))
+        .arg("--accounts-file")
+        .arg(&world.accounts_file)
+        .args(["--connections", &plan.connections.to_string()])
+        .args(["--rate-per-min", &plan.rate_per_min.to_string()])
+        .args(["--duration-s", &plan.duration_s.to_string()])
+        .args(["--warmup-s", "0"])
+        .arg("--out-dir")
+        .arg(&load_dir)
+        .stdout(std::fs::File::create(world.dir.join("load.log"))?)
+        .stderr(std::fs::File::create(world.dir.join("load.err.log"))?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("start the load generator")?;
+    let t0 = Instant::now();
+    let duration = plan.duration_s as f64;
+
+    match s {
+        Scenario::EngineKill | Scenario::StageKill => {
+            let kills = plan.form.kills();
+            // Spread over the middle of the load, one per slot, at a random moment in each.
+            let (from, to) = (0.15 * duration, 0.75 * duration);
+            let slot = (to - from) / kills as f64;
+            for k in 0..kills {
+                let when = rng.between(from + slot * k as f64, from + slot * (k as f64 + 0.8));
+                sleep_until(t0, when).await;
+                let killed = Instant::now();
+                let service = if s == Scenario::EngineKill {
+                    &mut world.engine
+                } else {
+                    &mut world.stage
+                };
+                let what = format!("SIGKILL {}", service.name);
+                service.kill().await?;
+                service.start()?;
+                let ready = service.wait_ready(READY_LIMIT).await?;
+                let recovered = if s == Scenario::EngineKill {
+                    world.pairs_running(READY_LIMIT).await
+                } else {
+                    world.stage_committing(READY_LIMIT).await
+                };
+                outcome.faults.push(Fault {
+                    at_s: killed.duration_since(t0).as_secs_f64(),
+                    what,
+                    ready_s: Some(ready.as_secs_f64()),
+                    recovered_s: recovered.map(|_| killed.elapsed().as_secs_f64()),
+                    drain_s: None,
+                    clean_exit: None,
+                });
+            }
+        }
+        Scenario::BrokerCrash | Scenario::PostgresCrash => {
+            let what = if s == Scenario::BrokerCrash {
+                "kafka"
+            } else {
+                "postgres"
+            };
+            sleep_until(t0, rng.between(0.2 * duration, 0.4 * duration)).await;
+            let crashed = Instant::now();
+            stack(&["crash", what]).await?;
+            // Down for a while under load: the services must hold on, not give up.
+            let down = if plan.form == Form::Short { 5 } else { 20 };
+            tokio::time::sleep(Duration::from_secs(down)).await;
+            stack(&["up"]).await?;
+            let back = crashed.elapsed();
+            let recovered = world.pairs_running(READY_LIMIT).await;
+            let gateway = world.gateway.wait_ready(READY_LIMIT).await.ok();
+            outcome.faults.push(Fault {
+                at_s: crashed.duration_since(t0).as_secs_f64(),
+                what: format!(
+                    "{what} crashed for {down} s (up again after {:.1} s)",
+                    back.as_secs_f64()
+                ),
+                ready_s: gateway.map(|_| crashed.elapsed().as_secs_f64()),
+                recovered_s: recovered.map(|_| crashed.elapsed().as_secs_f64()),
+                drain_s: None,
+                clean_exit: None,
+            });
+        }
+        Scenario::Sigterm => {
+            let n = 3.0;
+            for (i, which) in ["engine", "accounts", "gateway"].into_iter().enumerate() {
+                sleep_until(t0, (0.15 + 0.6 * i as f64 / n) * duration).await;
+                let stopped = Instant::now();
+                let service = match which {
+                    "engine" => &mut world.engine,
+                    "accounts" => &mut world.stage,
+                    _ => &mut world.gateway,
+                };
+                let (drain, clean) = service.terminate(Duration::from_secs(120)).await?;
+                service.start()?;
+                let ready = service.wait_ready(READY_LIMIT).await?;
+                let recovered = world.pairs_running(READY_LIMIT).await;
+                outcome.faults.push(Fault {
+                    at_s: stopped.duration_since(t0).as_secs_f64(),
+                    what: format!("SIGTERM {which}"),
+                    ready_s: Some(drain.as_secs_f64() + ready.as_secs_f64()),
+                    recovered_s: recovered.map(|_| stopped.elapsed().as_secs_f64()),
+                    drain_s: Some(drain.as_secs_f64()),
+                    clean_exit: Some(clean),
+                });
+            }
+        }
+    }
+
+    let status = load.wait().await?;
+    let report: Value = std::fs::read_to_string(load_dir.join("report.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    outcome.load = load_figures(&report);
+    if report.is_null() {
+        outcome.problems.push(format!(
+            "the load generator wrote no report ({status}); see load.err.log"
+        ));
+    }
+    outcome.settled_s = world
+        .settled(Duration::from_secs(90))
+        .await
+        .map(|d| d.as_secs_f64());
+    if outcome.settled_s.is_none() {
+        outcome.problems.push(
+            "the stage or the engine still lagged or a pair was paused 90 s after the load".into(),
+        );
+    }
+    for service in world.services() {
+        if !service.running() {
+            outcome.problems.push(format!(
+                "{} exited by itself; its log ends:\n{}",
+                service.name,
+                service.log_tail(10)
+            ));
+        }
+    }
+    // Stop in the order a deployment drains: the gateway, then the stage and the engine.
+    for service in [&mut world.gateway, &mut world.stage, &mut world.engine] {
+        service.terminate(Duration::from_secs(120)).await?;
+    }
+    for f in &outcome.faults {
+        if f.recovered_s.is_none() {
+            outcome.problems.push(format!(
+                "{} at {:.1} s: work did not resume in time",
+                f.what, f.at_s
+            ));
+        }
+        if f.clean_exit == Some(false) {
+            outcome
+                .problems
+                .push(format!("{}: not a clean exit", f.what));
+        }
+    }
+    if let Some(lost) = outcome.load["lost_all_phases"].as_u64()
+        && lost > 0
+    {
+        outcome.problems.push(format!(
+            "{lost} acknowledged commands got no verdict at the client"
+        ));
+    }
+    let (passed, audit) = crate::scenario::audit(&world, plan).await?;
+    outcome.audit = audit;
+    outcome.audit_passed = passed;
+    if !passed {
+        outcome.problems.push(format!(
+            "the audit found violations (see {}/audit.json)",
+            world.dir.display()
+        ));
+    }
+    Ok(())
+}
+
+async fn sleep_until(t0: Instant, at_s: f64) {
+    let target = t0 + Duration::from_secs_f64(at_s.max(0.0));
+    tokio::time::sleep_until(target.into()).await;
+}
+
+/// `scripts/stack <args>` (crash kafka|postgres, up), failing with its output.
+async fn stack(args: &[&str]) -> Result<()> {
+    let out = tokio::process::Command::new("scripts/stack")
+        .args(args)
+        .output()
+        .await
+        .context("run scripts/stack")?;
+    if !out.status.success() {
+        bail!(
+            "scripts/stack {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The load generator's figures the summary shows.
+fn load_figures(report: &Value) -> Value {
+    let keys = [
+        "target_events_per_min",
+        "achieved_events_per_min",
+        "offered",
+        "acknowledged",
+        "verdicts",
+        "accepted",
+        "rejected",
+        "lost",
+        "lost_all_phases",
+        "timeouts",
+        "shed",
+        "connection_closed",
+        "unread_at_close",
+        "errors",
+    ];
+    let mut out = serde_json::Map::new();
+    for k in keys {
+        if let Some(v) = report.get(k) {
+            out.insert(k.to_owned(), v.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+/// Runs the audit over the scenario's topics and schema: (passed, its JSON report).
+pub async fn audit(world: &World, plan: &Plan) -> Result<(bool, Value)> {
+    let json_path = world.dir.join("audit.json");
+    let out = tokio::process::Command::new(plan.bins.join("audit"))
+        .args(["--brokers", &world.brokers])
+        .args(["--database-url", &world.database_url])
+        .args(["--orders-topic", &world.orders_topic])
+        .args(["--events-topic", &world.events_topic])
+        .args(["--accounts-topic", &world.accounts_topic])
+        .args(["--account-events-topic", &world.account_events_topic])
+        .arg("--json-out")
+        .arg(&json_path)
+        .output()
+        .await
+        .context("run the audit")?;
+    std::fs::write(world.dir.join("audit.txt"), &out.stdout)?;
+    let report = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&out.stderr).into_owned()));
+    Ok((out.status.success(), report))
+}
+
+/// The summary as a Markdown table.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut t = String::from(
+        "| scenario | faults (at s: ready s / resumed s) | acknowledged | verdicts | lost | shed | settled s | audit | verdict |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let f1 = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    for o in outcomes {
+        let faults: Vec<String> = o
+            .faults
+            .iter()
+            .map(|f| {
+                let drain = f
+                    .drain_s
+                    .map(|d| format!(", drained in {d:.1} s"))
+                    .unwrap_or_default();
+                format!(
+                    "{} at {:.1}: {} / {}{drain}",
+                    f.what,
+                    f.at_s,
+                    f1(f.ready_s),
+                    f1(f.recovered_s)
+                )
+            })
+            .collect();
+        let n = |k: &str| o.load[k].as_u64().map_or("-".to_owned(), |v| v.to_string());
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            o.scenario,
+            faults.join("<br>"),
+            n("acknowledged"),
+            n("verdicts"),
+            n("lost_all_phases"),
+            n("shed"),
+            f1(o.settled_s),
+            if o.audit_passed {
+                "clean"
+            } else {
+                "VIOLATIONS"
+            },
+            if o.passed { "passed" } else { "FAILED" },
+        ));
+    }
+    t
+}
