@@ -4,6 +4,7 @@
 //! over what the scenario wrote. Prints a table and writes `summary.json`; exits non-zero on any
 //! violation. Run through `scripts/chaos`, which builds the binaries and brings the stack up.
 
+mod inject;
 mod procs;
 mod scenario;
 mod scrape;

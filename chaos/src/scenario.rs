@@ -59,6 +59,10 @@ pub enum Scenario {
     BrokerCrash,
     /// Scenario 5: PostgreSQL stopped in immediate mode and started again under load.
     PostgresCrash,
+    /// Scenario 7: copies of `orders` and `accounts` records and poison lines in `orders`,
+    /// written past the gateway under load: each copy changes nothing, each poison line is
+    /// answered with a rejection, no pair stops.
+    DuplicatesPoison,
     /// Scenario 11: SIGTERM under load for the engine, the stage and the gateway: each drains and exits
     /// well within 120 s, is started again, and nothing is lost.
     Sigterm,
@@ -71,6 +75,7 @@ impl Scenario {
             Scenario::StageKill,
             Scenario::BrokerCrash,
             Scenario::PostgresCrash,
+            Scenario::DuplicatesPoison,
             Scenario::Sigterm,
         ]
     }
@@ -80,6 +85,7 @@ impl Scenario {
             Scenario::StageKill => "stage-kill",
             Scenario::BrokerCrash => "broker-crash",
             Scenario::PostgresCrash => "postgres-crash",
+            Scenario::DuplicatesPoison => "duplicates-poison",
             Scenario::Sigterm => "sigterm",
         }
     }
@@ -126,6 +132,9 @@ pub struct Outcome {
     pub load: Value,
     /// From the end of the load to no lag anywhere.
     pub settled_s: Option<f64>,
+    /// What was written past the gateway (duplicates-poison), and what the services counted.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub injected: Value,
     /// The audit's JSON report (absent when it could not run).
     pub audit: Value,
     pub audit_passed: bool,
@@ -172,6 +181,7 @@ pub async fn run(s: Scenario, plan: &Plan) -> Outcome {
         faults: Vec::new(),
         load: Value::Null,
         settled_s: None,
+        injected: Value::Null,
         audit: Value::Null,
         audit_passed: false,
         dir: dir.display().to_string(),
@@ -281,6 +291,31 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
                 clean_exit: None,
             });
         }
+        Scenario::DuplicatesPoison => {
+            let (_, registry) = infra::config::load_pairs()?;
+            let pairs: Vec<String> = registry.iter().map(|p| p.symbol.clone()).collect();
+            let mut injected = crate::inject::Injected::default();
+            let rounds = if plan.form == Form::Short { 2 } else { 5 };
+            for k in 0..rounds {
+                sleep_until(t0, (0.2 + 0.5 * k as f64 / rounds as f64) * duration).await;
+                let at = at_s(t0);
+                crate::inject::round(&world, &pairs, crate::world::SHARDS as i32, &mut injected)
+                    .await?;
+                outcome.faults.push(Fault {
+                    at_s: at,
+                    what: "copies and poison written past the gateway".into(),
+                    ready_s: None,
+                    // From the round written to every pair consuming (0 when none stopped).
+                    recovered_s: world
+                        .pairs_running(READY_LIMIT)
+                        .await
+                        .map(|d| d.as_secs_f64()),
+                    drain_s: None,
+                    clean_exit: None,
+                });
+            }
+            outcome.injected = serde_json::to_value(&injected)?;
+        }
         Scenario::Sigterm => {
             let n = 3.0;
             for (i, which) in ["engine", "accounts", "gateway"].into_iter().enumerate() {
@@ -336,6 +371,37 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
             ));
         }
     }
+    if let Some(poison) = outcome.injected["orders_poison_lines"].as_u64() {
+        // Every poison line answered as poison (the engine's own count), and every copy of a
+        // forwarded command skipped as a repeat, none applied twice.
+        let engine = world.engine.metrics().await.unwrap_or_default();
+        let stage = world.stage.metrics().await.unwrap_or_default();
+        let answered = crate::scrape::sum(&engine, "engine_poison_records_total") as u64;
+        let repeats = crate::scrape::sum(&engine, "engine_repeated_commands_total") as u64;
+        let stage_repeats = crate::scrape::sum(&stage, "accounts_repeats_total") as u64;
+        outcome.injected["engine_poison_records_total"] = answered.into();
+        outcome.injected["engine_repeated_commands_total"] = repeats.into();
+        outcome.injected["accounts_repeats_total"] = stage_repeats.into();
+        if answered != poison {
+            outcome.problems.push(format!(
+                "{poison} poison lines written, the engine answered {answered} as poison"
+            ));
+        }
+        let forwarded = outcome.injected["orders_copied_forwarded_lines"]
+            .as_u64()
+            .unwrap_or(0);
+        if repeats < forwarded {
+            outcome.problems.push(format!(
+                "{forwarded} forwarded command lines copied, only {repeats} skipped as repeats"
+            ));
+        }
+        let copies = outcome.injected["accounts_copies"].as_u64().unwrap_or(0);
+        if copies > 0 && stage_repeats == 0 {
+            outcome.problems.push(format!(
+                "{copies} accounts records copied, none skipped as a repeat"
+            ));
+        }
+    }
     // Stop in the order a deployment drains: the gateway, then the stage and the engine.
     for service in [&mut world.gateway, &mut world.stage, &mut world.engine] {
         service.terminate(Duration::from_secs(120)).await?;
@@ -370,6 +436,10 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
         ));
     }
     Ok(())
+}
+
+fn at_s(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64()
 }
 
 async fn sleep_until(t0: Instant, at_s: f64) {
