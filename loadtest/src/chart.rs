@@ -232,24 +232,34 @@ fn draw_server(
     written.push(path);
 
     let lag = server_series(server, |s| s.consumer_lag_records);
-    if !lag.is_empty() {
+    let accounts_lag = server_series(server, |s| s.accounts_consumer_lag_records);
+    if !lag.is_empty() || !accounts_lag.is_empty() {
         let path = out_dir.join("consumer_lag.png");
+        let mut lines = Vec::new();
+        if !lag.is_empty() {
+            lines.push(Line {
+                label: "engine, all pairs",
+                color: PALETTE[0],
+                points: lag,
+            });
+            lines.push(Line {
+                label: "engine, the largest pair",
+                color: PALETTE[1],
+                points: server_series(server, |s| s.consumer_lag_max_pair_records),
+            });
+        }
+        if !accounts_lag.is_empty() {
+            lines.push(Line {
+                label: "account stage, all shards",
+                color: PALETTE[2],
+                points: accounts_lag,
+            });
+        }
         line_chart(
             &path,
-            "Engine consumer lag (engine_consumer_lag_records, sampled every 2 s)",
+            "Consumer lag (engine_consumer_lag_records, accounts_consumer_lag_records)",
             "records",
-            &[
-                Line {
-                    label: "all pairs",
-                    color: PALETTE[0],
-                    points: lag,
-                },
-                Line {
-                    label: "the largest pair",
-                    color: PALETTE[1],
-                    points: server_series(server, |s| s.consumer_lag_max_pair_records),
-                },
-            ],
+            &lines,
         )?;
         written.push(path);
     }

@@ -113,6 +113,15 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub metrics_urls: Vec<String>,
+    /// Write one JSON line per command the gateway acknowledged with `received` (every phase):
+    /// `{"order_id", "pair", "kind"}`, the file `audit --received` checks for verdicts.
+    #[arg(long, value_name = "FILE", env = "LOADTEST_RECEIVED_OUT")]
+    pub received_out: Option<PathBuf>,
+    /// A connection the gateway drops logs in again (100 ms doubling to 2 s between attempts,
+    /// with jitter) and goes on with its schedule. What was in flight counts as connection
+    /// closed. A final close (abuse) or 3 login refusals in a row end it for the run.
+    #[arg(long)]
+    pub reconnect: bool,
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -141,5 +150,17 @@ mod tests {
             ]
         );
         assert!(Config::parse_from(["loadtest"]).metrics_urls.is_empty());
+    }
+
+    #[test]
+    fn received_out_and_reconnect_are_off_unless_asked() {
+        let c = Config::parse_from(["loadtest"]);
+        assert_eq!((c.received_out, c.reconnect), (None, false));
+        let c = Config::parse_from(["loadtest", "--received-out", "r.jsonl", "--reconnect"]);
+        assert_eq!(
+            c.received_out.as_deref(),
+            Some(std::path::Path::new("r.jsonl"))
+        );
+        assert!(c.reconnect);
     }
 }

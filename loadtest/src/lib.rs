@@ -5,6 +5,10 @@
 //! command is followed to exactly one final bucket (engine verdict, gateway error, timeout,
 //! lost, or never sent), and latency runs from the scheduled time, so a stall shows up in the
 //! percentiles instead of slowing the load down (no coordinated omission).
+//!
+//! For a fault suite it also writes every command the gateway acknowledged (`--received-out`,
+//! [`received`]), and logs in again after the gateway drops a connection (`--reconnect`,
+//! [`redial`]).
 
 pub mod accounts;
 pub mod chart;
@@ -14,6 +18,8 @@ pub mod market;
 pub mod merge;
 pub mod mix;
 pub mod procmem;
+pub mod received;
+pub mod redial;
 pub mod report;
 pub mod rng;
 pub mod schedule;
@@ -22,7 +28,9 @@ pub mod sockq;
 pub mod stats;
 pub mod trader;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -35,7 +43,8 @@ use conn::Connection;
 use market::Market;
 use mix::Mix;
 use procmem::Watched;
-use report::{Cleanup, PhaseReport, ReportBase};
+use received::ReceivedLog;
+use report::{Cleanup, PhaseReport, ReconnectReport, ReportBase};
 use schedule::Schedule;
 use stats::{NotSent, Recorder, Sample};
 use trader::{Slot, Trader};
@@ -60,10 +69,22 @@ pub enum LoadError {
     Output { path: String, message: String },
     #[error(transparent)]
     Chart(#[from] chart::ChartError),
+    #[error(transparent)]
+    Received(#[from] received::ReceivedError),
 }
 
 /// Runs the load test and writes `report.json` and the charts into `config.out_dir`.
 pub async fn run(config: Config) -> Result<Report, LoadError> {
+    run_until(config, std::future::pending()).await
+}
+
+/// [`run`], ended early when `interrupt` completes: no command is offered after it, then the run
+/// finishes as usual (the drain, the cleanup, `--received-out` flushed, the report, marked
+/// `interrupted`).
+pub async fn run_until(
+    config: Config,
+    interrupt: impl Future<Output = ()> + Send + 'static,
+) -> Result<Report, LoadError> {
     let mix = Mix::new(
         config.share_limit,
         config.share_marketable,
@@ -112,8 +133,36 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
     let t0 = Instant::now();
     let recorder = Arc::new(Recorder::new(t0));
     let market = Arc::new(Market::new(&registry));
-    let conns = connect_all(&config, &accounts, market, recorder.clone(), t0).await?;
+    let received = match &config.received_out {
+        None => None,
+        Some(path) => {
+            let symbols = market.pairs.iter().map(|p| p.spec.symbol.clone()).collect();
+            Some(ReceivedLog::create(path, symbols)?)
+        }
+    };
+    let conns = connect_all(
+        &config,
+        &accounts,
+        market,
+        recorder.clone(),
+        t0,
+        received.as_ref(),
+    )
+    .await?;
     say(&config, &format!("{} connections logged in", conns.len()));
+    recorder.links_up(conns.len());
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let watch_interrupt = {
+        let interrupted = interrupted.clone();
+        let quiet = config.quiet;
+        tokio::spawn(async move {
+            interrupt.await;
+            interrupted.store(true, Ordering::Relaxed);
+            if !quiet {
+                eprintln!("loadtest: interrupted: no new commands; draining, then the report");
+            }
+        })
+    };
 
     // The load generator's own CPU is part of the picture on a shared machine.
     let mut cpu_watched = watched.clone();
@@ -138,6 +187,7 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
         config: &config,
         mix,
         next_conn: 0,
+        interrupted: &interrupted,
     };
     let (measured, highest) = match config.mode {
         Mode::Fixed => {
@@ -160,6 +210,8 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
         Duration::from_secs(config.drain_timeout_s),
     )
     .await;
+    watch_interrupt.abort();
+    recorder.stop_link_clock(Instant::now());
     ticker.abort();
     recorder.tick(probes.sample());
     if let (Some(s), Some(task)) = (&scraper, scraping) {
@@ -171,6 +223,11 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
     // Every connection cancels what its account still has resting, unless told to keep it.
     let cleanup = !config.keep_orders;
     let answers = futures_util::future::join_all(conns.into_iter().map(|c| c.close(cleanup))).await;
+    // Every reader has stopped: what they acknowledged is queued for the file.
+    let received_out = match received {
+        Some(log) => Some(log.finish().await?),
+        None => None,
+    };
 
     let snapshot = recorder.snapshot();
     let mut report = Report::build(
@@ -196,6 +253,11 @@ pub async fn run(config: Config) -> Result<Report, LoadError> {
         s.report(&phases, &report.measured.phase)
     });
     report.cleanup = cleanup.then(|| Cleanup::count(answers));
+    report.received_out = received_out;
+    report.interrupted = interrupted.load(Ordering::Relaxed);
+    report.reconnect = config
+        .reconnect
+        .then(|| ReconnectReport::of(&snapshot.links));
     report.peak_rss_mib = watched
         .iter()
         .filter_map(|w| procmem::read_mib(w.pid, "VmHWM").map(|m| (w.name.clone(), m)))
@@ -243,6 +305,7 @@ async fn connect_all(
     market: Arc<Market>,
     recorder: Arc<Recorder>,
     t0: Instant,
+    received: Option<&ReceivedLog>,
 ) -> Result<Vec<Connection>, LoadError> {
     let timeout = Duration::from_millis(config.login_timeout_ms);
     let started_ms = std::time::SystemTime::now()
@@ -287,7 +350,18 @@ async fn connect_all(
         .map(|(i, ws)| {
             let seed = config.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let trader = Trader::new(market.clone(), t0, seed, config.live_orders_max, 1);
-            Connection::spawn(ws, trader, recorder.clone(), config.queue_depth)
+            let options = conn::Options {
+                received: received.map(ReceivedLog::sender),
+                redial: config.reconnect.then(|| conn::Redial {
+                    url: config.url.clone(),
+                    account: accounts[i].clone(),
+                    index: i,
+                    login_timeout: timeout,
+                    seed: seed.rotate_left(17),
+                    quiet: config.quiet,
+                }),
+            };
+            Connection::spawn(ws, trader, recorder.clone(), config.queue_depth, options)
         })
         .collect())
 }
@@ -298,6 +372,8 @@ struct Driver<'a> {
     config: &'a Config,
     mix: Mix,
     next_conn: usize,
+    /// Set when the run is interrupted: the phase under way ends, and no other begins.
+    interrupted: &'a AtomicBool,
 }
 
 impl Driver<'_> {
@@ -312,6 +388,10 @@ impl Driver<'_> {
         let end_ns = duration_s * 1_000_000_000;
         let start = Instant::now();
         loop {
+            if self.interrupted.load(Ordering::Relaxed) {
+                self.recorder.cut_phase(phase, start.elapsed());
+                break;
+            }
             let t_ns = schedule.next_ns();
             if t_ns >= end_ns {
                 break;
@@ -347,7 +427,7 @@ impl Driver<'_> {
         let mut best: Option<(usize, u64)> = None;
         let mut first = None;
         let mut rate = c.ramp_start_per_min;
-        while rate <= c.ramp_max_per_min {
+        while rate <= c.ramp_max_per_min && !self.interrupted.load(Ordering::Relaxed) {
             let name = format!("ramp-{rate}");
             let phase = self.phase(&name, rate, c.ramp_step_s).await;
             first.get_or_insert(phase);

@@ -37,11 +37,53 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = loadtest::Config::parse();
     let out_dir = config.out_dir.clone();
-    let report = loadtest::run(config).await?;
+    // The first SIGINT or SIGTERM ends the schedule and the run finishes (drain, report,
+    // `--received-out` flushed); a second one exits at once.
+    let (first, first_seen) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        interrupted().await;
+        let _ = first.send(());
+        interrupted().await;
+        eprintln!("loadtest: interrupted again: exiting without the report");
+        std::process::exit(INTERRUPTED_EXIT);
+    });
+    let interrupt = async {
+        if first_seen.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let report = loadtest::run_until(config, interrupt).await?;
     print!("{}", report.summary());
     println!("report: {}", out_dir.join("report.json").display());
     for chart in &report.charts {
         println!("chart:  {chart}");
     }
+    if report.interrupted {
+        std::io::Write::flush(&mut std::io::stdout())?;
+        std::process::exit(INTERRUPTED_EXIT);
+    }
     Ok(())
+}
+
+/// 128 + SIGINT, as a shell reports an interrupted command.
+const INTERRUPTED_EXIT: i32 = 130;
+
+/// Completes at the next SIGINT or SIGTERM.
+/// Without a handler for one of them, only the other.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => ctrl_c.await,
+    }
 }

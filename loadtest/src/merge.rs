@@ -150,6 +150,8 @@ fn add_phase(a: &mut PhaseReport, b: &PhaseReport) {
         (&mut a.shed, b.shed),
         (&mut a.generator_behind, b.generator_behind),
         (&mut a.connection_closed, b.connection_closed),
+        (&mut a.closed_in_flight, b.closed_in_flight),
+        (&mut a.reconnects, b.reconnects),
         (&mut a.unread_at_close, b.unread_at_close),
         (&mut a.trades, b.trades),
         (&mut a.fills, b.fills),

@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::Mode;
 use crate::merge::LatencyHistograms;
 use crate::procmem::round1;
+use crate::received::Written;
 use crate::schedule::Arrival;
 use crate::server::ServerReport;
-use crate::stats::{Percentiles, PhaseStats, SecondPoint, Snapshot};
+use crate::stats::{LinkStats, Percentiles, PhaseStats, SecondPoint, Snapshot};
 
 /// One phase (warm-up, the measured window, or a ramp step) in the report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,7 +36,16 @@ pub struct PhaseReport {
     pub shed: u64,
     /// The generator's own queue was full: it fell behind its schedule.
     pub generator_behind: u64,
+    /// Not sent because the connection was closed, and (`--reconnect`) sent but still open
+    /// when it dropped: known unresolved at the client, never lost.
     pub connection_closed: u64,
+    /// Of `connection_closed`, those sent and open at a drop: their verdicts may exist all
+    /// the same (`--received-out` lists the acknowledged ones for the audit).
+    #[serde(default)]
+    pub closed_in_flight: u64,
+    /// Connections that logged in again after a drop during the phase (`--reconnect`).
+    #[serde(default)]
+    pub reconnects: u64,
     /// Written, but the gateway closed the connection before reading them (its status push
     /// said how far it read): known not acted on, so not lost.
     pub unread_at_close: u64,
@@ -72,7 +82,9 @@ impl PhaseReport {
             timeouts: b.timeouts,
             shed: b.shed(),
             generator_behind: b.generator_behind,
-            connection_closed: b.connection_closed,
+            connection_closed: b.connection_closed + b.closed_in_flight,
+            closed_in_flight: b.closed_in_flight,
+            reconnects: p.reconnects,
             unread_at_close: b.unread_at_close,
             errors: b.errors(),
             trades: p.trades,
@@ -130,6 +142,15 @@ pub struct Report {
     /// The end-of-run `cancel_all` of every connection; absent with `--keep-orders`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<Cleanup>,
+    /// The run stopped offering commands early (SIGINT or SIGTERM), then finished as usual.
+    pub interrupted: bool,
+    /// With `--reconnect`: the run's reconnects (each phase has its own in `phases`), the time
+    /// no connection was logged in, and the connections that gave up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect: Option<ReconnectReport>,
+    /// With `--received-out`: the file of acknowledged commands and its line count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_out: Option<Written>,
     /// Mean CPU over the measured window (fixed mode): per watched process with its
     /// descendants in percent of one core, and `machine_busy` / `steal` in percent of all cores.
     pub cpu_pct_measured: BTreeMap<String, f64>,
@@ -150,6 +171,46 @@ pub struct Report {
 pub struct MeanMax {
     pub mean: f64,
     pub max: f64,
+}
+
+/// The connections' drops and logins again over the run (`--reconnect`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReconnectReport {
+    /// Logins again after a drop, over every phase.
+    pub reconnects: u64,
+    /// Seconds with no connection logged in (all of them dropped at once: the gateway was
+    /// down), up to the end of the drain.
+    pub no_client_connected_s: f64,
+    /// Connections that stopped trying, by why (a final close, or logins refused).
+    pub gave_up: BTreeMap<String, u64>,
+}
+
+impl ReconnectReport {
+    pub fn of(links: &LinkStats) -> ReconnectReport {
+        ReconnectReport {
+            reconnects: links.reconnects,
+            no_client_connected_s: (links.no_client_connected.as_secs_f64() * 1000.0).round()
+                / 1000.0,
+            gave_up: links.gave_up.clone(),
+        }
+    }
+
+    /// `reconnects: 12 (4 in the window); no client connected for 1.8 s`, and who gave up.
+    pub fn line(&self, in_window: u64) -> String {
+        let mut line = format!(
+            "  reconnects: {} ({in_window} in the window); no client connected for {:.1} s",
+            self.reconnects, self.no_client_connected_s
+        );
+        if !self.gave_up.is_empty() {
+            let list: Vec<String> = self
+                .gave_up
+                .iter()
+                .map(|(why, n)| format!("{why} x{n}"))
+                .collect();
+            let _ = write!(line, "; gave up: {}", list.join(", "));
+        }
+        line
+    }
 }
 
 /// How the connections' end-of-run `cancel_all` requests were answered by the gateway.
@@ -203,6 +264,9 @@ impl Report {
             disconnects: snapshot.disconnects.clone(),
             peak_rss_mib: BTreeMap::new(),
             cleanup: None,
+            interrupted: false,
+            reconnect: None,
+            received_out: None,
             cpu_pct_measured,
             unread_ms_measured,
             server: None,
@@ -257,6 +321,29 @@ impl Report {
             }
         }
         disconnect_line(&mut s, &self.disconnects);
+        if let Some(r) = &self.reconnect {
+            let _ = writeln!(s, "{}", r.line(m.reconnects));
+        }
+        if let Some(r) = &self.received_out {
+            let _ = writeln!(
+                s,
+                "  received-out        {} acknowledged commands -> {}{}",
+                r.lines,
+                r.path,
+                if r.without_order_id > 0 {
+                    format!(" ({} without an order id left out)", r.without_order_id)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if self.interrupted {
+            let _ = writeln!(
+                s,
+                "  interrupted         the schedule was cut short; the window ran {:.1} s",
+                m.duration_s
+            );
+        }
         for (name, mib) in &self.peak_rss_mib {
             let _ = writeln!(s, "  peak RSS {name:<10} {mib:.1} MiB");
         }
@@ -341,8 +428,8 @@ pub(crate) fn phase_lines(s: &mut String, m: &PhaseReport, lost_all_phases: u64)
     );
     let _ = writeln!(
         s,
-        "  generator behind    {}   connection closed {}   unread at close {}",
-        m.generator_behind, m.connection_closed, m.unread_at_close
+        "  generator behind    {}   connection closed {} (in flight {})   unread at close {}",
+        m.generator_behind, m.connection_closed, m.closed_in_flight, m.unread_at_close
     );
     let _ = writeln!(s, "  timeouts            {}", m.timeouts);
     let _ = writeln!(

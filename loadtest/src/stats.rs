@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::mix::Kind;
 use crate::procmem::{CpuShare, round1};
+use crate::received::Receipt;
 use crate::sockq::{self, Unread};
 
 /// Highest latency a histogram holds, in microseconds (one hour); above it values saturate.
@@ -45,6 +46,10 @@ pub enum Outcome {
     Lost,
     /// Written, but the gateway closed the connection before reading it, and said so.
     UnreadAtClose,
+    /// Written, and the connection dropped before its final answer (`--reconnect`): unresolved
+    /// at the client, not waited for. Its verdict may exist all the same (the audit finds it
+    /// through `--received-out` when it was acknowledged).
+    ClosedInFlight,
     NotSent(NotSent),
 }
 
@@ -77,7 +82,10 @@ pub struct Buckets {
     pub lost: u64,
     pub unread_at_close: u64,
     pub generator_behind: u64,
+    /// Not sent: the connection was closed.
     pub connection_closed: u64,
+    /// Sent, and open when the connection dropped ([`Outcome::ClosedInFlight`]).
+    pub closed_in_flight: u64,
 }
 
 impl Buckets {
@@ -94,6 +102,7 @@ impl Buckets {
             Outcome::Timeout => self.timeouts += 1,
             Outcome::Lost => self.lost += 1,
             Outcome::UnreadAtClose => self.unread_at_close += 1,
+            Outcome::ClosedInFlight => self.closed_in_flight += 1,
             Outcome::NotSent(NotSent::GeneratorBehind) => self.generator_behind += 1,
             Outcome::NotSent(NotSent::ConnectionClosed) => self.connection_closed += 1,
         }
@@ -109,6 +118,7 @@ impl Buckets {
             + self.unread_at_close
             + self.generator_behind
             + self.connection_closed
+            + self.closed_in_flight
     }
 
     /// `overloaded` + `rate_limited`.
@@ -192,6 +202,8 @@ pub struct PhaseStats {
     pub last_verdict: Option<Instant>,
     pub trades: u64,
     pub fills: u64,
+    /// Connections that logged in again after a drop while this phase ran (`--reconnect`).
+    pub reconnects: u64,
 }
 
 impl PhaseStats {
@@ -213,6 +225,7 @@ impl PhaseStats {
             last_verdict: None,
             trades: 0,
             fills: 0,
+            reconnects: 0,
         }
     }
 
@@ -297,8 +310,32 @@ struct Inner {
     second_accept_us: Histogram<u64>,
     series: Vec<SecondPoint>,
     disconnects: BTreeMap<String, u64>,
+    links: Links,
     /// When the last second closed.
     last_tick: Instant,
+}
+
+/// The connections' drops and logins again (`--reconnect`).
+#[derive(Debug, Default)]
+struct Links {
+    reconnects: u64,
+    connected: usize,
+    /// Since when no connection is logged in, while that lasts.
+    none_since: Option<Instant>,
+    none: Duration,
+    /// Stopped at the end of the run: closing the connections is not an outage.
+    stopped: bool,
+    gave_up: BTreeMap<String, u64>,
+}
+
+/// What [`Links`] add up to over the run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkStats {
+    pub reconnects: u64,
+    /// Time with no connection logged in.
+    pub no_client_connected: Duration,
+    /// Connections that stopped trying, by why.
+    pub gave_up: BTreeMap<String, u64>,
 }
 
 /// Shared by every connection task; one short critical section per observation.
@@ -317,6 +354,7 @@ pub struct Snapshot {
     pub phases: Vec<PhaseStats>,
     pub series: Vec<SecondPoint>,
     pub disconnects: BTreeMap<String, u64>,
+    pub links: LinkStats,
 }
 
 impl Recorder {
@@ -330,6 +368,7 @@ impl Recorder {
                 second_accept_us: latency_histogram(2),
                 series: Vec::new(),
                 disconnects: BTreeMap::new(),
+                links: Links::default(),
                 last_tick: t0,
             }),
             wrote_bytes: AtomicU64::new(0),
@@ -431,7 +470,63 @@ impl Recorder {
             Observation::Disconnected { ref reason } => {
                 *g.disconnects.entry(reason.clone()).or_default() += 1;
             }
+            Observation::Receipt(_) => {}
         }
+    }
+
+    /// `n` connections logged in at the start.
+    pub fn links_up(&self, n: usize) {
+        self.lock().links.connected = n;
+    }
+
+    /// A connection dropped and tries again; the time without any connection starts when the
+    /// last one drops.
+    pub fn link_down(&self, now: Instant) {
+        let mut g = self.lock();
+        let l = &mut g.links;
+        l.connected = l.connected.saturating_sub(1);
+        if l.connected == 0 && !l.stopped {
+            l.none_since.get_or_insert(now);
+        }
+    }
+
+    /// A dropped connection logged in again: one reconnect, for the run and the phase under way.
+    pub fn reconnected(&self, now: Instant) {
+        let mut g = self.lock();
+        let g = &mut *g;
+        if let Some(p) = g.phases.last_mut() {
+            p.reconnects += 1;
+        }
+        let l = &mut g.links;
+        l.reconnects += 1;
+        l.connected += 1;
+        if let Some(since) = l.none_since.take() {
+            l.none += now.saturating_duration_since(since);
+        }
+    }
+
+    /// A dropped connection stopped trying (`why` is a short class, not a message).
+    pub fn gave_up(&self, why: String) {
+        *self.lock().links.gave_up.entry(why).or_default() += 1;
+    }
+
+    /// The end of the run: an outage under way ends here, and closing the connections after
+    /// it is none.
+    pub fn stop_link_clock(&self, now: Instant) {
+        let mut g = self.lock();
+        let l = &mut g.links;
+        if let Some(since) = l.none_since.take() {
+            l.none += now.saturating_duration_since(since);
+        }
+        l.stopped = true;
+    }
+
+    /// A phase that ended before its planned duration (the run was interrupted): its rates
+    /// are over the time it ran.
+    pub fn cut_phase(&self, phase: usize, ran: Duration) {
+        let mut g = self.lock();
+        let p = &mut g.phases[phase];
+        p.duration_s = p.duration_s.min(ran.as_secs_f64());
     }
 
     /// Closes the current second: appends it to the series and returns it.
@@ -522,6 +617,14 @@ impl Recorder {
             phases: g.phases.clone(),
             series: g.series.clone(),
             disconnects: g.disconnects.clone(),
+            links: LinkStats {
+                reconnects: g.links.reconnects,
+                no_client_connected: g.links.none
+                    + g.links
+                        .none_since
+                        .map_or(Duration::ZERO, |since| since.elapsed()),
+                gave_up: g.links.gave_up.clone(),
+            },
         }
     }
 }
@@ -551,6 +654,8 @@ pub enum Observation {
     Disconnected {
         reason: String,
     },
+    /// The gateway acknowledged a command with `received` (for `--received-out`).
+    Receipt(Receipt),
 }
 
 #[cfg(test)]
@@ -568,6 +673,8 @@ mod tests {
             Outcome::StageRejected(ErrorCode::InsufficientFunds),
             Outcome::Timeout,
             Outcome::Lost,
+            Outcome::UnreadAtClose,
+            Outcome::ClosedInFlight,
             Outcome::NotSent(NotSent::GeneratorBehind),
             Outcome::NotSent(NotSent::ConnectionClosed),
         ];
@@ -640,6 +747,33 @@ mod tests {
         let snap = rec.snapshot();
         assert_eq!(snap.phases[0].buckets.total(), 2);
         assert_eq!(snap.series.len(), 1);
+    }
+
+    #[test]
+    fn reconnects_count_per_phase_and_the_outage_is_when_none_is_connected() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let rec = Recorder::new(t0);
+        rec.links_up(2);
+        let warmup = rec.begin_phase("warmup", 60, 1.0);
+        rec.link_down(at(1));
+        rec.reconnected(at(2)); // one of two was down: the system still had a client
+        let measure = rec.begin_phase("measure", 60, 1.0);
+        rec.link_down(at(3));
+        rec.link_down(at(4)); // both down from 4 s
+        rec.reconnected(at(7));
+        rec.reconnected(at(8));
+        rec.link_down(at(9));
+        rec.gave_up("login refused 3 times in a row (unknown_key)".into());
+        rec.link_down(at(10)); // none from 10 s to the end of the run at 12 s
+        rec.stop_link_clock(at(12));
+        rec.link_down(at(13)); // closing after the run is no outage
+        let snap = rec.snapshot();
+        assert_eq!(snap.phases[warmup].reconnects, 1);
+        assert_eq!(snap.phases[measure].reconnects, 2);
+        assert_eq!(snap.links.reconnects, 3);
+        assert_eq!(snap.links.no_client_connected, Duration::from_secs(3 + 2));
+        assert_eq!(snap.links.gave_up.values().sum::<u64>(), 1);
     }
 
     #[test]

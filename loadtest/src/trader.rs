@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::ws::{
-    Amend, Cancel, CancelAllParams, ErrorBody, ErrorCode, OrderUpdate, OrderUpdateKind, Place,
-    Push, RequestBody, StageRejection,
+    Amend, Cancel, CancelAllParams, ConnectionStatus, ErrorBody, ErrorCode, OrderUpdate,
+    OrderUpdateKind, Place, Push, RequestBody, StageRejection,
 };
 use protocol::{CommandKind, OrderType, RejectReason, SelfTradePrevention, Side, TimeInForce};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::market::Market;
 use crate::mix::Kind;
+use crate::received::Receipt;
 use crate::rng::Rng;
 use crate::stats::{Observation, Outcome};
 
@@ -41,6 +42,9 @@ struct Pending {
     phase: usize,
     /// The resting order a cancel or amend names.
     target: Option<u64>,
+    /// Index into the market's pairs, and what the command is: its `--received-out` line.
+    pair: usize,
+    command: CommandKind,
     acked: bool,
     verdict: Option<Verdict>,
 }
@@ -69,13 +73,22 @@ pub fn request_json(id: u64, body: &RequestBody) -> String {
     serde_json::to_string(&Wire { id, body }).expect("requests always serialize")
 }
 
-/// A response without building the `result` value: only whether it is an error matters.
+/// A response without building the whole `result` value: whether it is an error, and the order
+/// a `received` names.
 #[derive(Deserialize)]
 struct Answer {
     #[serde(default)]
     id: Option<u64>,
     #[serde(default)]
+    result: Option<AnswerResult>,
+    #[serde(default)]
     error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct AnswerResult {
+    #[serde(default)]
+    order_id: Option<u64>,
 }
 
 /// How an `orders` push frame starts (`Push` is tagged by `channel`, written first).
@@ -100,6 +113,8 @@ pub struct Trader {
     pending: HashMap<u64, Pending>,
     /// Set by an orderly close's status push: the gateway read no request after this id.
     read_up_to: Option<u64>,
+    /// The `status` push of the gateway's orderly close, until the connection's end reads it.
+    closing_status: Option<ConnectionStatus>,
     live: Vec<LiveOrder>,
     live_max: usize,
     /// The end-of-run `cancel_all`: its request id, and where its answer goes (true: accepted).
@@ -122,6 +137,7 @@ impl Trader {
             next_id: first_id,
             pending: HashMap::new(),
             read_up_to: None,
+            closing_status: None,
             live: Vec::new(),
             live_max,
             cleanup: None,
@@ -139,6 +155,11 @@ impl Trader {
         self.cleanup = Some((id, answer));
         let text = request_json(id, &RequestBody::CancelAll(CancelAllParams { pair: None }));
         (text, answered)
+    }
+
+    /// Why the gateway said it closes the connection (its `status` push), if it did; once.
+    pub fn take_closing_status(&mut self) -> Option<ConnectionStatus> {
+        self.closing_status.take()
     }
 
     pub fn pending_len(&self) -> usize {
@@ -164,8 +185,11 @@ impl Trader {
             k => k,
         };
         let t_s = now.saturating_duration_since(self.t0).as_secs_f64();
-        let (body, target) = match kind {
-            Kind::Limit | Kind::Marketable => (self.place(kind, t_s), None),
+        let (body, target, pair, command) = match kind {
+            Kind::Limit | Kind::Marketable => {
+                let (body, pair) = self.place(kind, t_s);
+                (body, None, pair, CommandKind::Place)
+            }
             Kind::Cancel => {
                 let i = free.expect("checked above");
                 let o = &mut self.live[i];
@@ -175,12 +199,14 @@ impl Trader {
                     order_id: Some(o.order_id),
                     client_order_id: None,
                 });
-                (body, Some(o.order_id))
+                (body, Some(o.order_id), o.pair, CommandKind::Cancel)
             }
             Kind::Amend => {
                 let i = free.expect("checked above");
                 self.live[i].busy = true;
-                (self.amend(i, t_s), Some(self.live[i].order_id))
+                let o = &self.live[i];
+                let (target, pair) = (o.order_id, o.pair);
+                (self.amend(i, t_s), Some(target), pair, CommandKind::Amend)
             }
         };
         let id = self.next_id;
@@ -191,6 +217,8 @@ impl Trader {
                 scheduled: slot.scheduled,
                 phase: slot.phase,
                 target,
+                pair,
+                command,
                 acked: false,
                 verdict: None,
             },
@@ -223,7 +251,8 @@ impl Trader {
             .map(|(i, _)| i)
     }
 
-    fn place(&mut self, kind: Kind, t_s: f64) -> RequestBody {
+    /// A place on a random pair; returns it and the pair's index.
+    fn place(&mut self, kind: Kind, t_s: f64) -> (RequestBody, usize) {
         let pair = self.rng.below(self.market.pairs.len() as u64) as usize;
         let pm = &self.market.pairs[pair];
         let side = if self.rng.chance(0.5) {
@@ -237,7 +266,7 @@ impl Trader {
             _ => (pm.resting_price(mid, side, &mut self.rng), TimeInForce::Gtc),
         };
         let qty = pm.qty_at(price, &mut self.rng);
-        RequestBody::Place(Place {
+        let body = RequestBody::Place(Place {
             pair: pm.spec.symbol.clone(),
             side,
             order_type: OrderType::Limit,
@@ -248,7 +277,8 @@ impl Trader {
             client_order_id: None,
             stp: SelfTradePrevention::ExpireTaker,
             quote_qty: None,
-        })
+        });
+        (body, pair)
     }
 
     /// Quantity down (keeps priority) when enough remains, else a new price near the mid.
@@ -302,6 +332,7 @@ impl Trader {
                         .and_then(|v| v.as_str().map(str::to_owned))
                         .unwrap_or_default();
                     obs.push(Observation::Disconnected { reason });
+                    self.closing_status = Some(status);
                     if frames_read.is_some() {
                         self.unread_at_close(last_request_id.unwrap_or(0), obs);
                     }
@@ -348,6 +379,12 @@ impl Trader {
                     phase: p.phase,
                     scheduled: p.scheduled,
                 });
+                let named = r.result.and_then(|result| result.order_id);
+                obs.push(Observation::Receipt(Receipt {
+                    order_id: named.or(p.target),
+                    pair: p.pair,
+                    kind: p.command,
+                }));
                 self.finish_if_done(id, obs);
             }
             None => {}
@@ -529,14 +566,39 @@ impl Trader {
     /// Commands built after an orderly close was announced (queued at the writer, or written
     /// to the closed socket in vain) were never read by the gateway either.
     pub fn give_up(&mut self, obs: &mut Vec<Observation>) {
+        self.settle_open(obs, |acked| {
+            if acked {
+                Outcome::Timeout
+            } else {
+                Outcome::Lost
+            }
+        });
+    }
+
+    /// The connection dropped and another will follow (`--reconnect`): what is still open will
+    /// not be answered on it, and is not waited for. It ends as [`Outcome::ClosedInFlight`]
+    /// (one with its verdict already in ends by that verdict, one the gateway said it never
+    /// read as unread), and the orders its cancels and amends named can be named again.
+    pub fn dropped(&mut self, obs: &mut Vec<Observation>) {
+        self.settle_open(obs, |_| Outcome::ClosedInFlight);
+        // The next connection's ids are read afresh.
+        self.read_up_to = None;
+    }
+
+    /// Ends every open command: by its verdict when it has one, as unread when the gateway's
+    /// orderly close said it never read it, else as `unanswered(acked)` says.
+    fn settle_open(&mut self, obs: &mut Vec<Observation>, unanswered: impl Fn(bool) -> Outcome) {
         let read_up_to = self.read_up_to.unwrap_or(u64::MAX);
-        for (id, p) in self.pending.drain() {
+        let open: Vec<(u64, Pending)> = self.pending.drain().collect();
+        for (id, p) in open {
             let outcome = match (p.verdict, p.acked) {
                 (Some(v), _) => verdict_outcome(v),
-                (None, true) => Outcome::Timeout,
                 (None, false) if id > read_up_to => Outcome::UnreadAtClose,
-                (None, false) => Outcome::Lost,
+                (None, acked) => unanswered(acked),
             };
+            if p.verdict.is_none() {
+                self.release(p.target, None);
+            }
             obs.push(Observation::Finished {
                 phase: p.phase,
                 outcome,
@@ -557,7 +619,7 @@ fn verdict_outcome(v: Verdict) -> Outcome {
 mod tests {
     use super::*;
     use protocol::PairRegistry;
-    use protocol::ws::{ConnectionStatus, ErrorCode, Response, parse_request};
+    use protocol::ws::{ErrorCode, Response, parse_request};
 
     fn trader(live_max: usize) -> Trader {
         let reg = PairRegistry::from_toml(include_str!("../../config/pairs.toml")).unwrap();
@@ -777,6 +839,141 @@ mod tests {
             outcomes,
             vec![Outcome::Lost, Outcome::Timeout, Outcome::UnreadAtClose]
         );
+    }
+
+    fn receipts(obs: &[Observation]) -> Vec<Receipt> {
+        obs.iter()
+            .filter_map(|o| match o {
+                Observation::Receipt(r) => Some(*r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_received_answer_gives_one_receipt_naming_its_order() {
+        let mut t = trader(100);
+        let mut obs = Vec::new();
+        let (text, _) = t.build(slot(Kind::Limit), Instant::now());
+        let RequestBody::Place(place) = parse_request(&text).unwrap().body else {
+            panic!("not a place")
+        };
+        let pair = t
+            .market
+            .pairs
+            .iter()
+            .position(|p| p.spec.symbol == place.pair)
+            .unwrap();
+        let with_order =
+            r#"{"id":1,"result":{"status":"received","order_id":5348024557502465,"commands":1}}"#;
+        t.handle_text(with_order, &mut obs);
+        t.handle_text(with_order, &mut obs);
+        assert_eq!(
+            receipts(&obs),
+            [Receipt {
+                order_id: Some(5_348_024_557_502_465),
+                pair,
+                kind: CommandKind::Place
+            }],
+            "once, however often the answer comes"
+        );
+        t.handle_text(&accepted(1, 500, &place), &mut obs);
+
+        // A cancel: the order it names, from the answer or else from the request.
+        obs.clear();
+        let (_, kind) = t.build(slot(Kind::Cancel), Instant::now());
+        assert_eq!(kind, Kind::Cancel);
+        t.handle_text(&received(2), &mut obs);
+        assert_eq!(
+            receipts(&obs),
+            [Receipt {
+                order_id: Some(500),
+                pair,
+                kind: CommandKind::Cancel
+            }]
+        );
+        // Errors and the end-of-run cleanup give none.
+        obs.clear();
+        t.build(slot(Kind::Limit), Instant::now());
+        let shed = Response {
+            id: Some(3),
+            result: None,
+            error: Some(ErrorBody::new(ErrorCode::Overloaded, "busy")),
+        };
+        t.handle_text(&serde_json::to_string(&shed).unwrap(), &mut obs);
+        let (cleanup, _answered) = t.cleanup_request();
+        let cleanup_id = parse_request(&cleanup).unwrap().id;
+        t.handle_text(&received(cleanup_id), &mut obs);
+        assert!(receipts(&obs).is_empty(), "{obs:?}");
+    }
+
+    #[test]
+    fn a_drop_settles_what_was_open_as_closed_in_flight_and_frees_its_orders() {
+        let mut t = trader(100);
+        let mut obs = Vec::new();
+        let (text, _) = t.build(slot(Kind::Limit), Instant::now());
+        let RequestBody::Place(place) = parse_request(&text).unwrap().body else {
+            panic!("not a place")
+        };
+        t.handle_text(&received(1), &mut obs);
+        t.handle_text(&accepted(1, 500, &place), &mut obs);
+        // 2: a cancel acknowledged without its verdict; 3: a place never answered; 4: a place
+        // whose verdict came without its `received`.
+        assert_eq!(t.build(slot(Kind::Cancel), Instant::now()).1, Kind::Cancel);
+        t.handle_text(&received(2), &mut obs);
+        t.build(slot(Kind::Limit), Instant::now());
+        let (text, _) = t.build(slot(Kind::Limit), Instant::now());
+        let RequestBody::Place(place4) = parse_request(&text).unwrap().body else {
+            panic!("not a place")
+        };
+        t.handle_text(&accepted(4, 501, &place4), &mut obs);
+        obs.clear();
+        t.dropped(&mut obs);
+        let mut outcomes = finished(&obs);
+        outcomes.sort_by_key(|o| format!("{o:?}"));
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Accepted,
+                Outcome::ClosedInFlight,
+                Outcome::ClosedInFlight
+            ],
+            "never lost, never waited for"
+        );
+        assert_eq!(t.pending_len(), 0);
+        assert!(
+            t.live.iter().all(|o| !o.busy),
+            "the cancelled order can be named again"
+        );
+    }
+
+    #[test]
+    fn after_a_drop_the_next_connections_requests_are_not_unread() {
+        let mut t = trader(100);
+        let mut obs = Vec::new();
+        t.build(slot(Kind::Limit), Instant::now());
+        let status = Push::Status {
+            status: ConnectionStatus::ShuttingDown,
+            message: String::new(),
+            frames_read: Some(1),
+            last_request_id: Some(1),
+        };
+        t.handle_text(&serde_json::to_string(&status).unwrap(), &mut obs);
+        t.build(slot(Kind::Limit), Instant::now());
+        obs.clear();
+        t.dropped(&mut obs);
+        let mut outcomes = finished(&obs);
+        outcomes.sort_by_key(|o| format!("{o:?}"));
+        assert_eq!(
+            outcomes,
+            [Outcome::ClosedInFlight, Outcome::UnreadAtClose],
+            "1 was read and never answered; 2 was written after the close began"
+        );
+        // On the next socket, an id above the old close's is an ordinary request.
+        obs.clear();
+        t.build(slot(Kind::Limit), Instant::now());
+        t.give_up(&mut obs);
+        assert_eq!(finished(&obs), [Outcome::Lost]);
     }
 
     #[test]

@@ -3,49 +3,15 @@
 //! fresh schema. It checks accounting, not speed: every command answered, none lost; and that
 //! the server side read from `/metrics` lands in the report.
 
+mod common;
+
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
+use common::{System, stop_gateway, unique};
 
 const CONNECTIONS: usize = 12;
-
-/// The stack's addresses, or `None` (skip) when unset; in CI a missing stack fails.
-fn stack_env() -> Option<(String, String)> {
-    infra::stack_for_tests("loadtest end to end").map(|s| (s.brokers, s.database_url))
-}
-
-fn unique(prefix: &str) -> String {
-    let ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}_{}_{}", std::process::id(), ns % 1_000_000_000_000)
-}
-
-/// One plain HTTP/1.1 GET: (status, body); (0, error) when the request fails.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
-        Ok(Ok(text)) => {
-            let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
-            (status, body.unwrap_or_default())
-        }
-        Ok(Err(e)) => (0, e.to_string()),
-        Err(_) => (0, "timed out".to_owned()),
-    }
-}
 
 /// The generator given `--metrics-url` reports the server side per second, per phase and in
 /// its summary; the other says in one line that it has none.
@@ -115,84 +81,11 @@ fn server_side_is_reported(with: &loadtest::Report, without: &loadtest::Report, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_run_against_gateway_and_engine_loses_nothing() {
-    let Some((brokers, database_url)) = stack_env() else {
+    let Some(sys) = System::start("loadtest end to end", CONNECTIONS).await else {
         return;
     };
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let pairs_file = root.join("config/pairs.toml");
-    let pairs = infra::config::load_pairs_from(&pairs_file).unwrap();
-
-    // A schema of our own on the search path isolates this test's tables.
-    let schema = unique("test_lt");
-    let admin = infra::db::connect(&database_url, 1).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let sep = if database_url.contains('?') { '&' } else { '?' };
-    let db_url = format!("{database_url}{sep}options=-c%20search_path%3D{schema}");
-    let pool = infra::db::connect(&db_url, 2).await.unwrap();
-    infra::db::migrate(&pool).await.unwrap();
-    let creds = gateway::provision::provision(&pool, CONNECTIONS, "lt")
-        .await
-        .unwrap();
-
-    let orders_topic = unique("orders_lt");
-    let events_topic = unique("events_lt");
-    let kafka_admin = Arc::new(infra::kafka::admin_client(&brokers).unwrap());
-    for topic in [&orders_topic, &events_topic] {
-        infra::kafka::ensure_topic(&kafka_admin, &brokers, topic, pairs.len(), &[])
-            .await
-            .unwrap();
-    }
-
-    let mut engine_config = engine::Config::new(brokers.clone(), db_url.clone(), pairs.clone());
-    engine_config.orders_topic = orders_topic.clone();
-    engine_config.events_topic = events_topic.clone();
-    engine_config.group_id = unique("lt_engine");
-    let engine_stop = CancellationToken::new();
-    let engine = tokio::spawn(engine::run(engine_config, engine_stop.clone()));
-
-    let gw_stop = CancellationToken::new();
-    let gw = gateway::run(
-        gateway::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            brokers,
-            database_url: db_url,
-            pairs: Arc::new(pairs),
-            orders_topic,
-            events_topic,
-            gateway_id: 2,
-            // Shedding on delay answers to time, which a test cannot promise on a shared machine:
-            // a broker just started, a debug build of gateway and engine in this process. Here
-            // once a verdict took over 250 ms for a whole 100 ms window and 45 orders were shed.
-            // This test is about accounting; the count-based limits stay, and the delay-based
-            // signal has unit tests of its own (gateway/src/sink.rs).
-            limits: gateway::Limits {
-                queue_delay_target_ms: 60_000,
-                engine_delay_target_ms: 60_000,
-                ..gateway::Limits::default()
-            },
-        },
-        gw_stop.clone(),
-    )
-    .await
-    .unwrap();
+    let (gw, gw_stop) = sys.gateway("127.0.0.1:0".parse().unwrap(), 2).await;
     let addr = gw.local_addr();
-    // As scripts/run does: no load before the gateway says it is ready (its events replica
-    // caught up), so a gateway that cannot answer fails here with its reason, not as lost orders.
-    let ready = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let (status, body) = http_get(addr, "/readyz").await;
-            if status == 200 {
-                return;
-            }
-            eprintln!("gateway not ready yet ({status}): {}", body.trim());
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    })
-    .await;
-    assert!(ready.is_ok(), "the gateway never became ready within 60 s");
 
     // Two generators side by side against the one gateway, as N load-generator tasks run in
     // AWS; their reports are then merged into one, which must account for every command.
@@ -200,16 +93,8 @@ async fn a_short_run_against_gateway_and_engine_loses_nothing() {
     let generator = |half: usize| {
         let dir = out.join(format!("gen{half}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let accounts: String = creds[half * CONNECTIONS / 2..(half + 1) * CONNECTIONS / 2]
-            .iter()
-            .map(|c| {
-                format!(
-                    "{{\"key_id\":\"{}\",\"secret\":\"{}\",\"account_id\":{}}}\n",
-                    c.key_id, c.secret, c.account_id
-                )
-            })
-            .collect();
-        std::fs::write(dir.join("accounts.jsonl"), accounts).unwrap();
+        let accounts =
+            sys.accounts_file(&dir, half * CONNECTIONS / 2..(half + 1) * CONNECTIONS / 2);
         // The first generator also scrapes the gateway's /metrics, which in this one process
         // holds the engine's series too; the second reads the client side only.
         let metrics_url = format!("--metrics-url=http://{addr}/metrics");
@@ -217,8 +102,8 @@ async fn a_short_run_against_gateway_and_engine_loses_nothing() {
             [
                 "loadtest".to_owned(),
                 format!("--url=ws://{addr}/ws"),
-                format!("--accounts-file={}", dir.join("accounts.jsonl").display()),
-                format!("--pairs-file={}", pairs_file.display()),
+                format!("--accounts-file={}", accounts.display()),
+                format!("--pairs-file={}", sys.pairs_file.display()),
                 format!("--out-dir={}", dir.display()),
                 format!("--connections={}", CONNECTIONS / 2),
                 "--rate-per-min=15000".into(),
@@ -297,7 +182,7 @@ async fn a_short_run_against_gateway_and_engine_loses_nothing() {
     let open = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let open: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'open'")
-                .fetch_one(&pool)
+                .fetch_one(&sys.pool)
                 .await
                 .unwrap();
             if open == 0 {
@@ -313,18 +198,7 @@ async fn a_short_run_against_gateway_and_engine_loses_nothing() {
         "every resting order is cancelled after the run"
     );
 
-    gw_stop.cancel();
-    tokio::time::timeout(Duration::from_secs(30), gw.join())
-        .await
-        .expect("gateway drains")
-        .expect("gateway stops cleanly");
-    engine_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(30), engine).await;
-    pool.close().await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-    )))
-    .execute(&admin)
-    .await;
+    stop_gateway(gw, gw_stop).await;
+    sys.stop().await;
     std::fs::remove_dir_all(&out).ok();
 }

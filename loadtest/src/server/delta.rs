@@ -26,6 +26,7 @@ pub const HOPS: [&str; 5] = [
 
 const SHED_TOTAL: &str = "gateway_shed_total";
 const CONSUMER_LAG: &str = "engine_consumer_lag_records";
+const ACCOUNTS_LAG: &str = "accounts_consumer_lag_records";
 
 /// The hop's name without its unit, for summaries and legends.
 pub fn short_name(metric: &str) -> &str {
@@ -48,6 +49,8 @@ pub struct Reading {
     pub shed_total: BTreeMap<String, f64>,
     /// `engine_consumer_lag_records` by `pair`, as sampled.
     pub lag_records: BTreeMap<String, f64>,
+    /// `accounts_consumer_lag_records` by `shard`, as sampled.
+    pub accounts_lag_records: BTreeMap<String, f64>,
     /// [`VERDICT`] and the [`HOPS`] this service exports.
     pub summaries: BTreeMap<&'static str, SummaryReading>,
 }
@@ -64,6 +67,9 @@ impl Reading {
             } else if s.name == CONSUMER_LAG {
                 let pair = s.label("pair").unwrap_or("unknown").to_owned();
                 *r.lag_records.entry(pair).or_default() += s.value;
+            } else if s.name == ACCOUNTS_LAG {
+                let shard = s.label("shard").unwrap_or("unknown").to_owned();
+                *r.accounts_lag_records.entry(shard).or_default() += s.value;
             } else {
                 r.add_summary_line(s);
             }
@@ -111,8 +117,9 @@ pub struct Delta {
     /// Between the two scrapes, in seconds.
     pub span_s: f64,
     pub shed: BTreeMap<String, u64>,
-    /// The gauge at the later scrape.
+    /// The gauges at the later scrape.
     pub lag_records: BTreeMap<String, f64>,
+    pub accounts_lag_records: BTreeMap<String, f64>,
     pub hops: BTreeMap<&'static str, HopDelta>,
 }
 
@@ -151,6 +158,7 @@ pub fn delta(prev: &Reading, cur: &Reading, span_s: f64) -> Delta {
         span_s,
         shed,
         lag_records: cur.lag_records.clone(),
+        accounts_lag_records: cur.accounts_lag_records.clone(),
         hops,
     }
 }
@@ -194,6 +202,12 @@ pub struct ServerPoint {
     pub consumer_lag_records: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumer_lag_max_pair_records: Option<f64>,
+    /// `accounts_consumer_lag_records` (the account stage) summed over the shards, and the
+    /// largest shard's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounts_consumer_lag_records: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounts_consumer_lag_max_shard_records: Option<f64>,
     /// [`VERDICT`] and each of the [`HOPS`] exported, by metric name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub hops: BTreeMap<String, HopSecond>,
@@ -216,6 +230,7 @@ impl ServerPoint {
         };
         let mut sums_s: BTreeMap<&str, f64> = BTreeMap::new();
         let mut lag: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut accounts_lag: BTreeMap<&str, f64> = BTreeMap::new();
         for d in deltas {
             for (reason, n) in &d.shed {
                 *point.shed.entry(reason.clone()).or_default() += n;
@@ -225,6 +240,9 @@ impl ServerPoint {
             }
             for (pair, v) in &d.lag_records {
                 *lag.entry(pair).or_default() += v;
+            }
+            for (shard, v) in &d.accounts_lag_records {
+                *accounts_lag.entry(shard).or_default() += v;
             }
             for (&metric, h) in &d.hops {
                 let hop = point.hops.entry(metric.to_owned()).or_default();
@@ -246,6 +264,11 @@ impl ServerPoint {
         if !lag.is_empty() {
             point.consumer_lag_records = Some(lag.values().sum());
             point.consumer_lag_max_pair_records = Some(lag.values().copied().fold(0.0, f64::max));
+        }
+        if !accounts_lag.is_empty() {
+            point.accounts_consumer_lag_records = Some(accounts_lag.values().sum());
+            point.accounts_consumer_lag_max_shard_records =
+                Some(accounts_lag.values().copied().fold(0.0, f64::max));
         }
         point
     }
@@ -386,6 +409,7 @@ gateway_kafka_ack_seconds_count 1500
         assert_eq!(p.hops[VERDICT].count, 500);
         assert_eq!(p.consumer_lag_records, Some(10.0));
         assert_eq!(p.consumer_lag_max_pair_records, Some(7.0));
+        assert_eq!(p.accounts_consumer_lag_records, None, "no stage scraped");
         assert_eq!(p.missing, vec!["http://accounts/metrics".to_owned()]);
         assert!(p.has_data());
         assert!(!ServerPoint::of(&[], vec!["x".into()]).has_data());
@@ -418,5 +442,29 @@ gateway_kafka_ack_seconds_count 1500
         let p = ServerPoint::of(&[a, b], Vec::new());
         assert_eq!(p.hops[VERDICT].mean_ms, Some(2.0), "0.8 s over 400");
         assert_eq!(p.hops[VERDICT].p99_ms, Some(9.0));
+    }
+
+    #[test]
+    fn the_account_stages_lag_is_read_per_shard_apart_from_the_engines() {
+        let stage = reading(
+            "accounts_consumer_lag_records{shard=\"0\"} 4\n\
+             accounts_consumer_lag_records{shard=\"1\"} 9\n\
+             accounts_consumer_lag_records{shard=\"2\"} NaN\n",
+        );
+        assert_eq!(stage.accounts_lag_records.len(), 2, "NaN is no reading");
+        assert!(stage.lag_records.is_empty());
+        let engine = reading("engine_consumer_lag_records{pair=\"BTC-EUR\"} 5\n");
+        let p = ServerPoint::of(
+            &[delta(&stage, &stage, 1.0), delta(&engine, &engine, 1.0)],
+            Vec::new(),
+        );
+        assert_eq!(
+            (
+                p.accounts_consumer_lag_records,
+                p.accounts_consumer_lag_max_shard_records
+            ),
+            (Some(13.0), Some(9.0))
+        );
+        assert_eq!(p.consumer_lag_records, Some(5.0), "the engine's alone");
     }
 }

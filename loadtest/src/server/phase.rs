@@ -30,11 +30,45 @@ pub struct ServerPhase {
     pub hops: BTreeMap<String, HopPhase>,
     /// Commands shed over the phase by reason (`gateway_shed_total`).
     pub shed: BTreeMap<String, u64>,
-    /// Consumer lag summed over the pairs, each second; the largest pair's largest.
+    /// The engine's consumer lag summed over the pairs, each second; the largest pair's largest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumer_lag_records: Option<MeanMax>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumer_lag_max_pair_records: Option<f64>,
+    /// The account stage's, summed over the shards each second; the largest shard's largest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounts_consumer_lag_records: Option<MeanMax>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounts_consumer_lag_max_shard_records: Option<f64>,
+}
+
+/// A lag gauge over the seconds of a phase: the sum's mean and largest, the largest part.
+#[derive(Default)]
+struct LagOverPhase {
+    sum: f64,
+    max: f64,
+    n: u32,
+    part_max: Option<f64>,
+}
+
+impl LagOverPhase {
+    fn add(&mut self, total: Option<f64>, part_max: Option<f64>) {
+        if let Some(lag) = total {
+            self.sum += lag;
+            self.max = self.max.max(lag);
+            self.n += 1;
+        }
+        if let Some(m) = part_max {
+            self.part_max = Some(self.part_max.map_or(m, |p| p.max(m)));
+        }
+    }
+
+    fn mean_max(&self) -> Option<MeanMax> {
+        (self.n > 0).then(|| MeanMax {
+            mean: round3(self.sum / f64::from(self.n)),
+            max: self.max,
+        })
+    }
 }
 
 impl ServerPhase {
@@ -45,7 +79,8 @@ impl ServerPhase {
             ..ServerPhase::default()
         };
         let mut sums_ms: BTreeMap<&str, f64> = BTreeMap::new();
-        let (mut lag_sum, mut lag_max, mut lag_n, mut pair_max) = (0.0, 0.0f64, 0u32, None);
+        let mut engine_lag = LagOverPhase::default();
+        let mut accounts_lag = LagOverPhase::default();
         for s in series.iter().filter(|p| p.phase == phase) {
             out.seconds_missing += u32::from(!s.missing.is_empty());
             if !s.has_data() {
@@ -61,14 +96,11 @@ impl ServerPhase {
                 *sums_ms.entry(metric).or_default() += h.mean_ms.unwrap_or(0.0) * h.count as f64;
                 hop.p99_ms_max = hop.p99_ms_max.max(h.p99_ms.unwrap_or(0.0));
             }
-            if let Some(lag) = s.consumer_lag_records {
-                lag_sum += lag;
-                lag_max = lag_max.max(lag);
-                lag_n += 1;
-            }
-            if let Some(m) = s.consumer_lag_max_pair_records {
-                pair_max = Some(pair_max.map_or(m, |p: f64| p.max(m)));
-            }
+            engine_lag.add(s.consumer_lag_records, s.consumer_lag_max_pair_records);
+            accounts_lag.add(
+                s.accounts_consumer_lag_records,
+                s.accounts_consumer_lag_max_shard_records,
+            );
         }
         for (metric, hop) in &mut out.hops {
             let sum_ms = sums_ms.get(metric.as_str()).copied().unwrap_or(0.0);
@@ -79,11 +111,10 @@ impl ServerPhase {
             };
         }
         out.hops.retain(|_, h| h.count > 0);
-        out.consumer_lag_records = (lag_n > 0).then(|| MeanMax {
-            mean: round3(lag_sum / f64::from(lag_n)),
-            max: lag_max,
-        });
-        out.consumer_lag_max_pair_records = pair_max;
+        out.consumer_lag_records = engine_lag.mean_max();
+        out.consumer_lag_max_pair_records = engine_lag.part_max;
+        out.accounts_consumer_lag_records = accounts_lag.mean_max();
+        out.accounts_consumer_lag_max_shard_records = accounts_lag.part_max;
         out
     }
 
@@ -146,6 +177,15 @@ pub fn summary_lines(s: &mut String, server: Option<&ServerReport>) {
     if let (Some(lag), Some(pair)) = (m.consumer_lag_records, m.consumer_lag_max_pair_records) {
         extra.push(format!(
             "consumer lag mean {:.0}, max {:.0} records over all pairs (one pair at most {pair:.0})",
+            lag.mean, lag.max
+        ));
+    }
+    if let (Some(lag), Some(shard)) = (
+        m.accounts_consumer_lag_records,
+        m.accounts_consumer_lag_max_shard_records,
+    ) {
+        extra.push(format!(
+            "account stage lag mean {:.0}, max {:.0} records over all shards (one shard at most {shard:.0})",
             lag.mean, lag.max
         ));
     }
@@ -273,6 +313,52 @@ mod tests {
             })
         );
         assert_eq!(m.consumer_lag_max_pair_records, Some(15.0));
+    }
+
+    #[test]
+    fn the_account_stages_lag_is_its_own_figure_and_line() {
+        let mut series = vec![second("measure", &[(VERDICT, 10, 1.0)], 0, 10.0); 2];
+        series[0].accounts_consumer_lag_records = Some(40.0);
+        series[0].accounts_consumer_lag_max_shard_records = Some(25.0);
+        series[1].accounts_consumer_lag_records = Some(20.0);
+        series[1].accounts_consumer_lag_max_shard_records = Some(5.0);
+        let m = ServerPhase::of(&series, "measure");
+        assert_eq!(
+            m.accounts_consumer_lag_records,
+            Some(MeanMax {
+                mean: 30.0,
+                max: 40.0
+            })
+        );
+        assert_eq!(m.accounts_consumer_lag_max_shard_records, Some(25.0));
+        assert_eq!(
+            m.consumer_lag_records.map(|l| l.mean),
+            Some(10.0),
+            "the engine's apart"
+        );
+        let report = ServerReport {
+            measured: m,
+            ..ServerReport::default()
+        };
+        let mut s = String::new();
+        summary_lines(&mut s, Some(&report));
+        assert!(
+            s.contains(
+                "account stage lag mean 30, max 40 records over all shards (one shard at most 25)"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("consumer lag mean 10"), "{s}");
+        // Without the stage scraped, no such line.
+        let mut s = String::new();
+        summary_lines(
+            &mut s,
+            Some(&ServerReport {
+                measured: measured(),
+                ..ServerReport::default()
+            }),
+        );
+        assert!(!s.contains("account stage"), "{s}");
     }
 
     #[test]
