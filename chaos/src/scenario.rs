@@ -53,6 +53,9 @@ impl Form {
 pub enum Scenario {
     /// Scenario 1: SIGKILL the engine at random moments under load, several times.
     EngineKill,
+    /// Scenario 2: SIGKILL the gateway under load; its clients reconnect to the new one, and
+    /// every command it acknowledged has its verdict in `events` (the audit's `--received`).
+    GatewayKill,
     /// The account stage, SIGKILLed the same way (its own actors, fencing and recovery).
     StageKill,
     /// Scenario 4: the single broker killed and started again under load.
@@ -72,6 +75,7 @@ impl Scenario {
     pub fn all() -> &'static [Scenario] {
         &[
             Scenario::EngineKill,
+            Scenario::GatewayKill,
             Scenario::StageKill,
             Scenario::BrokerCrash,
             Scenario::PostgresCrash,
@@ -82,6 +86,7 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::EngineKill => "engine-kill",
+            Scenario::GatewayKill => "gateway-kill",
             Scenario::StageKill => "stage-kill",
             Scenario::BrokerCrash => "broker-crash",
             Scenario::PostgresCrash => "postgres-crash",
@@ -219,6 +224,11 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
         .args(["--rate-per-min", &plan.rate_per_min.to_string()])
         .args(["--duration-s", &plan.duration_s.to_string()])
         .args(["--warmup-s", "0"])
+        // Clients come back when their gateway does, and every command a gateway acknowledged is
+        // listed for the audit, answered at the client or not.
+        .arg("--reconnect")
+        .arg("--received-out")
+        .arg(world.dir.join("received.jsonl"))
         .arg("--out-dir")
         .arg(&load_dir)
         .stdout(std::fs::File::create(world.dir.join("load.log"))?)
@@ -230,6 +240,32 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
     let duration = plan.duration_s as f64;
 
     match s {
+        Scenario::GatewayKill => {
+            let kills = plan.form.kills();
+            let (from, to) = (0.15 * duration, 0.7 * duration);
+            let slot = (to - from) / kills as f64;
+            for k in 0..kills {
+                sleep_until(
+                    t0,
+                    rng.between(from + slot * k as f64, from + slot * (k as f64 + 0.8)),
+                )
+                .await;
+                let killed = Instant::now();
+                world.gateway.kill().await?;
+                world.gateway.start()?;
+                let ready = world.gateway.wait_ready(READY_LIMIT).await?;
+                // Resumed: the clients are back (each reconnects with its own backoff).
+                let back = world.clients_back(plan.connections, READY_LIMIT).await;
+                outcome.faults.push(Fault {
+                    at_s: killed.duration_since(t0).as_secs_f64(),
+                    what: "SIGKILL gateway".into(),
+                    ready_s: Some(ready.as_secs_f64()),
+                    recovered_s: back.map(|_| killed.elapsed().as_secs_f64()),
+                    drain_s: None,
+                    clean_exit: None,
+                });
+            }
+        }
         Scenario::EngineKill | Scenario::StageKill => {
             let kills = plan.form.kills();
             // Spread over the middle of the load, one per slot, at a random moment in each.
@@ -419,6 +455,11 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
                 .push(format!("{}: not a clean exit", f.what));
         }
     }
+    if s == Scenario::GatewayKill && outcome.load["reconnect"]["reconnects"].as_u64() == Some(0) {
+        outcome
+            .problems
+            .push("the gateway was killed, yet no client reconnected".into());
+    }
     if let Some(lost) = outcome.load["lost_all_phases"].as_u64()
         && lost > 0
     {
@@ -481,6 +522,9 @@ fn load_figures(report: &Value) -> Value {
         "shed",
         "connection_closed",
         "unread_at_close",
+        "reconnects",
+        "reconnect",
+        "closed_in_flight",
         "errors",
     ];
     let mut out = serde_json::Map::new();
@@ -502,6 +546,8 @@ pub async fn audit(world: &World, plan: &Plan) -> Result<(bool, Value)> {
         .args(["--events-topic", &world.events_topic])
         .args(["--accounts-topic", &world.accounts_topic])
         .args(["--account-events-topic", &world.account_events_topic])
+        .arg("--received")
+        .arg(world.dir.join("received.jsonl"))
         .arg("--json-out")
         .arg(&json_path)
         .output()

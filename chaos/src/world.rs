@@ -242,6 +242,20 @@ impl World {
         None
     }
 
+    /// Until the gateway holds `n` client connections again.
+    pub async fn clients_back(&self, n: usize, limit: Duration) -> Option<Duration> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < limit {
+            if let Some(g) = self.gateway.metrics().await
+                && crate::scrape::sum(&g, "gateway_connections") >= n as f64
+            {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
     /// Until every pair consumes again (none paused), from the engine's own gauge.
     pub async fn pairs_running(&self, limit: Duration) -> Option<Duration> {
         let started = std::time::Instant::now();
