@@ -25,6 +25,7 @@
 //! worker (bounded) while pairs finish their batch.
 
 mod actor;
+pub mod audit;
 mod engine;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
