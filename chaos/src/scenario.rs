@@ -460,6 +460,16 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
             .problems
             .push("the gateway was killed, yet no client reconnected".into());
     }
+    // A well-behaved client (the generator keeps within its limits) cut off for good, for
+    // instance as abusive after an outage, has not recovered without intervention.
+    if let Some(gave_up) = outcome.load["reconnect"]["gave_up"].as_object()
+        && !gave_up.is_empty()
+    {
+        outcome.problems.push(format!(
+            "clients gave up reconnecting: {}",
+            serde_json::Value::Object(gave_up.clone())
+        ));
+    }
     if let Some(lost) = outcome.load["lost_all_phases"].as_u64()
         && lost > 0
     {

@@ -142,6 +142,13 @@ struct Conn {
     subs: HashSet<(Channel, PairId)>,
     limiter: DefaultDirectRateLimiter,
     limited_in_a_row: u32,
+    /// Since when the gateway has stopped reading this socket (its pending answers at the
+    /// limit: Kafka slow or down). The client's frames queue meanwhile and arrive together once
+    /// reading resumes: a burst the gateway made, not the client.
+    held_since: Option<Instant>,
+    /// Until then the connection limit's refusals are answered but not counted toward `abuse`:
+    /// for as long again as the gateway held the socket.
+    forgive_until: Option<Instant>,
     pending: FuturesUnordered<Pending>,
     /// The ids in `pending` (a client may reuse one), to answer them if the wait runs out.
     pending_ids: HashMap<u64, u32>,
@@ -171,6 +178,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
         account: None,
         subs: HashSet::new(),
         limited_in_a_row: 0,
+        held_since: None,
+        forgive_until: None,
         pending: FuturesUnordered::new(),
         pending_ids: HashMap::new(),
         read: ReadSoFar::default(),
@@ -251,6 +260,15 @@ impl Conn {
         tokio::pin!(closed, shutting_down);
         loop {
             let can_read = self.pending.len() < limits.pending_per_conn_max;
+            match (can_read, self.held_since) {
+                (false, None) => self.held_since = Some(Instant::now()),
+                (true, Some(since)) => {
+                    let now = Instant::now();
+                    self.forgive_until = Some(now + now.duration_since(since));
+                    self.held_since = None;
+                }
+                _ => {}
+            }
             tokio::select! {
                 biased;
                 _ = &mut closed => return Ending::Closed,
@@ -394,6 +412,9 @@ impl Conn {
     /// Answers `rate_limited`; asks to close the connection once it keeps ignoring that.
     fn limited(&mut self, id: Option<u64>, e: ErrorBody) -> Option<Closing> {
         self.out.push(error_text(id, e));
+        if self.forgive_until.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
         self.limited_in_a_row += 1;
         if self.limited_in_a_row >= self.shared.config.limits.abuse_limited_in_a_row {
             tracing::info!(
