@@ -230,44 +230,45 @@ impl World {
     /// Until the (new) account stage commits its first batch: it reads, decides and persists
     /// again.
     pub async fn stage_committing(&self, limit: Duration) -> Option<Duration> {
-        let started = std::time::Instant::now();
-        while started.elapsed() < limit {
-            if let Some(s) = self.stage.metrics().await
-                && crate::scrape::sum(&s, "accounts_records_total") > 0.0
-            {
-                return Some(started.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
+        until_metrics(&self.stage, limit, |m| {
+            crate::scrape::sum(m, "accounts_records_total") > 0.0
+        })
+        .await
     }
 
     /// Until the gateway holds `n` client connections again.
     pub async fn clients_back(&self, n: usize, limit: Duration) -> Option<Duration> {
-        let started = std::time::Instant::now();
-        while started.elapsed() < limit {
-            if let Some(g) = self.gateway.metrics().await
-                && crate::scrape::sum(&g, "gateway_connections") >= n as f64
-            {
-                return Some(started.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
+        until_metrics(&self.gateway, limit, |m| {
+            crate::scrape::sum(m, "gateway_connections") >= n as f64
+        })
+        .await
     }
 
     /// Until every pair consumes again (none paused), from the engine's own gauge.
     pub async fn pairs_running(&self, limit: Duration) -> Option<Duration> {
-        let started = std::time::Instant::now();
-        while started.elapsed() < limit {
-            if let Some(e) = self.engine.metrics().await
-                && crate::scrape::samples(&e, "engine_paused").next().is_some()
-                && crate::scrape::sum(&e, "engine_paused") == 0.0
-            {
-                return Some(started.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
+        until_metrics(&self.engine, limit, |m| {
+            crate::scrape::samples(m, "engine_paused").next().is_some()
+                && crate::scrape::sum(m, "engine_paused") == 0.0
+        })
+        .await
     }
+}
+
+/// Polls `service`'s `/metrics` every 100 ms until `done` holds: how long that took, or `None`
+/// once `limit` passed.
+async fn until_metrics(
+    service: &Service,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if let Some(m) = service.metrics().await
+            && done(&m)
+        {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
