@@ -42,7 +42,10 @@ pub struct Stage {
 impl Stage {
     fn set_progress(&self, shard: u32, last: i64) {
         if let Some(p) = self.progress.get(shard as usize) {
-            p.store(record_offset(last) + 1, std::sync::atomic::Ordering::Relaxed);
+            p.store(
+                record_offset(last) + 1,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 }
