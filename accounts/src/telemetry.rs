@@ -91,7 +91,6 @@ pub async fn sample_lag(
     consumer: std::sync::Arc<rdkafka::consumer::BaseConsumer>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    use rdkafka::consumer::Consumer as _;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -105,13 +104,10 @@ pub async fn sample_lag(
             if next < 0 {
                 continue;
             }
-            let consumer = std::sync::Arc::clone(&consumer);
-            let topic = stage.config.accounts_topic.clone();
-            let marks = tokio::task::spawn_blocking(move || {
-                consumer.fetch_watermarks(&topic, shard as i32, std::time::Duration::from_secs(1))
-            })
-            .await;
-            if let Ok(Ok((_, high))) = marks {
+            let marks =
+                infra::kafka::watermarks(&consumer, &stage.config.accounts_topic, shard as i32)
+                    .await;
+            if let Some((_, high)) = marks {
                 metrics::gauge!(CONSUMER_LAG_RECORDS, "shard" => shard.to_string())
                     .set((high - next).max(0) as f64);
             }

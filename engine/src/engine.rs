@@ -433,15 +433,9 @@ impl Engine {
 
     /// The partition's first retained offset, if the broker answers within a second.
     pub(crate) async fn low_watermark(&self, partition: i32) -> Option<i64> {
-        let consumer = Arc::clone(&self.consumer);
-        let topic = self.config.orders_topic.clone();
-        tokio::task::spawn_blocking(move || {
-            consumer.fetch_watermarks(&topic, partition, Duration::from_secs(1))
-        })
-        .await
-        .ok()?
-        .ok()
-        .map(|(low, _)| low)
+        infra::kafka::watermarks(&self.consumer, &self.config.orders_topic, partition)
+            .await
+            .map(|(low, _)| low)
     }
 
     /// Stores the consumed position in Kafka, for lag dashboards only.
@@ -482,14 +476,13 @@ impl Engine {
                 if next < 0 {
                     continue;
                 }
-                let consumer = Arc::clone(&self.consumer);
-                let topic = self.config.orders_topic.clone();
-                let part = partition(spec);
-                let marks = tokio::task::spawn_blocking(move || {
-                    consumer.fetch_watermarks(&topic, part, Duration::from_secs(1))
-                })
+                let marks = infra::kafka::watermarks(
+                    &self.consumer,
+                    &self.config.orders_topic,
+                    partition(spec),
+                )
                 .await;
-                if let Ok(Ok((_, high))) = marks {
+                if let Some((_, high)) = marks {
                     metrics::gauge!(m::CONSUMER_LAG_RECORDS, "pair" => spec.symbol.clone())
                         .set((high - next).max(0) as f64);
                 }

@@ -345,6 +345,23 @@ pub async fn ensure_topic(
     })
 }
 
+/// `topic`/`partition`'s (low, high) watermarks, asked on a blocking thread (librdkafka's call
+/// blocks); `None` when the broker does not answer within a second.
+pub async fn watermarks<C, X>(consumer: &Arc<C>, topic: &str, partition: i32) -> Option<(i64, i64)>
+where
+    C: Consumer<X> + Send + Sync + 'static,
+    X: rdkafka::consumer::ConsumerContext + 'static,
+{
+    let consumer = Arc::clone(consumer);
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        consumer.fetch_watermarks(&topic, partition, Duration::from_secs(1))
+    })
+    .await
+    .ok()?
+    .ok()
+}
+
 /// Partition counts of the given topics (`None`: the topic does not exist).
 pub async fn topic_partitions(
     brokers: &str,
