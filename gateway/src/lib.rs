@@ -13,6 +13,8 @@ pub mod auth;
 pub mod config;
 mod conn;
 mod deadman;
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 pub mod hub;
 pub mod ids;

@@ -214,9 +214,13 @@ pub fn parse_units(s: &str, decimals: u32) -> Result<i64, DecimalError> {
     if d.scale() > decimals && d.normalize().scale() > decimals {
         return Err(DecimalError::TooPrecise);
     }
-    let scaled = d
-        .checked_mul(Decimal::from(10_i64.pow(decimals)))
+    // 10^decimals overflows an i64 from 19 decimals on, and `quote_qty` has a pair's price
+    // plus quantity decimals (up to 24): the factor is computed where it fits.
+    let factor = 10_i128
+        .checked_pow(decimals)
+        .and_then(|f| Decimal::try_from_i128_with_scale(f, 0).ok())
         .ok_or(DecimalError::OutOfRange)?;
+    let scaled = d.checked_mul(factor).ok_or(DecimalError::OutOfRange)?;
     i64::try_from(scaled.normalize()).map_err(|_| DecimalError::OutOfRange)
 }
 
@@ -322,6 +326,16 @@ mod tests {
             parse_units("99999999999999999999", 2),
             Err(DecimalError::OutOfRange)
         );
+    }
+
+    /// Found by the `decimal` fuzz target's seeds: 10^19 overflowed an i64 and panicked
+    /// (silently wrapped, in a release build) for a `quote_qty` of a pair with more than 18
+    /// decimals in all, which the registry allows (12 + 12).
+    #[test]
+    fn parse_units_takes_up_to_24_decimals_without_overflow() {
+        assert_eq!(parse_units("0.000000000000000000000001", 24), Ok(1));
+        assert_eq!(parse_units("1", 19), Err(DecimalError::OutOfRange));
+        assert_eq!(parse_units("1", 40), Err(DecimalError::OutOfRange));
     }
 
     #[test]

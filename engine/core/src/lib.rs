@@ -64,6 +64,8 @@
 //! Money is integers: prices and quantities in the pair's units, notional in `i128`.
 
 mod book;
+#[doc(hidden)]
+pub mod fuzz;
 mod hash;
 mod state;
 mod store;
