@@ -80,6 +80,21 @@ impl World {
             infra::kafka::ensure_topic(&admin, brokers, t, n, &[]).await?;
         }
 
+        // HMAC secrets are stored sealed: this world's own key-encryption key, given to the
+        // provisioning and to the gateway through their environment (never written down).
+        let made = tokio::process::Command::new(bins.join("gateway"))
+            .args(["keys", "new-encryption-key"])
+            .output()
+            .await
+            .context("run gateway keys new-encryption-key")?;
+        if !made.status.success() {
+            bail!(
+                "gateway keys new-encryption-key failed: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
+        let key_encryption_key = String::from_utf8(made.stdout)?.trim().to_owned();
+
         let accounts_file = dir.join("accounts.jsonl");
         let provision = tokio::process::Command::new(bins.join("gateway"))
             .args(["provision", "--accounts", &accounts.to_string()])
@@ -89,6 +104,7 @@ impl World {
             .args(["--accounts-topic", &accounts_t])
             .env("DATABASE_URL", &db_url)
             .env("KAFKA_BROKERS", brokers)
+            .env("GW_KEY_ENCRYPTION_KEY", &key_encryption_key)
             .output()
             .await
             .context("run gateway provision")?;
@@ -157,6 +173,7 @@ impl World {
                 ("GW_EVENTS_TOPIC", events.clone()),
                 ("GW_ACCOUNTS_TOPIC", accounts_t.clone()),
                 ("GW_ACCOUNT_EVENTS_TOPIC", account_events.clone()),
+                ("GW_KEY_ENCRYPTION_KEY", key_encryption_key),
             ]),
             dir.join("gateway.log"),
             format!("http://127.0.0.1:{gw_port}/readyz"),

@@ -36,6 +36,8 @@ export interface GatewayServiceProps {
   readonly metrics: MetricsShipping;
   /** An internal plain-HTTP listener for load generators inside the VPC (they speak ws://). */
   readonly benchmarkSubnets?: ec2.SubnetSelection;
+  /** GW_KEY_ENCRYPTION_KEY and its previous keys, from Secrets Manager (keys.ts). */
+  readonly keySecrets: Readonly<Record<string, ecs.Secret>>;
 }
 
 export class GatewayService extends Construct {
@@ -70,7 +72,7 @@ export class GatewayService extends Construct {
         GW_ACCOUNT_EVENTS_TOPIC: ACCOUNT_EVENTS_TOPIC,
         ...config.env,
       },
-      secrets: { ...app.kafka.secrets, ...app.databaseSecrets },
+      secrets: { ...app.kafka.secrets, ...app.databaseSecrets, ...props.keySecrets },
       portMappings: [{ containerPort: GATEWAY_PORT, protocol: ecs.Protocol.TCP }],
       healthCheck: healthzCheck(GATEWAY_PORT, Duration.seconds(60)),
       stopTimeout: Duration.seconds(config.stopTimeoutS),

@@ -124,7 +124,9 @@ export function loadtestScript(): string {
     'id=$(cut -c1-8 /proc/sys/kernel/random/uuid)',
     `out=${REPORTS}/$id`,
     'mkdir -p "$out"',
-    'gateway provision --accounts "$LOADTEST_CONNECTIONS" --name-prefix "lt-$id" --out "$out/accounts.jsonl" --fund "$LOADTEST_FUND"',
+    // Ed25519 keys: this task never holds the key-encryption key HMAC secrets are sealed with.
+    'gateway provision --accounts "$LOADTEST_CONNECTIONS" --name-prefix "lt-$id" --key-kind ed25519 ' +
+      '--out "$out/accounts.jsonl" --fund "$LOADTEST_FUND"',
     'exec loadtest --accounts-file "$out/accounts.jsonl" --out-dir "$out"',
   ].join('\n');
 }

@@ -15,6 +15,7 @@ import { type AppContext, appLogs, prepareEnvironment } from './containers';
 import { Database } from './database';
 import { EngineServices } from './engine';
 import { GatewayService } from './gateway';
+import { ApiKeyEncryption } from './keys';
 import { LoadtestTask } from './loadtest';
 import { MetricsShipping } from './metrics';
 import { suppressFindings } from './nag';
@@ -35,6 +36,7 @@ export class TradingStack extends Stack {
   readonly engines: EngineServices;
   readonly accounts: AccountsServices;
   readonly transfers: TransferTasks;
+  readonly apiKeys: ApiKeyEncryption;
   readonly loadtest?: LoadtestTask;
   readonly alarms: Alarms;
 
@@ -113,6 +115,7 @@ export class TradingStack extends Stack {
       after: this.engines.services.at(-1),
     });
     this.transfers = new TransferTasks(this, 'AccountsTransfer', { app });
+    this.apiKeys = new ApiKeyEncryption(this, 'ApiKeys', { app });
     this.gateway = new GatewayService(this, 'Gateway', {
       app,
       config: config.gateway,
@@ -124,6 +127,7 @@ export class TradingStack extends Stack {
       accessLogs,
       metrics,
       benchmarkSubnets: config.loadtest.enabled ? this.network.appSubnets : undefined,
+      keySecrets: this.apiKeys.secrets,
     });
     const prepare = this.prepareTask(app);
 
@@ -133,6 +137,7 @@ export class TradingStack extends Stack {
       [this.gateway.service, 'gateway'],
       [prepare.securityGroup, 'stackctl'],
     ];
+    this.database.allowClientsFrom(this.apiKeys.securityGroup, 'gateway keys to PostgreSQL');
     for (const [peer, name] of clients) {
       this.streaming.allowClientsFrom(peer, `${name} to Kafka`);
       this.database.allowClientsFrom(peer, `${name} to PostgreSQL`);
@@ -208,6 +213,14 @@ export class TradingStack extends Stack {
           `--overrides '{"containerOverrides":[{"name":"accounts","environment":[${overrides.join(',')}]}]}'`,
       });
     }
+    new CfnOutput(this, 'ApiKeysEncryptExistingRunTask', {
+      description:
+        'Seals HMAC API secrets still in clear, re-seals those under a previous key (docs/DEPLOY.md, "API keys")',
+      value:
+        `aws ecs run-task --cluster ${cluster.clusterName} --launch-type FARGATE ` +
+        `--task-definition ${this.apiKeys.encryptExistingTask.taskDefinitionArn} ` +
+        `--network-configuration '${network(this.apiKeys.securityGroup.securityGroupId)}'`,
+    });
     if (this.loadtest !== undefined) {
       new CfnOutput(this, 'LoadtestRunTask', {
         description: 'N load generators (N <= 10 per call); set the rate per task and a run id',

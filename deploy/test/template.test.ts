@@ -56,6 +56,7 @@ describe('task definitions set exactly the settings the binaries read', () => {
       'engine',
       'gateway',
       'gateway provision',
+      'gateway keys encrypt-existing',
       'accounts run',
       'accounts deposit',
       'accounts withdraw',

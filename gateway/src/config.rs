@@ -147,6 +147,9 @@ pub struct Limits {
     pub deadman_max_ms: u64,
     #[command(flatten)]
     pub accounts: AccountStage,
+    /// The key-encryption keys for HMAC secrets at rest ([`crate::keys`]).
+    #[command(flatten)]
+    pub keys: crate::keys::KeyEncryption,
 }
 
 impl Limits {
@@ -181,6 +184,7 @@ impl Limits {
         request_map_max: 200_000,
         deadman_max_ms: 3_600_000,
         accounts: AccountStage::OFF,
+        keys: crate::keys::KeyEncryption::NONE,
     };
 }
 

@@ -837,6 +837,7 @@ fn auth_error(e: AuthError) -> ErrorBody {
         AuthError::BadSignature => ErrorCode::BadSignature,
         AuthError::NonceReused => ErrorCode::NonceReused,
         AuthError::TooManyLogins => ErrorCode::RateLimited,
+        AuthError::KeyUnavailable => ErrorCode::Internal,
         AuthError::Db(err) => {
             tracing::warn!(error = %err, "API key lookup failed");
             ErrorCode::Internal

@@ -18,6 +18,7 @@ pub mod fuzz;
 mod http;
 pub mod hub;
 pub mod ids;
+pub mod keys;
 pub mod outbound;
 pub mod provision;
 pub mod queries;
@@ -65,6 +66,8 @@ pub enum GatewayError {
     Task(String),
     #[error("account stage: {0}")]
     AccountStage(String),
+    #[error(transparent)]
+    Keys(#[from] auth::KeyCheckError),
 }
 
 /// A running gateway.
@@ -111,6 +114,7 @@ pub(crate) fn now_ms() -> u64 {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway, GatewayError> {
     let metrics = metrics_handle();
     let pool = infra::db::connect(&config.database_url, 8).await?;
+    auth::check_keys(&pool, &config.limits.keys).await?;
     let client_id = format!("gateway-{}", config.gateway_id);
     let producer: FutureProducer =
         client_config(&config.brokers, &client_id, Role::Producer).create()?;

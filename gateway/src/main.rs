@@ -1,4 +1,5 @@
-//! `gateway`: serve the WebSocket API, or `gateway provision` accounts and API keys.
+//! `gateway`: serve the WebSocket API, `gateway provision` accounts and API keys, or
+//! `gateway keys ...` to manage how API key secrets are stored.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -29,10 +30,22 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Create accounts with one API key each and write them as JSON lines
-    /// (`{"key_id", "secret", "account_id"}`) for the load generator.
+    /// (`{"key_id", "secret", "account_id", "kind"}`) for the load generator. The file is the
+    /// only copy of each secret: the database keeps an Ed25519 public key, or an HMAC secret
+    /// sealed under GW_KEY_ENCRYPTION_KEY.
     Provision {
         #[arg(long, default_value_t = 1)]
         accounts: usize,
+        /// `hmac` (needs GW_KEY_ENCRYPTION_KEY) or `ed25519`.
+        #[arg(long, value_enum, default_value_t = gateway::keys::KeyKind::Hmac)]
+        key_kind: gateway::keys::KeyKind,
+        /// An Ed25519 public key the client generated (base64 of 32 bytes, or a PEM file's
+        /// path): one account per `--public-key`, no private key ever made here. Implies
+        /// `--key-kind ed25519`; `--accounts` is then ignored.
+        #[arg(long)]
+        public_key: Vec<String>,
+        #[command(flatten)]
+        encryption: gateway::keys::KeyEncryption,
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value = "acct")]
@@ -53,6 +66,26 @@ enum Cmd {
         #[arg(long, env = infra::config::PAIRS_FILE_ENV)]
         pairs_file: Option<PathBuf>,
     },
+    /// How API key secrets are stored (docs/DEPLOY.md, "API keys").
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Seal every HMAC secret still in clear under GW_KEY_ENCRYPTION_KEY and empty its clear
+    /// column; re-seal those sealed under a previous key. Then VACUUM FULL the table so the
+    /// old values leave its files. Safe to run again, and beside running gateways.
+    EncryptExisting {
+        #[arg(long, env = infra::DATABASE_URL_ENV)]
+        database_url: String,
+        #[command(flatten)]
+        encryption: gateway::keys::KeyEncryption,
+    },
+    /// Print a new random key-encryption key (base64 of 32 bytes) for GW_KEY_ENCRYPTION_KEY.
+    NewEncryptionKey,
 }
 
 #[derive(clap::Args)]
@@ -84,6 +117,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Cmd::Provision {
             accounts,
+            key_kind,
+            public_key,
+            encryption,
             out,
             name_prefix,
             database_url,
@@ -106,7 +142,41 @@ async fn main() -> anyhow::Result<()> {
                     Some((topic, brokers, funding))
                 }
             };
-            provision(accounts, &out, &name_prefix, &database_url, funding).await
+            let publics = public_key
+                .iter()
+                .map(|arg| read_public_key(arg))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let keys = match (key_kind, publics.is_empty()) {
+                (_, false) => gateway::provision::NewKeys::Ed25519Public(&publics),
+                (gateway::keys::KeyKind::Ed25519, true) => {
+                    gateway::provision::NewKeys::Ed25519Generated
+                }
+                (gateway::keys::KeyKind::Hmac, true) => {
+                    if encryption.current().is_none() {
+                        anyhow::bail!(
+                            "HMAC keys are stored sealed: set {} (base64 of 32 bytes; \
+                             `gateway keys new-encryption-key` makes one), or use \
+                             --key-kind ed25519",
+                            gateway::keys::KEY_ENCRYPTION_KEY_ENV
+                        );
+                    }
+                    gateway::provision::NewKeys::Hmac(&encryption)
+                }
+            };
+            provision(accounts, &keys, &out, &name_prefix, &database_url, funding).await
+        }
+        Some(Cmd::Keys {
+            command:
+                KeysCmd::EncryptExisting {
+                    database_url,
+                    encryption,
+                },
+        }) => encrypt_existing(&database_url, &encryption).await,
+        Some(Cmd::Keys {
+            command: KeysCmd::NewEncryptionKey,
+        }) => {
+            println!("{}", gateway::keys::EncryptionKey::generate().to_base64());
+            Ok(())
         }
         None => {
             let served = serve(cli.serve).await;
@@ -156,8 +226,58 @@ fn load_pairs(file: Option<PathBuf>) -> anyhow::Result<protocol::PairRegistry> {
     Ok(pairs)
 }
 
+/// `--public-key`: the key itself, or the path of a file holding it (PEM, say).
+fn read_public_key(arg: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    let path = std::path::Path::new(arg);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    } else {
+        arg.to_owned()
+    };
+    gateway::keys::parse_public_key(&text).map_err(|e| anyhow::anyhow!("--public-key {arg}: {e}"))
+}
+
+async fn encrypt_existing(
+    database_url: &str,
+    encryption: &gateway::keys::KeyEncryption,
+) -> anyhow::Result<()> {
+    let current = encryption.current().with_context(|| {
+        format!(
+            "set {} to the key to seal with",
+            gateway::keys::KEY_ENCRYPTION_KEY_ENV
+        )
+    })?;
+    let pool = infra::db::connect(database_url, 1).await?;
+    let done = gateway::provision::encrypt_existing(&pool, encryption).await?;
+    tracing::info!(
+        sealed = done.sealed,
+        resealed = done.resealed,
+        key_encryption_key_id = current.id(),
+        "HMAC secrets sealed"
+    );
+    // An UPDATE leaves the old row versions (clear secrets) in the table's files until they
+    // are vacuumed; VACUUM FULL rewrites the table without them.
+    if let Err(err) = sqlx::query("VACUUM FULL api_keys").execute(&pool).await {
+        tracing::warn!(error = %err, "VACUUM FULL api_keys failed: run it yourself, the old clear secrets are still in the table's files");
+    }
+    if done.clear_left > 0 {
+        anyhow::bail!(
+            "{} secret(s) are still in clear (added or locked while this ran): run it again",
+            done.clear_left
+        );
+    }
+    println!(
+        "sealed {} clear secret(s), re-sealed {} under key {}; no secret is left in clear",
+        done.sealed,
+        done.resealed,
+        current.id()
+    );
+    Ok(())
+}
+
 async fn provision(
     accounts: usize,
+    keys: &gateway::provision::NewKeys<'_>,
     out: &std::path::Path,
     prefix: &str,
     database_url: &str,
@@ -185,7 +305,7 @@ async fn provision(
             Some((producer, topic, shards, funding))
         }
     };
-    let credentials = gateway::provision::provision(&pool, accounts, prefix)
+    let credentials = gateway::provision::provision(&pool, accounts, prefix, keys)
         .await
         .context("inserting accounts and API keys")?;
     if let Some((producer, topic, shards, funding)) = &funder {

@@ -1,10 +1,15 @@
 //! `gateway provision`: accounts and API keys for local use and load tests, inserted in
 //! batches (one statement per batch, not per row); with `--fund`, a deposit for each account
-//! to the account stage's `accounts` topic.
+//! to the account stage's `accounts` topic. `gateway keys encrypt-existing`: seal the HMAC
+//! secrets stored in clear, and re-seal those under a previous key-encryption key.
+//!
+//! No secret reaches the database in clear: an Ed25519 key stores its public key, an HMAC key
+//! its secret sealed under the current key-encryption key ([`crate::keys`]).
 
 use std::time::Duration;
 
 use accounts_core::AssetRegistry;
+use ed25519_dalek::VerifyingKey;
 use protocol::AccountId;
 use protocol::accounts::{AccountRecord, TransferDirection, TransferRecord, account_shard};
 use protocol::records::RECORD_VERSION;
@@ -14,14 +19,23 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+use crate::keys::{KeyEncryption, KeyKind, SealError, Sealed};
+
 const BATCH_ROWS_MAX: usize = 5_000;
 
 /// One line of the provision output file.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credential {
     pub key_id: String,
+    /// HMAC: the shared secret. Ed25519: base64 of the 32-byte private key (its seed) when
+    /// provision generated the pair, empty (and left out of the file) when the client brought
+    /// its public key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret: String,
     pub account_id: u64,
+    /// Absent in files written before Ed25519 keys: those are HMAC.
+    #[serde(default)]
+    pub kind: KeyKind,
 }
 
 impl std::fmt::Debug for Credential {
@@ -30,8 +44,35 @@ impl std::fmt::Debug for Credential {
             .field("key_id", &self.key_id)
             .field("secret", &"***")
             .field("account_id", &self.account_id)
+            .field("kind", &self.kind)
             .finish()
     }
+}
+
+impl Credential {
+    /// The login signature for this key (tests and tools; needs the secret).
+    pub fn sign(&self, ts_ms: u64, nonce: &str) -> String {
+        crate::keys::sign_login(self.kind, &self.secret, &self.key_id, ts_ms, nonce)
+    }
+}
+
+/// Which keys [`provision`] creates.
+pub enum NewKeys<'a> {
+    /// HMAC secrets, sealed under the current key of `encryption`.
+    Hmac(&'a KeyEncryption),
+    /// Ed25519 pairs generated here; the private keys are in the returned credentials only.
+    Ed25519Generated,
+    /// One account per public key the clients generated (the safe way: no private key ever
+    /// leaves the client).
+    Ed25519Public(&'a [VerifyingKey]),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("HMAC keys: {0}")]
+    Seal(#[from] SealError),
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -40,12 +81,83 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
-/// Creates `count` accounts named `{prefix}-{run}-{i}`, each with one API key.
+/// The columns of one batch of new `api_keys` rows.
+#[derive(Default)]
+struct KeyRows {
+    key_ids: Vec<String>,
+    kinds: Vec<&'static str>,
+    public_keys: Vec<Option<Vec<u8>>>,
+    ciphertexts: Vec<Option<Vec<u8>>>,
+    nonces: Vec<Option<Vec<u8>>>,
+    sealing_key_ids: Vec<Option<String>>,
+    /// What the output file gets (the secret or the Ed25519 seed; never stored).
+    secrets: Vec<String>,
+}
+
+impl KeyRows {
+    fn push(&mut self, keys: &NewKeys<'_>, i: usize) -> Result<(), SealError> {
+        let key_id = format!("k{}", random_hex(12));
+        match keys {
+            NewKeys::Hmac(encryption) => {
+                let secret = random_hex(32);
+                let sealed = encryption.seal(&key_id, secret.as_bytes())?;
+                self.row(key_id, KeyKind::Hmac, None, Some(sealed), secret);
+            }
+            NewKeys::Ed25519Generated => {
+                let (seed, public) = crate::keys::generate_ed25519();
+                self.row(key_id, KeyKind::Ed25519, Some(public), None, seed);
+            }
+            NewKeys::Ed25519Public(publics) => {
+                self.row(
+                    key_id,
+                    KeyKind::Ed25519,
+                    Some(publics[i]),
+                    None,
+                    String::new(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn row(
+        &mut self,
+        key_id: String,
+        kind: KeyKind,
+        public: Option<VerifyingKey>,
+        sealed: Option<Sealed>,
+        secret: String,
+    ) {
+        self.key_ids.push(key_id);
+        self.kinds.push(kind.as_str());
+        self.public_keys.push(public.map(|p| p.to_bytes().to_vec()));
+        let (c, n, k) = match sealed {
+            Some(s) => (Some(s.ciphertext), Some(s.nonce), Some(s.key_id)),
+            None => (None, None, None),
+        };
+        self.ciphertexts.push(c);
+        self.nonces.push(n);
+        self.sealing_key_ids.push(k);
+        self.secrets.push(secret);
+    }
+}
+
+/// Creates `count` accounts named `{prefix}-{run}-{i}`, each with one API key of the kind
+/// `keys` says (with [`NewKeys::Ed25519Public`], one per public key: `count` is ignored).
 pub async fn provision(
     pool: &PgPool,
     count: usize,
     prefix: &str,
-) -> Result<Vec<Credential>, sqlx::Error> {
+    keys: &NewKeys<'_>,
+) -> Result<Vec<Credential>, ProvisionError> {
+    let count = match keys {
+        NewKeys::Ed25519Public(publics) => publics.len(),
+        _ => count,
+    };
+    if let NewKeys::Hmac(encryption) = keys {
+        // Before any account exists: no account without its key.
+        encryption.current().ok_or(SealError::NoKey)?;
+    }
     let run = random_hex(4);
     let mut out = Vec::with_capacity(count);
     let mut start = 0;
@@ -54,43 +166,157 @@ pub async fn provision(
         let names: Vec<String> = (start..end)
             .map(|i| format!("{prefix}-{run}-{i}"))
             .collect();
+        let mut rows = KeyRows::default();
+        for i in start..end {
+            rows.push(keys, i)?;
+        }
         let mut tx = pool.begin().await?;
-        let rows: Vec<(i64, String)> = sqlx::query_as(
+        let created: Vec<(i64, String)> = sqlx::query_as(
             "INSERT INTO accounts (name) SELECT * FROM UNNEST($1::text[]) RETURNING id, name",
         )
         .bind(&names)
         .fetch_all(&mut *tx)
         .await?;
         let by_name: std::collections::HashMap<String, i64> =
-            rows.into_iter().map(|(id, name)| (name, id)).collect();
-        let mut key_ids = Vec::with_capacity(names.len());
-        let mut secrets = Vec::with_capacity(names.len());
-        let mut account_ids = Vec::with_capacity(names.len());
-        for name in &names {
-            key_ids.push(format!("k{}", random_hex(12)));
-            secrets.push(random_hex(32));
-            account_ids.push(by_name[name]);
-        }
+            created.into_iter().map(|(id, name)| (name, id)).collect();
+        let account_ids: Vec<i64> = names.iter().map(|name| by_name[name]).collect();
         sqlx::query(
-            "INSERT INTO api_keys (key_id, account_id, secret) \
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[])",
+            "INSERT INTO api_keys (key_id, account_id, kind, public_key, secret_ciphertext, \
+             secret_nonce, secret_key_id) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bytea[], \
+             $5::bytea[], $6::bytea[], $7::text[])",
         )
-        .bind(&key_ids)
+        .bind(&rows.key_ids)
         .bind(&account_ids)
-        .bind(&secrets)
+        .bind(&rows.kinds)
+        .bind(&rows.public_keys)
+        .bind(&rows.ciphertexts)
+        .bind(&rows.nonces)
+        .bind(&rows.sealing_key_ids)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        for ((key_id, secret), account_id) in key_ids.into_iter().zip(secrets).zip(account_ids) {
+        for (((key_id, secret), account_id), kind) in rows
+            .key_ids
+            .into_iter()
+            .zip(rows.secrets)
+            .zip(account_ids)
+            .zip(rows.kinds)
+        {
             out.push(Credential {
                 key_id,
                 secret,
                 account_id: account_id as u64,
+                kind: if kind == "ed25519" {
+                    KeyKind::Ed25519
+                } else {
+                    KeyKind::Hmac
+                },
             });
         }
         start = end;
     }
     Ok(out)
+}
+
+/// What [`encrypt_existing`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encrypted {
+    /// Clear secrets sealed (and their clear column emptied).
+    pub sealed: u64,
+    /// Secrets sealed under a previous key, re-sealed under the current one.
+    pub resealed: u64,
+    /// Rows still holding a secret in clear afterwards (0 unless rows were added meanwhile).
+    pub clear_left: u64,
+}
+
+/// Seals every HMAC secret still in clear under the current key-encryption key and empties
+/// its clear column; re-seals those sealed under any other key (rotation). Each batch is one
+/// transaction that locks its rows, so a concurrent run or provision is safe. Disabled keys
+/// are sealed too: the point is that the database holds no secret in clear.
+pub async fn encrypt_existing(
+    pool: &PgPool,
+    encryption: &KeyEncryption,
+) -> Result<Encrypted, ProvisionError> {
+    let current = encryption
+        .current()
+        .ok_or(SealError::NoKey)?
+        .id()
+        .to_owned();
+    let mut done = Encrypted {
+        sealed: 0,
+        resealed: 0,
+        clear_left: 0,
+    };
+    loop {
+        let mut tx = pool.begin().await?;
+        type Row = (
+            String,
+            Option<String>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<String>,
+        );
+        let batch: Vec<Row> = sqlx::query_as(
+            "SELECT key_id, secret, secret_ciphertext, secret_nonce, secret_key_id \
+             FROM api_keys WHERE kind = 'hmac' \
+             AND (secret IS NOT NULL OR secret_key_id <> $1) \
+             ORDER BY key_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&current)
+        .bind(BATCH_ROWS_MAX as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if batch.is_empty() {
+            break;
+        }
+        let mut key_ids = Vec::with_capacity(batch.len());
+        let mut ciphertexts = Vec::with_capacity(batch.len());
+        let mut nonces = Vec::with_capacity(batch.len());
+        for (key_id, clear, ciphertext, nonce, sealing_key_id) in batch {
+            let secret = match (clear, ciphertext, nonce, sealing_key_id) {
+                (Some(clear), _, _, _) => {
+                    done.sealed += 1;
+                    clear.into_bytes()
+                }
+                (None, Some(ciphertext), Some(nonce), Some(key_id_sealed)) => {
+                    done.resealed += 1;
+                    encryption.open(
+                        &key_id,
+                        &Sealed {
+                            ciphertext,
+                            nonce,
+                            key_id: key_id_sealed,
+                        },
+                    )?
+                }
+                _ => unreachable!("api_keys_material_check allows no such hmac row"),
+            };
+            let sealed = encryption.seal(&key_id, &secret)?;
+            key_ids.push(key_id);
+            ciphertexts.push(sealed.ciphertext);
+            nonces.push(sealed.nonce);
+        }
+        sqlx::query(
+            "UPDATE api_keys SET secret = NULL, secret_ciphertext = u.c, secret_nonce = u.n, \
+             secret_key_id = $4 \
+             FROM UNNEST($1::text[], $2::bytea[], $3::bytea[]) AS u(k, c, n) \
+             WHERE api_keys.key_id = u.k",
+        )
+        .bind(&key_ids)
+        .bind(&ciphertexts)
+        .bind(&nonces)
+        .bind(&current)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    let (clear_left,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM api_keys WHERE secret IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    done.clear_left = clear_left as u64;
+    Ok(done)
 }
 
 /// One `--fund` entry: a deposit of `units` (the asset's smallest unit) of `asset`.

@@ -102,7 +102,7 @@ impl Shared {
                 awaiting_verdict,
             ),
             ids: CommandIds::new(config.gateway_id, now_s)?,
-            auth: Authenticator::new(pool.clone(), limits.login_window_ms),
+            auth: Authenticator::new(pool.clone(), limits.login_window_ms, limits.keys.clone()),
             account_limiter: RateLimiter::keyed(quota(
                 limits.account_rate_per_s,
                 limits.account_burst,

@@ -429,7 +429,8 @@ async fn provision_creates_thousands_of_working_keys_in_batches() {
     let Some(stack) = start(Limits::default(), 0).await else {
         return;
     };
-    let creds = gateway::provision::provision(&stack.pool, 6_001, "bulk")
+    let keys = gateway::provision::NewKeys::Hmac(&stack.keys);
+    let creds = gateway::provision::provision(&stack.pool, 6_001, "bulk", &keys)
         .await
         .unwrap();
     assert_eq!(creds.len(), 6_001);

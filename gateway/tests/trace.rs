@@ -177,7 +177,11 @@ async fn one_order_traced(stage: bool) {
 
     // A schema and topics of its own, as the other gateway tests have.
     let (schema, db_url, pool) = fresh_schema(&env, "test_trace", 2).await;
-    let creds = gateway::provision::provision(&pool, 1, "t").await.unwrap();
+    // Ed25519: the spawned gateway needs no key-encryption key for it.
+    let keys = gateway::provision::NewKeys::Ed25519Generated;
+    let creds = gateway::provision::provision(&pool, 1, "t", &keys)
+        .await
+        .unwrap();
     let pairs = registry();
     let orders_topic = unique("orders_tr");
     let events_topic = unique("events_tr");

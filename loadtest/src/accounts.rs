@@ -7,8 +7,23 @@ use serde::Deserialize;
 #[derive(Clone, Deserialize)]
 pub struct Account {
     pub key_id: String,
+    /// HMAC: the shared secret; Ed25519: base64 of the 32-byte private key (seed).
     pub secret: String,
     pub account_id: u64,
+    /// Absent in files written before Ed25519 keys: those are HMAC.
+    #[serde(default)]
+    pub kind: KeyKind,
+}
+
+/// How the login is signed (docs/API.md, "Login").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// Lowercase hex HMAC-SHA256.
+    #[default]
+    Hmac,
+    /// Base64 of the 64-byte Ed25519 signature.
+    Ed25519,
 }
 
 impl std::fmt::Debug for Account {
@@ -17,6 +32,7 @@ impl std::fmt::Debug for Account {
             .field("key_id", &self.key_id)
             .field("secret", &"***")
             .field("account_id", &self.account_id)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -66,10 +82,12 @@ mod tests {
     #[test]
     fn reads_json_lines_and_hides_secrets() {
         let text = "{\"key_id\":\"k1\",\"secret\":\"s1\",\"account_id\":1}\n\n\
-                    {\"key_id\":\"k2\",\"secret\":\"s2\",\"account_id\":2}\n";
+                    {\"key_id\":\"k2\",\"secret\":\"s2\",\"account_id\":2,\"kind\":\"ed25519\"}\n";
         let accounts = parse(text, "a.jsonl").unwrap();
         assert_eq!(accounts.len(), 2);
         assert_eq!(accounts[1].account_id, 2);
+        assert_eq!(accounts[0].kind, KeyKind::Hmac);
+        assert_eq!(accounts[1].kind, KeyKind::Ed25519);
         assert!(!format!("{:?}", accounts[0]).contains("s1"));
         let err = parse("{}\n", "a.jsonl").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::accounts::Account;
+use crate::accounts::{Account, KeyKind};
 use crate::received::ReceivedTx;
 use crate::redial::{self, Backoff};
 use crate::rng::Rng;
@@ -56,6 +56,27 @@ pub fn sign(secret: &str, key_id: &str, ts_ms: u64, nonce: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// Base64 of the Ed25519 signature of the login payload, by the private key whose 32-byte
+/// seed `seed_b64` holds (base64); `None` when it does not.
+pub fn sign_ed25519(seed_b64: &str, key_id: &str, ts_ms: u64, nonce: &str) -> Option<String> {
+    use base64::Engine as _;
+    use ed25519_dalek::Signer as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let seed: [u8; 32] = b64.decode(seed_b64).ok()?.try_into().ok()?;
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let signature = key.sign(login_payload(key_id, ts_ms, nonce).as_bytes());
+    Some(b64.encode(signature.to_bytes()))
+}
+
+/// The login signature of `account`'s kind.
+fn login_signature(account: &Account, ts_ms: u64, nonce: &str) -> Result<String, String> {
+    match account.kind {
+        KeyKind::Hmac => Ok(sign(&account.secret, &account.key_id, ts_ms, nonce)),
+        KeyKind::Ed25519 => sign_ed25519(&account.secret, &account.key_id, ts_ms, nonce)
+            .ok_or_else(|| "the secret is not base64 of a 32-byte Ed25519 private key".into()),
+    }
+}
+
 /// Connects and logs in; the login uses request id 0.
 pub async fn connect(
     url: &str,
@@ -79,17 +100,17 @@ pub async fn connect(
         let ts_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let login = RequestBody::Login(Login {
-            key_id: account.key_id.clone(),
-            ts_ms,
-            nonce: nonce.to_owned(),
-            signature: sign(&account.secret, &account.key_id, ts_ms, nonce),
-        });
         let fail = |code: Option<ErrorCode>, message: String| ConnError::Login {
             key_id: account.key_id.clone(),
             code,
             message,
         };
+        let login = RequestBody::Login(Login {
+            key_id: account.key_id.clone(),
+            ts_ms,
+            nonce: nonce.to_owned(),
+            signature: login_signature(account, ts_ms, nonce).map_err(|m| fail(None, m))?,
+        });
         ws.send(Message::text(request_json(0, &login)))
             .await
             .map_err(|e| fail(None, e.to_string()))?;

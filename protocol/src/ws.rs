@@ -90,7 +90,8 @@ pub const METHODS: &[&str] = &[
     "ping",
 ];
 
-/// Signed login. `signature` is lowercase hex HMAC-SHA256, keyed by the API secret, over
+/// Signed login. `signature` is, for an Ed25519 key, base64 of the 64-byte Ed25519 signature;
+/// for an HMAC key, lowercase hex HMAC-SHA256 keyed by the API secret; either over
 /// `"{key_id}\n{ts_ms}\n{nonce}"`. Refused when `ts_ms` is outside the gateway's window (5 s by
 /// default) or the nonce was seen before for this key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { ACCOUNTS_METRICS_PORT, accountsDrainBoundS } from '../../lib/accounts';
 import { engineDrainBoundS, FARGATE_STOP_TIMEOUT_MAX_S } from '../../lib/engine';
+import { KEY_ENCRYPTION_KEY_ENV, KEY_ENCRYPTION_KEY_PREVIOUS_ENV } from '../../lib/keys';
 import { gatewayIdBlock } from '../../lib/network';
 import { MIN_INSYNC_REPLICAS, MSK_SCRAM_PORT, REPLICATION_FACTOR } from '../../lib/streaming';
 import type { Pair } from '../../lib/pairs';
@@ -764,6 +765,74 @@ export const CHECKS: readonly Check[] = [
             Type: 'AWS::EC2::SecurityGroupIngress',
             Properties: { ...rule.props, FromPort: 9092, ToPort: 9092 },
           };
+        },
+      },
+    ],
+  },
+  {
+    name:
+      'the key-encryption key reaches only the gateway and `gateway keys`, as ECS secrets from one retained ' +
+      'Secrets Manager secret; the load generator provisions Ed25519 keys without it',
+    run(json, ctx) {
+      const names = [KEY_ENCRYPTION_KEY_ENV, KEY_ENCRYPTION_KEY_PREVIOUS_ENV];
+      const secrets = resources(json, 'AWS::SecretsManager::Secret').filter((r) =>
+        JSON.stringify(r.props.GenerateSecretString ?? {}).includes('"GenerateStringKey":"current"'),
+      );
+      assert.equal(secrets.length, 1, 'one generated key-encryption secret');
+      const secret = secrets[0]!;
+      assert.equal(json.Resources[secret.id]!.DeletionPolicy, 'Retain', 'deleting the stack must keep the key');
+      const holders: string[] = [];
+      for (const c of containers(json)) {
+        for (const name of names) {
+          assert.ok(!(name in c.environment), `${c.taskId}/${c.name}: ${name} as a plain environment value`);
+        }
+        const given = ((c.raw.Secrets as { Name: string; ValueFrom: unknown }[] | undefined) ?? []).filter((x) =>
+          names.includes(x.Name),
+        );
+        if (given.length === 0) continue;
+        assert.deepEqual(given.map((x) => x.Name).sort(), [...names].sort(), `${c.taskId}/${c.name}: both keys`);
+        for (const x of given) {
+          assert.ok(JSON.stringify(x.ValueFrom).includes(`"Ref":"${secret.id}"`), `${c.taskId}/${c.name}: ${x.Name} from elsewhere`);
+        }
+        holders.push([c.name, ...c.command.filter((w) => !w.includes('\n'))].join(' '));
+      }
+      assert.deepEqual(holders.sort(), ['gateway bash -c', 'gateway-keys gateway keys encrypt-existing'], holders.join('; '));
+      assert.ok(gateway(json, ctx).secrets.includes(KEY_ENCRYPTION_KEY_ENV));
+      const loadtest = appContainers(json, ctx.repository).find((c) => c.name === 'loadtest');
+      if (loadtest !== undefined) assert.match(loadtest.command.join(' '), /gateway provision .*--key-kind ed25519/);
+      const outputs = json.Outputs as Record<string, { Value: unknown }>;
+      assert.ok(outputs.ApiKeysEncryptExistingRunTask !== undefined, 'no run-task command for encrypt-existing');
+    },
+    breakIt(json) {
+      // The key written into the gateway's task definition in clear.
+      const c = containerDef(json, 'gateway');
+      c.Secrets = (c.Secrets as { Name: string }[]).filter((x) => x.Name !== KEY_ENCRYPTION_KEY_ENV);
+      (c.Environment as { Name: string; Value: unknown }[]).push({ Name: KEY_ENCRYPTION_KEY_ENV, Value: 'ab'.repeat(32) });
+    },
+    moreBreaks: [
+      {
+        name: 'the key given to the load generator too',
+        breakIt(json) {
+          const gw = containerDef(json, 'gateway');
+          const key = (gw.Secrets as { Name: string }[]).filter((x) => x.Name.startsWith('GW_KEY_ENCRYPTION_KEY'));
+          const lt = containerDef(json, 'loadtest');
+          lt.Secrets = [...((lt.Secrets as unknown[] | undefined) ?? []), ...key];
+        },
+      },
+      {
+        name: 'the key-encryption secret deleted with the stack',
+        breakIt(json) {
+          const secret = resources(json, 'AWS::SecretsManager::Secret').find((r) =>
+            JSON.stringify(r.props.GenerateSecretString ?? {}).includes('"GenerateStringKey":"current"'),
+          )!;
+          json.Resources[secret.id]!.DeletionPolicy = 'Delete';
+        },
+      },
+      {
+        name: 'the gateway without the key',
+        breakIt(json) {
+          const c = containerDef(json, 'gateway');
+          c.Secrets = (c.Secrets as { Name: string }[]).filter((x) => !x.Name.startsWith('GW_KEY_ENCRYPTION_KEY'));
         },
       },
     ],

@@ -96,6 +96,12 @@ export function binarySpecs(): ReadonlyMap<BinaryName, BinarySpec> {
     for (const sub of root.subcommands) {
       const parsed = parseHelp(help(binary, [sub]));
       subcommands.set(sub, { binary, subcommand: sub, settings: parsed.settings, requiredFlags: parsed.requiredFlags });
+      // One level further (`gateway keys encrypt-existing`), named with its parent.
+      for (const nested of parsed.subcommands) {
+        const inner = parseHelp(help(binary, [sub, nested]));
+        const name = `${sub} ${nested}`;
+        subcommands.set(name, { binary, subcommand: name, settings: inner.settings, requiredFlags: inner.requiredFlags });
+      }
     }
     specs.set(binary, {
       root: { binary, settings: root.settings, requiredFlags: root.requiredFlags },

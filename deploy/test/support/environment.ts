@@ -42,7 +42,10 @@ export function invocations(c: Container, specs: ReadonlyMap<BinaryName, BinaryS
     const binary = BINARIES.find((b) => b === tokens[0]);
     if (binary === undefined) continue;
     const spec = specs.get(binary)!;
-    const sub = tokens[1] !== undefined ? spec.subcommands.get(tokens[1]) : undefined;
+    const sub =
+      tokens[1] === undefined
+        ? undefined
+        : (spec.subcommands.get(`${tokens[1]} ${tokens[2] ?? ''}`) ?? spec.subcommands.get(tokens[1]));
     out.push({ command: sub ?? spec.root, flags: tokens.filter((t) => t.startsWith('--')) });
   }
   return out;

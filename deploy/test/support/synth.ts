@@ -30,7 +30,7 @@ export interface Synthesized {
 }
 
 export interface TemplateJson {
-  Resources: Record<string, { Type: string; Properties?: Record<string, unknown>; DependsOn?: unknown }>;
+  Resources: Record<string, { Type: string; Properties?: Record<string, unknown>; DependsOn?: unknown; DeletionPolicy?: string }>;
   [key: string]: unknown;
 }
 

@@ -60,6 +60,9 @@ pub struct Stack {
     pub db_name: String,
     pub db_url: String,
     pub creds: Vec<Credential>,
+    /// The key-encryption keys the gateway was given (a fresh random key per stack unless the
+    /// test set `limits.keys`): provision more HMAC keys with `NewKeys::Hmac(&stack.keys)`.
+    pub keys: gateway::keys::KeyEncryption,
     pub orders_topic: String,
     pub events_topic: String,
     pub pairs: Arc<PairRegistry>,
@@ -106,9 +109,19 @@ async fn start_stack(mut limits: Limits, accounts: usize, shards: Option<usize>)
     let env = env()?;
     let pairs = registry();
     let (db_name, db_url, pool) = fresh_schema(&env, "test_gw", 4).await;
-    let creds = gateway::provision::provision(&pool, accounts, "t")
-        .await
-        .unwrap();
+    if limits.keys.current().is_none() {
+        limits.keys =
+            gateway::keys::KeyEncryption::new(gateway::keys::EncryptionKey::generate(), vec![]);
+    }
+    let keys = limits.keys.clone();
+    let creds = gateway::provision::provision(
+        &pool,
+        accounts,
+        "t",
+        &gateway::provision::NewKeys::Hmac(&keys),
+    )
+    .await
+    .unwrap();
 
     let orders_topic = unique("orders_t");
     let events_topic = unique("events_t");
@@ -154,6 +167,7 @@ async fn start_stack(mut limits: Limits, accounts: usize, shards: Option<usize>)
         db_name,
         db_url,
         creds,
+        keys,
         orders_topic,
         events_topic,
         pairs,
@@ -209,7 +223,10 @@ impl Stack {
             orders_topic: self.orders_topic.clone(),
             events_topic: self.events_topic.clone(),
             gateway_id,
-            limits: Limits::default(),
+            limits: Limits {
+                keys: self.keys.clone(),
+                ..Limits::default()
+            },
         };
         let shutdown = CancellationToken::new();
         let gw = gateway::run(config, shutdown.clone()).await.unwrap();
@@ -331,7 +348,7 @@ pub fn login_params(c: &Credential, ts_ms: u64, nonce: &str) -> Value {
         "key_id": c.key_id,
         "ts_ms": ts_ms,
         "nonce": nonce,
-        "signature": gateway::auth::sign(&c.secret, &c.key_id, ts_ms, nonce),
+        "signature": c.sign(ts_ms, nonce),
     })
 }
 

@@ -82,7 +82,10 @@ impl System {
         let db_url = format!("{database_url}{sep}options=-c%20search_path%3D{schema}");
         let pool = infra::db::connect(&db_url, 2).await.unwrap();
         infra::db::migrate(&pool).await.unwrap();
-        let creds = gateway::provision::provision(&pool, accounts, "lt")
+        // Ed25519 keys: the load generator logs in with them, and the in-process gateway needs
+        // no key-encryption key (HMAC logins are covered by the gateway's own tests).
+        let keys = gateway::provision::NewKeys::Ed25519Generated;
+        let creds = gateway::provision::provision(&pool, accounts, "lt", &keys)
             .await
             .unwrap();
 
@@ -167,12 +170,7 @@ impl System {
     pub fn accounts_file(&self, dir: &std::path::Path, range: std::ops::Range<usize>) -> PathBuf {
         let accounts: String = self.creds[range]
             .iter()
-            .map(|c| {
-                format!(
-                    "{{\"key_id\":\"{}\",\"secret\":\"{}\",\"account_id\":{}}}\n",
-                    c.key_id, c.secret, c.account_id
-                )
-            })
+            .map(|c| serde_json::to_string(c).unwrap() + "\n")
             .collect();
         let path = dir.join("accounts.jsonl");
         std::fs::write(&path, accounts).unwrap();
