@@ -1,15 +1,17 @@
-//! PostgreSQL outage: the database vanishes mid-stream (through a proxy the test cuts). The
-//! engine keeps running, pauses its pairs, advances no offset, and recovers by itself when the
-//! database returns; every order is still applied exactly once.
+//! PostgreSQL outage: the database vanishes mid-stream (through a Toxiproxy proxy the test cuts).
+//! The engine keeps running, pauses its pairs, advances no offset, and recovers by itself when
+//! the database returns; every order is still applied exactly once. Needs `TOXIPROXY_BIN`
+//! (`export TOXIPROXY_BIN=$(scripts/stack toxiproxy)`).
 
 mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::proxy::{CutProxy, upstream, via};
+use common::proxy::{Toxiproxy, upstream, via};
 use common::*;
 use engine::workload::Workload;
+use serde_json::json;
 
 const PAIRS: usize = 2;
 const PER_PHASE: usize = 300;
@@ -18,6 +20,9 @@ const PER_PHASE: usize = 300;
 async fn the_engine_waits_out_a_postgres_outage_and_resumes_exactly_once() {
     infra::telemetry::init_tracing_with_default("error");
     let Some(stack) = stack("outage") else {
+        return;
+    };
+    let Some(toxiproxy) = Toxiproxy::start("outage").await else {
         return;
     };
     let world = World::new(stack, "outage").await;
@@ -36,7 +41,9 @@ async fn the_engine_waits_out_a_postgres_outage_and_resumes_exactly_once() {
             .collect()
     };
 
-    let proxy = CutProxy::start(upstream(&world.database_url)).await;
+    let proxy = toxiproxy
+        .proxy("postgres", &upstream(&world.database_url))
+        .await;
     let metrics_addr = free_local_addr();
     let mut config = world.config();
     config.database_url = via(&world.database_url, proxy.addr);
@@ -45,14 +52,19 @@ async fn the_engine_waits_out_a_postgres_outage_and_resumes_exactly_once() {
     config.metrics_addr = Some(metrics_addr);
     let (stop, engine) = spawn_engine(config);
 
+    // A slow database (20 ms each way) changes nothing but the pace.
+    proxy
+        .add_toxic("slow", "latency", "downstream", json!({"latency": 20}))
+        .await;
     for (id, payloads) in phase(0) {
         world.produce_raw(id, &payloads).await;
     }
     let first: HashMap<u32, i64> = specs.iter().map(|s| (s.id, PER_PHASE as i64 - 1)).collect();
     world.wait_applied(&first, Duration::from_secs(60)).await;
+    proxy.remove_toxic("slow").await;
 
     // PostgreSQL goes away; orders keep arriving.
-    proxy.cut();
+    proxy.cut().await;
     for (id, payloads) in phase(1) {
         world.produce_raw(id, &payloads).await;
     }
@@ -82,7 +94,7 @@ async fn the_engine_waits_out_a_postgres_outage_and_resumes_exactly_once() {
     assert!(!engine.is_finished(), "the engine process stays up");
 
     // PostgreSQL returns: the engine resumes by itself.
-    proxy.restore();
+    proxy.restore().await;
     let all: HashMap<u32, i64> = specs
         .iter()
         .map(|s| (s.id, 2 * PER_PHASE as i64 - 1))

@@ -1,69 +1,176 @@
-//! A TCP proxy a test can cut: the engine talks to the real PostgreSQL through it, and the test
-//! makes the database vanish (every open connection reset, new ones refused at once) and come
-//! back, without touching the server other tests share.
+//! Network faults through Toxiproxy (`scripts/stack toxiproxy` builds it): each test starts its
+//! own `toxiproxy-server` on a free port and drives it over its HTTP API. A proxy in front of the
+//! real PostgreSQL or Kafka can be cut (every open connection dropped, new ones refused) and
+//! healed, or given toxics (latency, `reset_peer`), without touching the servers other tests
+//! share.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
 
-pub struct CutProxy {
+/// The environment variable naming the server binary (scripts/test sets it).
+pub const TOXIPROXY_BIN_ENV: &str = "TOXIPROXY_BIN";
+
+/// A running `toxiproxy-server`, killed on drop.
+pub struct Toxiproxy {
+    api: SocketAddr,
+    _server: Child,
+}
+
+impl Toxiproxy {
+    /// Starts a server on a free port; `None` (after saying why) when `TOXIPROXY_BIN` is unset or
+    /// missing outside CI. In CI (`CI=true`) a missing server fails the test.
+    pub async fn start(test: &str) -> Option<Toxiproxy> {
+        let bin = std::env::var(TOXIPROXY_BIN_ENV)
+            .ok()
+            .filter(|b| !b.is_empty())
+            .map(PathBuf::from)
+            .filter(|b| b.is_file());
+        let Some(bin) = bin else {
+            let why = format!(
+                "{TOXIPROXY_BIN_ENV} unset or not a file; run \
+                 `export {TOXIPROXY_BIN_ENV}=$(scripts/stack toxiproxy)`"
+            );
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "{test}: {why} (required in CI)"
+            );
+            eprintln!("skip {test}: {why}");
+            return None;
+        };
+        let api = super::free_local_addr();
+        let server = Command::new(&bin)
+            .args([
+                "-host",
+                &api.ip().to_string(),
+                "-port",
+                &api.port().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let toxiproxy = Toxiproxy {
+            api,
+            _server: server,
+        };
+        let started = Instant::now();
+        while toxiproxy.call("GET", "/version", None).await.is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "toxiproxy-server did not answer at {api} within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(toxiproxy)
+    }
+
+    /// A proxy listening on a free local port, forwarding to `upstream` (`host:port`).
+    pub async fn proxy(&self, name: &str, upstream: &str) -> Proxy<'_> {
+        let body = json!({"name": name, "listen": "127.0.0.1:0", "upstream": upstream});
+        let (status, answer) = self
+            .call("POST", "/proxies", Some(body))
+            .await
+            .expect("toxiproxy answers");
+        assert_eq!(status, 201, "create proxy {name}: {answer}");
+        let addr = answer["listen"]
+            .as_str()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_else(|| panic!("proxy {name} listens where? {answer}"));
+        Proxy {
+            toxiproxy: self,
+            name: name.to_owned(),
+            addr,
+        }
+    }
+
+    /// One request to the API: (status, JSON body or `Null`); `None` if the server did not answer.
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let exchange = async {
+            let mut s = TcpStream::connect(self.api).await.ok()?;
+            let head = format!(
+                "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n",
+                self.api,
+                body.len()
+            );
+            s.write_all(head.as_bytes()).await.ok()?;
+            s.write_all(body.as_bytes()).await.ok()?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.ok()?;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let status = text.get(9..12)?.parse().ok()?;
+            let json = text
+                .split_once("\r\n\r\n")
+                .and_then(|(_, b)| serde_json::from_str(b).ok())
+                .unwrap_or(Value::Null);
+            Some((status, json))
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// One proxy of a [`Toxiproxy`].
+pub struct Proxy<'a> {
+    toxiproxy: &'a Toxiproxy,
+    name: String,
     pub addr: SocketAddr,
-    /// `true` while cut.
-    cut: watch::Sender<bool>,
-    accept: JoinHandle<()>,
 }
 
-impl CutProxy {
-    /// Listens on a free local port and forwards every connection to `upstream`.
-    pub async fn start(upstream: String) -> CutProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        let (cut, cut_rx) = watch::channel(false);
-        let upstream = Arc::new(upstream);
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                if *cut_rx.borrow() {
-                    drop(client);
-                    continue;
-                }
-                let upstream = Arc::clone(&upstream);
-                let mut cut_rx = cut_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream.as_str()).await else {
-                        return;
-                    };
-                    let mut client = client;
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut_rx.wait_for(|cut| *cut) => {}
-                    }
-                    // Dropping both ends resets the connection mid-conversation.
-                });
-            }
-        });
-        CutProxy { addr, cut, accept }
+impl Proxy<'_> {
+    /// The upstream disappears: open connections drop, new ones are refused.
+    pub async fn cut(&self) {
+        self.set_enabled(false).await;
     }
 
-    /// PostgreSQL disappears: open connections drop, new ones are refused.
-    pub fn cut(&self) {
-        self.cut.send_replace(true);
+    /// The upstream is back.
+    pub async fn restore(&self) {
+        self.set_enabled(true).await;
     }
 
-    /// PostgreSQL is back.
-    pub fn restore(&self) {
-        self.cut.send_replace(false);
+    async fn set_enabled(&self, enabled: bool) {
+        let path = format!("/proxies/{}", self.name);
+        let (status, answer) = self
+            .toxiproxy
+            .call("POST", &path, Some(json!({"enabled": enabled})))
+            .await
+            .expect("toxiproxy answers");
+        assert_eq!(status, 200, "set {} enabled={enabled}: {answer}", self.name);
     }
-}
 
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.accept.abort();
+    /// Adds a toxic (`latency`, `reset_peer`, ...; see Toxiproxy's README) on the stream
+    /// `downstream` (toward the client) or `upstream`.
+    pub async fn add_toxic(&self, name: &str, kind: &str, stream: &str, attributes: Value) {
+        let path = format!("/proxies/{}/toxics", self.name);
+        let body = json!({"name": name, "type": kind, "stream": stream, "toxicity": 1.0,
+                          "attributes": attributes});
+        let (status, answer) = self
+            .toxiproxy
+            .call("POST", &path, Some(body))
+            .await
+            .expect("toxiproxy answers");
+        assert_eq!(status, 200, "add toxic {name} to {}: {answer}", self.name);
+    }
+
+    pub async fn remove_toxic(&self, name: &str) {
+        let path = format!("/proxies/{}/toxics/{name}", self.name);
+        let (status, answer) = self
+            .toxiproxy
+            .call("DELETE", &path, None)
+            .await
+            .expect("toxiproxy answers");
+        assert_eq!(status, 204, "remove toxic {name}: {answer}");
     }
 }
 
