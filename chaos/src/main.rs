@@ -5,6 +5,7 @@
 //! violation. Run through `scripts/chaos`, which builds the binaries and brings the stack up.
 
 mod inject;
+mod net;
 mod procs;
 mod scenario;
 mod scrape;

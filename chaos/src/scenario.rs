@@ -69,6 +69,12 @@ pub enum Scenario {
     /// Scenario 11: SIGTERM under load for the engine, the stage and the gateway: each drains and exits
     /// well within 120 s, is started again, and nothing is lost.
     Sigterm,
+    /// Scenario 3: on a three-broker cluster of its own, SIGKILL the leader of the busiest
+    /// `orders` partition under load, start it again (`net.rs`).
+    LeaderKill,
+    /// Scenario 6: Toxiproxy between the services and Kafka and PostgreSQL: latency, resets, a
+    /// cut and its healing (`net.rs`).
+    Network,
 }
 
 impl Scenario {
@@ -81,6 +87,8 @@ impl Scenario {
             Scenario::PostgresCrash,
             Scenario::DuplicatesPoison,
             Scenario::Sigterm,
+            Scenario::LeaderKill,
+            Scenario::Network,
         ]
     }
     pub fn name(self) -> &'static str {
@@ -92,6 +100,8 @@ impl Scenario {
             Scenario::PostgresCrash => "postgres-crash",
             Scenario::DuplicatesPoison => "duplicates-poison",
             Scenario::Sigterm => "sigterm",
+            Scenario::LeaderKill => "leader-kill",
+            Scenario::Network => "network",
         }
     }
 }
@@ -199,15 +209,33 @@ pub async fn run(s: Scenario, plan: &Plan) -> Outcome {
 }
 
 async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()> {
-    let mut world = World::create(
-        s.name(),
-        &plan.out,
-        &plan.bins,
-        &plan.brokers,
-        &plan.database_url,
-        plan.connections,
-    )
-    .await?;
+    // leader-kill and network run on a Kafka of their own (net.rs); dropped last.
+    let rig = crate::net::Rig::start(s, plan).await?;
+    let mut world = match &rig {
+        None => {
+            World::create(
+                s.name(),
+                &plan.out,
+                &plan.bins,
+                &plan.brokers,
+                &plan.database_url,
+                plan.connections,
+            )
+            .await?
+        }
+        Some(rig) => {
+            World::create_routed(
+                s.name(),
+                &plan.out,
+                &plan.bins,
+                &rig.brokers,
+                &plan.database_url,
+                plan.connections,
+                &rig.routes(),
+            )
+            .await?
+        }
+    };
     println!(
         "chaos:   services up; schema and topic suffix {}, logs in {}",
         world.name,
@@ -352,6 +380,10 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
             }
             outcome.injected = serde_json::to_value(&injected)?;
         }
+        Scenario::LeaderKill | Scenario::Network => {
+            let rig = rig.as_ref().context("leader-kill and network have a rig")?;
+            crate::net::inject(s, rig, &mut world, plan, t0, outcome).await?;
+        }
         Scenario::Sigterm => {
             let n = 3.0;
             for (i, which) in ["engine", "accounts", "gateway"].into_iter().enumerate() {
@@ -477,6 +509,9 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
             "{lost} acknowledged commands got no verdict at the client"
         ));
     }
+    if rig.is_some() {
+        crate::net::judge(outcome);
+    }
     let (passed, audit) = crate::scenario::audit(&world, plan).await?;
     outcome.audit = audit;
     outcome.audit_passed = passed;
@@ -493,7 +528,7 @@ fn at_s(t0: Instant) -> f64 {
     t0.elapsed().as_secs_f64()
 }
 
-async fn sleep_until(t0: Instant, at_s: f64) {
+pub async fn sleep_until(t0: Instant, at_s: f64) {
     let target = t0 + Duration::from_secs_f64(at_s.max(0.0));
     tokio::time::sleep_until(target.into()).await;
 }

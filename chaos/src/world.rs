@@ -38,6 +38,14 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Where the engine and the stage reach PostgreSQL, when not at the database URL's own
+/// `host:port` (the network scenario's proxies, `net.rs`).
+#[derive(Debug, Default, Clone)]
+pub struct Routes {
+    pub engine_db: Option<String>,
+    pub stage_db: Option<String>,
+}
+
 impl World {
     /// Creates the topics and the schema, provisions and funds `accounts` accounts, and starts
     /// the stage (waiting until it applied every deposit), the engine and the gateway.
@@ -48,6 +56,29 @@ impl World {
         brokers: &str,
         database_url: &str,
         accounts: usize,
+    ) -> Result<World> {
+        let routes = Routes::default();
+        Self::create_routed(
+            scenario,
+            out,
+            bins,
+            brokers,
+            database_url,
+            accounts,
+            &routes,
+        )
+        .await
+    }
+
+    /// [`World::create`], with the engine and the stage reaching PostgreSQL by `routes`.
+    pub async fn create_routed(
+        scenario: &str,
+        out: &Path,
+        bins: &Path,
+        brokers: &str,
+        database_url: &str,
+        accounts: usize,
+        routes: &Routes,
     ) -> Result<World> {
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let name = format!("chaos_{}_{stamp}", scenario.replace('-', "_"));
@@ -139,6 +170,10 @@ impl World {
                 ("ORDERS_TOPIC", orders.clone()),
                 ("ACCOUNT_EVENTS_TOPIC", account_events.clone()),
                 ("METRICS_ADDR", format!("127.0.0.1:{stage_port}")),
+                (
+                    "DATABASE_URL",
+                    crate::net::via(&db_url, routes.stage_db.as_deref()),
+                ),
             ]),
             dir.join("accounts.log"),
             format!("http://127.0.0.1:{stage_port}/healthz"),
@@ -157,6 +192,10 @@ impl World {
                 ("ENGINE_ACCOUNTS_TOPIC", accounts_t.clone()),
                 ("ENGINE_GROUP_ID", format!("g_{name}")),
                 ("METRICS_ADDR", format!("127.0.0.1:{engine_port}")),
+                (
+                    "DATABASE_URL",
+                    crate::net::via(&db_url, routes.engine_db.as_deref()),
+                ),
             ]),
             dir.join("engine.log"),
             format!("http://127.0.0.1:{engine_port}/healthz"),
