@@ -22,6 +22,8 @@ pub struct LatencyHistograms {
     pub ack_us: Buckets,
     pub accept_us: Buckets,
     pub send_lag_us: Buckets,
+    #[serde(default)]
+    pub shed_us: Buckets,
 }
 
 fn buckets(h: &Histogram<u64>) -> Buckets {
@@ -45,6 +47,7 @@ impl LatencyHistograms {
             ack_us: buckets(&p.ack_us),
             accept_us: buckets(&p.accept_us),
             send_lag_us: buckets(&p.send_lag_us),
+            shed_us: buckets(&p.shed_us),
         }
     }
 
@@ -53,6 +56,7 @@ impl LatencyHistograms {
             (&mut self.ack_us, &other.ack_us),
             (&mut self.accept_us, &other.accept_us),
             (&mut self.send_lag_us, &other.send_lag_us),
+            (&mut self.shed_us, &other.shed_us),
         ] {
             let mut h = histogram(mine);
             h.add(histogram(theirs))
@@ -161,6 +165,7 @@ fn add_phase(a: &mut PhaseReport, b: &PhaseReport) {
     }
     add_counts(&mut a.errors, &b.errors);
     add_counts(&mut a.sent_by_kind, &b.sent_by_kind);
+    add_counts(&mut a.shed_by_kind, &b.shed_by_kind);
 }
 
 /// Merges the reports at `paths` (fixed runs side by side against one system).
@@ -194,6 +199,7 @@ pub fn merge(paths: &[PathBuf]) -> Result<Merged, MergeError> {
     m.ack_latency_ms = Percentiles::of(&histogram(&merged.histograms.ack_us));
     m.accept_latency_ms = Percentiles::of(&histogram(&merged.histograms.accept_us));
     m.send_lag_ms = Percentiles::of(&histogram(&merged.histograms.send_lag_us));
+    m.shed_latency_ms = Percentiles::of(&histogram(&merged.histograms.shed_us));
     m.passed = None;
     Ok(merged)
 }

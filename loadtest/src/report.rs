@@ -57,6 +57,13 @@ pub struct PhaseReport {
     /// How late the generator itself wrote commands (included in both latencies).
     pub send_lag_ms: Percentiles,
     pub sent_by_kind: BTreeMap<String, u64>,
+    /// Shed commands (`overloaded`, `rate_limited`) by what they were: `place`, `cancel`,
+    /// `cancel_all`, `amend` (cancels are admitted first under overload).
+    #[serde(default)]
+    pub shed_by_kind: BTreeMap<String, u64>,
+    /// From a command's scheduled time to its shed answer: how fast the gateway says no.
+    #[serde(default)]
+    pub shed_latency_ms: Percentiles,
     pub substituted: u64,
     /// Ramp steps: whether the step met the SLO and the shed budget.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +104,12 @@ impl PhaseReport {
                 .iter()
                 .map(|(k, n)| (k.name().to_owned(), *n))
                 .collect(),
+            shed_by_kind: p
+                .shed_by_kind
+                .iter()
+                .map(|(k, n)| (k.name().to_owned(), *n))
+                .collect(),
+            shed_latency_ms: Percentiles::of(&p.shed_us),
             substituted: p.substituted,
             passed: None,
         }
@@ -426,6 +439,19 @@ pub(crate) fn phase_lines(s: &mut String, m: &PhaseReport, lost_all_phases: u64)
         m.shed,
         100.0 * m.shed as f64 / m.offered.max(1) as f64
     );
+    if m.shed > 0 {
+        let kinds: Vec<String> = m
+            .shed_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  shed by kind        {}; shed answer latency {}",
+            kinds.join(", "),
+            pct(&m.shed_latency_ms)
+        );
+    }
     let _ = writeln!(
         s,
         "  generator behind    {}   connection closed {} (in flight {})   unread at close {}",

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use protocol::RejectReason;
 use protocol::ws::ErrorCode;
+use protocol::{CommandKind, RejectReason};
 use serde::Serialize;
 
 use crate::mix::Kind;
@@ -199,6 +199,10 @@ pub struct PhaseStats {
     /// From a command's scheduled time to the generator writing it: the generator's own delay,
     /// which both latencies include.
     pub send_lag_us: Histogram<u64>,
+    /// From a command's scheduled time to its shed answer (`overloaded`, `rate_limited`).
+    pub shed_us: Histogram<u64>,
+    /// Shed commands by what they were (`place`, `cancel`, `cancel_all`, `amend`).
+    pub shed_by_kind: BTreeMap<CommandKind, u64>,
     pub last_verdict: Option<Instant>,
     pub trades: u64,
     pub fills: u64,
@@ -222,6 +226,8 @@ impl PhaseStats {
             ack_us: latency_histogram(LATENCY_DIGITS),
             accept_us: latency_histogram(LATENCY_DIGITS),
             send_lag_us: latency_histogram(LATENCY_DIGITS),
+            shed_us: latency_histogram(LATENCY_DIGITS),
+            shed_by_kind: BTreeMap::new(),
             last_verdict: None,
             trades: 0,
             fills: 0,
@@ -254,6 +260,9 @@ impl PhaseStats {
 pub struct SecondPoint {
     /// When the second closed, in seconds since the start (the last one may be partial).
     pub t_s: f64,
+    /// The same moment on the wall clock (ms since the Unix epoch), to line up runs side by
+    /// side (the fault suite's probe beside its burst).
+    pub unix_ms: u64,
     pub phase: String,
     pub offered: u64,
     pub acknowledged: u64,
@@ -461,6 +470,16 @@ impl Recorder {
                     _ => {}
                 }
             }
+            Observation::Shed {
+                phase,
+                command,
+                scheduled,
+            } => {
+                let p = &mut g.phases[phase];
+                *p.shed_by_kind.entry(command).or_default() += 1;
+                p.shed_us
+                    .saturating_record(micros(now.saturating_duration_since(scheduled)));
+            }
             Observation::Fill { maker } => {
                 if let Some(p) = g.phases.last_mut() {
                     p.fills += 1;
@@ -561,6 +580,9 @@ impl Recorder {
             }
         }
         point.t_s = (g.t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        point.unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         point.phase = g.phases.last().map(|p| p.name.clone()).unwrap_or_default();
         point.outstanding = g.phases.iter().map(PhaseStats::outstanding).sum();
         point.ack_p99_ms = Percentiles::of(&g.second_ack_us).p99;
@@ -646,6 +668,13 @@ pub enum Observation {
     Finished {
         phase: usize,
         outcome: Outcome,
+    },
+    /// The gateway shed it (`overloaded` or `rate_limited`): what it was, and when it was due,
+    /// for the shed answers' own latency and the share of cancels admitted under overload.
+    Shed {
+        phase: usize,
+        command: CommandKind,
+        scheduled: Instant,
     },
     /// A fill on one of our orders; each trade has exactly one maker fill.
     Fill {

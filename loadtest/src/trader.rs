@@ -367,6 +367,13 @@ impl Trader {
                 };
                 if p.verdict.is_none() {
                     self.release(p.target, None);
+                    if crate::stats::is_shed(error.code) {
+                        obs.push(Observation::Shed {
+                            phase: p.phase,
+                            command: p.command,
+                            scheduled: p.scheduled,
+                        });
+                    }
                 }
                 obs.push(Observation::Finished {
                     phase: p.phase,

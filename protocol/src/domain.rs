@@ -198,13 +198,26 @@ impl Command {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandKind {
     Place,
     Cancel,
     CancelAll,
     Amend,
+}
+
+impl CommandKind {
+    /// The serialized name: `place`, `cancel`, `cancel_all`, `amend` (a test in this module
+    /// holds it to serde's).
+    pub fn name(self) -> &'static str {
+        match self {
+            CommandKind::Place => "place",
+            CommandKind::Cancel => "cancel",
+            CommandKind::CancelAll => "cancel_all",
+            CommandKind::Amend => "amend",
+        }
+    }
 }
 
 /// Why a command was refused. The serialized name is the stable, machine-readable code.
@@ -428,6 +441,23 @@ impl EventBody {
             EventBody::Rejected { order_id, .. } => *order_id,
             EventBody::Trade { taker_order_id, .. } => Some(*taker_order_id),
             EventBody::BookLevel { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommandKind;
+
+    #[test]
+    fn a_command_kinds_name_is_its_serialized_name() {
+        for kind in [
+            CommandKind::Place,
+            CommandKind::Cancel,
+            CommandKind::CancelAll,
+            CommandKind::Amend,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
         }
     }
 }
