@@ -358,6 +358,12 @@ impl Engine {
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async {
                 for (id, slot) in slots {
+                    // The new owner reports this pair's lag now; a stale figure here would show
+                    // a backlog that is not there (and keep a "settled" check from passing).
+                    if let Some(spec) = self.config.registry.get(id) {
+                        metrics::gauge!(m::CONSUMER_LAG_RECORDS, "pair" => spec.symbol.clone())
+                            .set(0.0);
+                    }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if tokio::time::timeout(left, slot.supervisor).await.is_err() {
                         tracing::warn!(
