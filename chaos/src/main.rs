@@ -4,11 +4,15 @@
 //! over what the scenario wrote. Prints a table and writes `summary.json`; exits non-zero on any
 //! violation. Run through `scripts/chaos`, which builds the binaries and brings the stack up.
 
+mod elastic;
 mod inject;
+mod load;
 mod net;
+mod overload;
 mod procs;
 mod scenario;
 mod scrape;
+mod slow;
 mod world;
 
 use std::path::PathBuf;

@@ -100,7 +100,43 @@ impl Service {
         }
     }
 
-    fn pid(&self) -> Option<i32> {
+    /// A second instance of this service (the elastic scenario's second engine or gateway): the
+    /// same binary, arguments and environment, with `env` set over it and its own log and URLs.
+    pub fn twin(
+        &self,
+        log: PathBuf,
+        env: &[(&str, String)],
+        ready_url: String,
+        metrics_url: String,
+    ) -> Service {
+        let mut twin = Service::new(
+            self.name,
+            self.bin.clone(),
+            &[],
+            self.env.clone(),
+            log,
+            ready_url,
+            metrics_url,
+        );
+        twin.args = self.args.clone();
+        for (k, v) in env {
+            twin.set_env(k, v);
+        }
+        twin
+    }
+
+    /// Sets (or replaces) one environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Replaces the arguments for the next start.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| (*a).to_owned()).collect();
+    }
+
+    pub fn pid(&self) -> Option<i32> {
         self.child
             .as_ref()
             .and_then(Child::id)

@@ -69,6 +69,15 @@ pub enum Scenario {
     /// Scenario 11: SIGTERM under load for the engine, the stage and the gateway: each drains and exits
     /// well within 120 s, is started again, and nothing is lost.
     Sigterm,
+    /// Scenario 12: two gateways and two engines in group mode; one engine SIGKILLed, its pairs
+    /// move to the other; started again, it takes pairs back (`elastic.rs`).
+    Elastic,
+    /// Scenario 8: bursts of 2x, 5x (10x) the measured capacity from well-behaved clients, then
+    /// clients that ignore `rate_limited` beside well-behaved ones (`overload.rs`).
+    Overload,
+    /// Scenario 9: subscribers that stop reading, a flood of idle connections and half-open
+    /// TCP beside a probe load (`slow.rs`).
+    SlowClients,
     /// Scenario 3: on a three-broker cluster of its own, SIGKILL the leader of the busiest
     /// `orders` partition under load, start it again (`net.rs`).
     LeaderKill,
@@ -87,6 +96,9 @@ impl Scenario {
             Scenario::PostgresCrash,
             Scenario::DuplicatesPoison,
             Scenario::Sigterm,
+            Scenario::Elastic,
+            Scenario::Overload,
+            Scenario::SlowClients,
             Scenario::LeaderKill,
             Scenario::Network,
         ]
@@ -100,6 +112,9 @@ impl Scenario {
             Scenario::PostgresCrash => "postgres-crash",
             Scenario::DuplicatesPoison => "duplicates-poison",
             Scenario::Sigterm => "sigterm",
+            Scenario::Elastic => "elastic",
+            Scenario::Overload => "overload",
+            Scenario::SlowClients => "slow-clients",
             Scenario::LeaderKill => "leader-kill",
             Scenario::Network => "network",
         }
@@ -154,14 +169,17 @@ pub struct Outcome {
     pub audit: Value,
     pub audit_passed: bool,
     pub dir: String,
+    /// Wall time of the whole scenario: its world, load, faults, settling and audit.
+    pub elapsed_s: f64,
 }
 
 impl Outcome {
     pub fn line(&self) -> String {
         format!(
-            "chaos: {} {}{}",
+            "chaos: {} {} in {:.0} s{}",
             self.scenario,
             if self.passed { "passed" } else { "FAILED" },
+            self.elapsed_s,
             if self.problems.is_empty() {
                 String::new()
             } else {
@@ -200,11 +218,20 @@ pub async fn run(s: Scenario, plan: &Plan) -> Outcome {
         audit: Value::Null,
         audit_passed: false,
         dir: dir.display().to_string(),
+        elapsed_s: 0.0,
     };
-    if let Err(e) = run_inner(s, plan, &mut outcome).await {
+    let started = Instant::now();
+    let result = match s {
+        Scenario::Elastic => crate::elastic::run(plan, &mut outcome).await,
+        Scenario::Overload => crate::overload::run(plan, &mut outcome).await,
+        Scenario::SlowClients => crate::slow::run(plan, &mut outcome).await,
+        _ => run_inner(s, plan, &mut outcome).await,
+    };
+    if let Err(e) = result {
         outcome.problems.push(format!("{e:#}"));
     }
     outcome.passed = outcome.problems.is_empty();
+    outcome.elapsed_s = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
     outcome
 }
 
@@ -380,6 +407,9 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
             }
             outcome.injected = serde_json::to_value(&injected)?;
         }
+        Scenario::Elastic | Scenario::Overload | Scenario::SlowClients => {
+            bail!("{} runs in its own module", s.name())
+        }
         Scenario::LeaderKill | Scenario::Network => {
             let rig = rig.as_ref().context("leader-kill and network have a rig")?;
             crate::net::inject(s, rig, &mut world, plan, t0, outcome).await?;
@@ -430,15 +460,6 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
             "the stage or the engine still lagged or a pair was paused 90 s after the load".into(),
         );
     }
-    for service in world.services() {
-        if !service.running() {
-            outcome.problems.push(format!(
-                "{} exited by itself; its log ends:\n{}",
-                service.name,
-                service.log_tail(10)
-            ));
-        }
-    }
     if let Some(poison) = outcome.injected["orders_poison_lines"].as_u64() {
         // Every poison line answered as poison (the engine's own count), and every copy of a
         // forwarded command skipped as a repeat, none applied twice.
@@ -470,23 +491,6 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
             ));
         }
     }
-    // Stop in the order a deployment drains: the gateway, then the stage and the engine.
-    for service in [&mut world.gateway, &mut world.stage, &mut world.engine] {
-        service.terminate(Duration::from_secs(120)).await?;
-    }
-    for f in &outcome.faults {
-        if f.recovered_s.is_none() {
-            outcome.problems.push(format!(
-                "{} at {:.1} s: work did not resume in time",
-                f.what, f.at_s
-            ));
-        }
-        if f.clean_exit == Some(false) {
-            outcome
-                .problems
-                .push(format!("{}: not a clean exit", f.what));
-        }
-    }
     if s == Scenario::GatewayKill && outcome.load["reconnect"]["reconnects"].as_u64() == Some(0) {
         outcome
             .problems
@@ -512,7 +516,52 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
     if rig.is_some() {
         crate::net::judge(outcome);
     }
-    let (passed, audit) = crate::scenario::audit(&world, plan).await?;
+    conclude(&mut world, &mut [], plan, outcome).await
+}
+
+/// What every scenario ends with, once its load has finished: a service that died by itself is
+/// a finding; the services stop in the order a deployment drains (gateways, then the stage and
+/// the engines); a fault the system did not recover from, or an unclean exit, fails the
+/// scenario; then the audit runs over what the scenario wrote. `extra`: the scenario's own
+/// additional services (a second engine or gateway).
+pub async fn conclude(
+    world: &mut World,
+    extra: &mut [crate::procs::Service],
+    plan: &Plan,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    for service in world.services().into_iter().chain(extra.iter_mut()) {
+        if !service.running() {
+            outcome.problems.push(format!(
+                "{} exited by itself; its log ends:\n{}",
+                service.name,
+                service.log_tail(10)
+            ));
+        }
+    }
+    let (gateways, others): (Vec<_>, Vec<_>) = extra.iter_mut().partition(|s| s.name == "gateway");
+    for service in [&mut world.gateway]
+        .into_iter()
+        .chain(gateways)
+        .chain([&mut world.stage, &mut world.engine])
+        .chain(others)
+    {
+        service.terminate(Duration::from_secs(120)).await?;
+    }
+    for f in &outcome.faults {
+        if f.recovered_s.is_none() {
+            outcome.problems.push(format!(
+                "{} at {:.1} s: work did not resume in time",
+                f.what, f.at_s
+            ));
+        }
+        if f.clean_exit == Some(false) {
+            outcome
+                .problems
+                .push(format!("{}: not a clean exit", f.what));
+        }
+    }
+    let (passed, audit) = audit(world, plan).await?;
     outcome.audit = audit;
     outcome.audit_passed = passed;
     if !passed {
@@ -552,7 +601,7 @@ async fn stack(args: &[&str]) -> Result<()> {
 }
 
 /// The load generator's figures the summary shows.
-fn load_figures(report: &Value) -> Value {
+pub fn load_figures(report: &Value) -> Value {
     let keys = [
         "target_events_per_min",
         "achieved_events_per_min",
