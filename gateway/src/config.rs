@@ -2,6 +2,7 @@
 //! (see `gateway --help`); the defaults are [`Limits::DEFAULT`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use protocol::PairRegistry;
@@ -51,8 +52,30 @@ impl AccountStage {
     }
 }
 
+/// The web view (`web/`, docs/API.md "Operator endpoints"): off unless `web_dir` is set. Kept
+/// with the [`Limits`], as [`AccountStage`] is, so every `Config` written before it still builds.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WebView {
+    /// A directory of static files served at `/` (the built `web/dist`), so the page and `/ws`
+    /// share one origin. Unset: nothing is served there.
+    #[arg(long, env = "GW_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+    /// Other services' Prometheus endpoints (`http://host:port/metrics`, comma separated) that
+    /// `GET /ops/metrics` reads on each request, beside the gateway's own, for the web view's
+    /// operations strip (the engine's and the account stage's consumer lag).
+    #[arg(long, env = "GW_OPS_METRICS_URLS", value_delimiter = ',')]
+    pub ops_metrics_urls: Vec<String>,
+}
+
+impl WebView {
+    pub const OFF: WebView = WebView {
+        web_dir: None,
+        ops_metrics_urls: Vec::new(),
+    };
+}
+
 /// Bounds and timings. Each one is a named policy in `docs/API.md`. (Also the optional
-/// account stage, [`AccountStage`].)
+/// account stage, [`AccountStage`], and the web view, [`WebView`].)
 #[derive(Debug, Clone, clap::Args)]
 pub struct Limits {
     /// Open WebSocket connections; the next upgrade gets HTTP 503.
@@ -150,6 +173,8 @@ pub struct Limits {
     /// The key-encryption keys for HMAC secrets at rest ([`crate::keys`]).
     #[command(flatten)]
     pub keys: crate::keys::KeyEncryption,
+    #[command(flatten)]
+    pub web: WebView,
 }
 
 impl Limits {
@@ -185,6 +210,7 @@ impl Limits {
         deadman_max_ms: 3_600_000,
         accounts: AccountStage::OFF,
         keys: crate::keys::KeyEncryption::NONE,
+        web: WebView::OFF,
     };
 }
 

@@ -1,5 +1,6 @@
 //! HTTP: the WebSocket upgrade at `/ws` (Origin allowlist, connection limit, frame limits) and
-//! the operator endpoints `/healthz`, `/readyz`, `/metrics`.
+//! the operator endpoints `/healthz`, `/readyz`, `/metrics`, `/ops/metrics`; with `GW_WEB_DIR`,
+//! the web view's files at `/`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,12 +26,23 @@ struct App {
 }
 
 pub(crate) fn router(shared: Arc<Shared>, metrics: Option<PrometheusHandle>) -> Router {
-    Router::new()
+    let web_dir = shared.config.limits.web.web_dir.clone();
+    let router = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
-        .with_state(App { shared, metrics })
+        .route("/ops/metrics", get(ops_metrics))
+        .with_state(App { shared, metrics });
+    match web_dir {
+        Some(dir) => router.fallback_service(tower_http::services::ServeDir::new(dir)),
+        None => router,
+    }
+}
+
+async fn ops_metrics(State(app): State<App>) -> Response {
+    let own = app.metrics.as_ref().map(|h| h.render());
+    crate::web::ops_metrics(own, &app.shared.config.limits.web.ops_metrics_urls).await
 }
 
 /// Per-connection WebSocket read buffer: a few typical frames (commands are well under 1 KiB).

@@ -27,6 +27,7 @@ pub mod snapshot;
 mod state;
 mod telemetry;
 pub mod validate;
+mod web;
 
 use axum::serve::ListenerExt;
 use std::net::SocketAddr;
