@@ -81,6 +81,23 @@ pub struct Limits {
     /// Open WebSocket connections; the next upgrade gets HTTP 503.
     #[arg(long, env = "GW_MAX_CONNECTIONS", default_value_t = Limits::DEFAULT.max_connections)]
     pub max_connections: usize,
+    /// New WebSocket connections per second over the whole gateway (GCRA, burst
+    /// `GW_NEW_CONNECTIONS_BURST`); beyond it an upgrade gets HTTP 503 with `Retry-After`, so a
+    /// flood of connections (or every client of a restarted gateway at once) cannot starve the
+    /// clients already connected.
+    #[arg(long, env = "GW_NEW_CONNECTIONS_PER_S", default_value_t = Limits::DEFAULT.new_connections_per_s)]
+    pub new_connections_per_s: u32,
+    #[arg(long, env = "GW_NEW_CONNECTIONS_BURST", default_value_t = Limits::DEFAULT.new_connections_burst)]
+    pub new_connections_burst: u32,
+    /// Kernel send buffer of each client socket, in bytes (0: the kernel's autotuning, up to
+    /// `net.ipv4.tcp_wmem`'s maximum, 4 MiB on Linux). Bounds what a client that stops reading
+    /// holds in the kernel, and lets `GW_WRITE_TIMEOUT_MS` find it within seconds.
+    #[arg(long, env = "GW_SOCKET_SEND_BUFFER_BYTES", default_value_t = Limits::DEFAULT.socket_send_buffer_bytes)]
+    pub socket_send_buffer_bytes: usize,
+    /// A TCP connection that has not sent its whole HTTP request (the upgrade) this long after
+    /// being accepted is closed: half-open connections cannot pile up.
+    #[arg(long, env = "GW_HANDSHAKE_TIMEOUT_MS", default_value_t = Limits::DEFAULT.handshake_timeout_ms)]
+    pub handshake_timeout_ms: u64,
     /// Largest accepted frame and message; larger closes the connection with 1009.
     #[arg(long, env = "GW_MAX_MESSAGE_BYTES", default_value_t = Limits::DEFAULT.max_message_bytes)]
     pub max_message_bytes: usize,
@@ -101,9 +118,10 @@ pub struct Limits {
     pub account_rate_per_s: u32,
     #[arg(long, env = "GW_ACCOUNT_BURST", default_value_t = Limits::DEFAULT.account_burst)]
     pub account_burst: u32,
-    /// This many rate-limited requests in a row close the connection (1008, `abuse`).
-    #[arg(long, env = "GW_ABUSE_LIMITED_IN_A_ROW", default_value_t = Limits::DEFAULT.abuse_limited_in_a_row)]
-    pub abuse_limited_in_a_row: u32,
+    /// This many requests refused by the connection's own rate limit within one second close
+    /// the connection (1008, `abuse`): the client keeps sending through its `retry_after_ms`.
+    #[arg(long, env = "GW_ABUSE_LIMITED_PER_S", default_value_t = Limits::DEFAULT.abuse_limited_per_s)]
+    pub abuse_limited_per_s: u32,
     /// Commands written to Kafka and not yet acknowledged above which new orders are shed.
     #[arg(long, env = "GW_INFLIGHT_NEW_MAX", default_value_t = Limits::DEFAULT.inflight_new_max)]
     pub inflight_new_max: usize,
@@ -180,6 +198,10 @@ pub struct Limits {
 impl Limits {
     pub const DEFAULT: Limits = Limits {
         max_connections: 10_000,
+        new_connections_per_s: 200,
+        new_connections_burst: 1_000,
+        socket_send_buffer_bytes: 256 * 1024,
+        handshake_timeout_ms: 10_000,
         max_message_bytes: 16 * 1024,
         allowed_origins: Vec::new(),
         login_window_ms: 5_000,
@@ -187,7 +209,7 @@ impl Limits {
         conn_burst: 400,
         account_rate_per_s: 500,
         account_burst: 1_000,
-        abuse_limited_in_a_row: 100,
+        abuse_limited_per_s: 100,
         inflight_new_max: 50_000,
         inflight_hard_max: 80_000,
         producer_queue_new_max: 60_000,

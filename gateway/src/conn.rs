@@ -141,6 +141,8 @@ struct Conn {
     account: Option<AccountId>,
     subs: HashSet<(Channel, PairId)>,
     limiter: DefaultDirectRateLimiter,
+    /// The connection limit's refusals in the current one-second window, and when it began.
+    limited: (Instant, u32),
     limited_in_a_row: u32,
     /// Since when the gateway has stopped reading this socket (its pending answers at the
     /// limit: Kafka slow or down). The client's frames queue meanwhile and arrive together once
@@ -177,6 +179,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
         out: Arc::clone(&out),
         account: None,
         subs: HashSet::new(),
+        limited: (Instant::now(), 0),
         limited_in_a_row: 0,
         held_since: None,
         forgive_until: None,
@@ -415,8 +418,16 @@ impl Conn {
         if self.forgive_until.is_some_and(|t| Instant::now() < t) {
             return None;
         }
+        // Refusals within one second, or in a row however slowly they are read: a client far
+        // above its limit gets a request through now and then, and must not escape by that.
+        let now = Instant::now();
+        if now.duration_since(self.limited.0) >= Duration::from_secs(1) {
+            self.limited = (now, 0);
+        }
+        self.limited.1 += 1;
         self.limited_in_a_row += 1;
-        if self.limited_in_a_row >= self.shared.config.limits.abuse_limited_in_a_row {
+        let limit = self.shared.config.limits.abuse_limited_per_s;
+        if self.limited.1 >= limit || self.limited_in_a_row >= limit {
             tracing::info!(
                 conn = self.out.id,
                 account_id = self.account.map(|a| a.0),

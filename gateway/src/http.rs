@@ -11,6 +11,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use governor::clock::Clock as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::producer::Producer;
 
@@ -60,6 +61,18 @@ async fn upgrade(State(app): State<App>, headers: HeaderMap, ws: WebSocketUpgrad
             metrics::counter!("gateway_upgrades_refused_total", "reason" => crate::telemetry::REFUSED_ORIGIN).increment(1);
             return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
         }
+    }
+    if let Err(not_until) = shared.upgrades.check() {
+        metrics::counter!("gateway_upgrades_refused_total", "reason" => crate::telemetry::REFUSED_NEW_CONNECTION_RATE)
+            .increment(1);
+        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, secs.max(1).to_string())],
+            "too many new connections; retry after the Retry-After seconds\n",
+        )
+            .into_response();
     }
     if !shared.try_open_connection() {
         metrics::counter!("gateway_upgrades_refused_total", "reason" => crate::telemetry::REFUSED_MAX_CONNECTIONS)

@@ -19,6 +19,7 @@ mod http;
 pub mod hub;
 pub mod ids;
 pub mod keys;
+mod listener;
 pub mod outbound;
 pub mod provision;
 pub mod queries;
@@ -221,15 +222,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway,
         })
     });
     let app = http::router(Arc::clone(&shared), metrics);
+    let config_send_buffer = shared.config.limits.socket_send_buffer_bytes;
+    let handshake_timeout = Duration::from_millis(shared.config.limits.handshake_timeout_ms);
     tracing::info!(%addr, gateway_id = shared.config.gateway_id, "gateway listening");
     let task = tokio::spawn(async move {
         // Small frames go out at once: with Nagle on, a push could wait for the client's delayed
         // ACK (tens of milliseconds) whenever an earlier frame is unacknowledged.
-        let listener = listener.tap_io(|tcp| {
+        let send_buffer = config_send_buffer;
+        let listener = listener.tap_io(move |tcp| {
             if let Err(err) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %err, "cannot set TCP_NODELAY");
             }
+            if send_buffer > 0
+                && let Err(err) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
+            {
+                tracing::debug!(error = %err, "cannot set SO_SNDBUF");
+            }
         });
+        let listener = listener::HeadDeadline::new(listener, handshake_timeout);
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await

@@ -56,7 +56,7 @@ impl Closing {
             )),
             Closing::Abuse => Some((
                 ConnectionStatus::Abuse,
-                "too many rate-limited requests in a row",
+                "too many rate-limited requests: the client ignores retry_after_ms",
             )),
             Closing::ShuttingDown => Some((
                 ConnectionStatus::ShuttingDown,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use protocol::accounts::AccountRecord;
 use protocol::records::{OrderRecord, RECORD_VERSION};
 use protocol::ws::{ErrorBody, ErrorCode};
@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     queries: tokio::sync::Semaphore,
     connections: AtomicUsize,
     next_conn_id: AtomicU64,
+    /// New connections per second (`GW_NEW_CONNECTIONS_PER_S`).
+    pub upgrades: DefaultDirectRateLimiter,
 }
 
 pub(crate) fn quota(per_s: u32, burst: u32) -> Quota {
@@ -115,6 +117,10 @@ impl Shared {
             queries: tokio::sync::Semaphore::new(crate::queries::QUERY_CONCURRENCY_MAX),
             connections: AtomicUsize::new(0),
             next_conn_id: AtomicU64::new(1),
+            upgrades: RateLimiter::direct(quota(
+                limits.new_connections_per_s,
+                limits.new_connections_burst,
+            )),
             config,
         })
     }

@@ -22,9 +22,11 @@ pub(crate) const SLOW_WRITE_TIMEOUT: &str = "write_timeout";
 /// Reasons of `gateway_upgrades_refused_total`.
 pub(crate) const REFUSED_ORIGIN: &str = "origin";
 pub(crate) const REFUSED_MAX_CONNECTIONS: &str = "max_connections";
+pub(crate) const REFUSED_NEW_CONNECTION_RATE: &str = "new_connection_rate";
 
 const COUNTERS: &[&str] = &[
     "gateway_frames_total",
+    "gateway_handshake_timeouts_total",
     "gateway_commands_produced_total",
     "gateway_events_records_total",
     "gateway_events_duplicates_total",
@@ -93,7 +95,11 @@ pub(crate) fn register() {
     for reason in [SLOW_OUTBOUND_QUEUE, SLOW_WRITE_TIMEOUT] {
         metrics::counter!("gateway_slow_consumers_total", "reason" => reason).increment(0);
     }
-    for reason in [REFUSED_ORIGIN, REFUSED_MAX_CONNECTIONS] {
+    for reason in [
+        REFUSED_ORIGIN,
+        REFUSED_MAX_CONNECTIONS,
+        REFUSED_NEW_CONNECTION_RATE,
+    ] {
         metrics::counter!("gateway_upgrades_refused_total", "reason" => reason).increment(0);
     }
 }

@@ -186,7 +186,7 @@ async fn rate_limit_answers_retry_after_and_sustained_abuse_closes() {
     let limits = Limits {
         conn_rate_per_s: 2,
         conn_burst: 5,
-        abuse_limited_in_a_row: 20,
+        abuse_limited_per_s: 20,
         ..Limits::default()
     };
     let Some(stack) = start(limits, 0).await else {
@@ -212,6 +212,95 @@ async fn rate_limit_answers_retry_after_and_sustained_abuse_closes() {
     let (code, reason, statuses) = c.until_closed().await;
     assert_eq!(code, Some(close_code::POLICY_VIOLATION), "{reason}");
     assert_eq!(statuses.last().unwrap()["status"], "abuse");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_steadily_above_its_limit_is_cut_off_though_some_requests_pass() {
+    // 20/s allowed, 100/s sent: one request in five passes, so never 30 refusals in a row, but
+    // 80 a second: the client ignores every `retry_after_ms`, and is closed as abusive.
+    let limits = Limits {
+        conn_rate_per_s: 20,
+        conn_burst: 1,
+        abuse_limited_per_s: 30,
+        ..Limits::default()
+    };
+    let Some(stack) = start(limits, 0).await else {
+        return;
+    };
+    let mut c = stack.client().await;
+    // Until the gateway closes it (at most 10 s of sending).
+    for i in 0..1000 {
+        if !c
+            .try_send_text(json!({"id": i, "method": "ping"}).to_string())
+            .await
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (code, reason, statuses) = c.until_closed().await;
+    assert_eq!(code, Some(close_code::POLICY_VIOLATION), "{reason}");
+    assert_eq!(statuses.last().unwrap()["status"], "abuse");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn new_connections_beyond_the_gateways_rate_get_503_with_retry_after() {
+    let limits = Limits {
+        new_connections_per_s: 1,
+        new_connections_burst: 2,
+        ..Limits::default()
+    };
+    let Some(stack) = start(limits, 0).await else {
+        return;
+    };
+    let url = format!("ws://{}/ws", stack.addr);
+    let _a = tokio_tungstenite::connect_async(&url).await.expect("first");
+    let _b = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("second");
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let retry: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(retry >= 1, "{retry}");
+        }
+        other => panic!("the third connection within a second was not refused: {other:?}"),
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_request_is_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let limits = Limits {
+        handshake_timeout_ms: 300,
+        ..Limits::default()
+    };
+    let Some(stack) = start(limits, 0).await else {
+        return;
+    };
+    // Half a request head, then nothing: closed once the deadline passes.
+    let mut slow = tokio::net::TcpStream::connect(stack.addr).await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("closed within 5 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // A client that completes its upgrade in time, and then says nothing for longer than the
+    // deadline, is not affected.
+    let mut c = stack.client().await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let r = c.request("ping", serde_json::Value::Null).await;
+    assert!(r.get("error").is_none(), "{r}");
     stack.stop().await;
 }
 
@@ -287,7 +376,7 @@ async fn a_client_that_never_reads_is_disconnected_while_another_keeps_trading()
     let limits = Limits {
         conn_rate_per_s: 1_000_000,
         conn_burst: 1_000_000,
-        abuse_limited_in_a_row: 1_000_000,
+        abuse_limited_per_s: 1_000_000,
         outbound_queue_max: 64,
         write_timeout_ms: 500,
         ..Limits::default()

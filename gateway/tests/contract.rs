@@ -92,7 +92,8 @@ fn check_every_read_request_answered_once(t: &Transcript, earlier: u64, ids: &[u
 
 #[tokio::test]
 async fn a_connection_closed_for_abuse_first_gets_every_answer_due() {
-    // A slow refill, so the burst's tail is refused in a row however slowly the gateway reads.
+    // A slow refill, so the burst's tail is refused within one second however slowly the
+    // gateway reads.
     let limits = Limits {
         conn_rate_per_s: 1,
         ..Limits::default()
@@ -140,7 +141,7 @@ async fn a_connection_closed_for_abuse_first_gets_every_answer_due() {
         .filter(|a| a[0]["error"]["code"] == "rate_limited")
         .count();
     assert!(
-        limited as u32 >= Limits::DEFAULT.abuse_limited_in_a_row,
+        limited as u32 >= Limits::DEFAULT.abuse_limited_per_s,
         "each refusal before the close was answered too: {limited}"
     );
     // The orders the sender learned of are exactly the ones written to Kafka.

@@ -381,6 +381,11 @@ impl Client {
         self.ws.send(Message::text(text.into())).await.unwrap();
     }
 
+    /// As [`Client::send_text`]; false once the server has closed the connection.
+    pub async fn try_send_text(&mut self, text: impl Into<String>) -> bool {
+        self.ws.send(Message::text(text.into())).await.is_ok()
+    }
+
     /// The next JSON message or the close, skipping pings.
     pub async fn read(&mut self) -> Frame {
         loop {
