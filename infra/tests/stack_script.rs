@@ -59,7 +59,8 @@ fn path_without(state: &Path, without: &[&str]) -> String {
     let tools = [
         "bash", "cat", "cksum", "cut", "dirname", "flock", "grep", "head", "id", "java", "kill",
         "ls", "mkdir", "mv", "mvn", "ps", "readlink", "rm", "runuser", "sed", "sleep", "sort",
-        "ss", "tail", "tr", "env", "setsid", "nohup", "uname", "basename", "which", "tee",
+        "ss", "tail", "tr", "env", "setsid", "nohup", "uname", "basename", "which", "tee", "seq",
+        "paste",
     ];
     for tool in tools.iter().filter(|t| !without.contains(t)) {
         for dir in ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
