@@ -49,6 +49,29 @@ pub enum ConnError {
     LoginTimeout { key_id: String, timeout_ms: u64 },
 }
 
+/// The wait a refused upgrade asks for: HTTP 503 with `Retry-After` (the gateway's bound on new
+/// connections per second). `None` for any other failure.
+pub fn retry_after(e: &ConnError) -> Option<Duration> {
+    let ConnError::Connect { source, .. } = e else {
+        return None;
+    };
+    let tokio_tungstenite::tungstenite::Error::Http(response) = source.as_ref() else {
+        return None;
+    };
+    if response.status() != 503 {
+        return None;
+    }
+    let secs = response
+        .headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_secs(secs.clamp(1, 30)))
+}
+
 /// Lowercase hex HMAC-SHA256 of the login payload, keyed by the API secret.
 pub fn sign(secret: &str, key_id: &str, ts_ms: u64, nonce: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");

@@ -317,10 +317,19 @@ async fn connect_all(
                 let account = &accounts[i];
                 let nonce = format!("lt-{started_ms:x}-{i}");
                 async move {
-                    (
-                        i,
-                        conn::connect(&config.url, account, &nonce, timeout).await,
-                    )
+                    // A gateway bounding its new connections per second answers 503 with
+                    // Retry-After: wait as asked, as a client should (at most 20 times).
+                    let mut tries = 0;
+                    loop {
+                        let result = conn::connect(&config.url, account, &nonce, timeout).await;
+                        match result.as_ref().err().and_then(conn::retry_after) {
+                            Some(wait) if tries < 20 => {
+                                tries += 1;
+                                tokio::time::sleep(wait).await;
+                            }
+                            _ => return (i, result),
+                        }
+                    }
                 }
             })
             .buffer_unordered(config.connect_parallel)
