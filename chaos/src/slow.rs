@@ -32,7 +32,7 @@ fn shape(form: Form) -> Shape {
     match form {
         Form::Short => Shape {
             slow_readers: 40,
-            // Past the gateway's burst of new connections (1,000), so its rate limit shows.
+            // Far past the gateway's burst of new connections (200), so its rate limit shows.
             flood: 1_500,
             half_open: 200,
             duration_s: 30,

@@ -199,7 +199,7 @@ impl Limits {
     pub const DEFAULT: Limits = Limits {
         max_connections: 10_000,
         new_connections_per_s: 200,
-        new_connections_burst: 1_000,
+        new_connections_burst: 200,
         socket_send_buffer_bytes: 256 * 1024,
         handshake_timeout_ms: 10_000,
         max_message_bytes: 16 * 1024,
