@@ -11,6 +11,11 @@ use tokio::process::{Child, Command};
 use crate::scenario::Plan;
 use crate::world::World;
 
+/// How long a run waits for its last answers after its last command: longer than the producer's
+/// `message.timeout.ms` (30 s), the longest a command taken while Kafka is down waits for its
+/// answer. Only a run with answers still due waits at all.
+pub const DRAIN_TIMEOUT_S: u64 = 45;
+
 /// One load generator run: what it offers, and where it writes.
 pub struct Load {
     pub name: String,
@@ -57,7 +62,8 @@ impl Load {
             .args(["--connections", &spec.accounts.len().to_string()])
             .args(["--rate-per-min", &spec.rate_per_min.to_string()])
             .args(["--duration-s", &spec.duration_s.to_string()])
-            .args(["--warmup-s", "0", "--drain-timeout-s", "20", "--quiet"])
+            .args(["--warmup-s", "0", "--quiet"])
+            .args(["--drain-timeout-s", &DRAIN_TIMEOUT_S.to_string()])
             .arg("--received-out")
             .arg(dir.join("received.jsonl"))
             .arg("--out-dir")

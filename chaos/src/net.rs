@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::scenario::{Fault, Form, Outcome, Plan, Scenario};
 use crate::world::{READY_LIMIT, World};
@@ -113,23 +111,7 @@ impl Rig {
     }
 
     async fn stack(&self, args: &[&str]) -> Result<()> {
-        let out = tokio::process::Command::new("scripts/stack")
-            .args(args)
-            .env_remove("KAFKA_BROKERS")
-            .envs(self.stack_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .context("run scripts/stack")?;
-        if !out.status.success() {
-            bail!(
-                "scripts/stack {} failed: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
+        crate::scenario::stack_with(args, &self.stack_env).await
     }
 }
 
@@ -621,31 +603,16 @@ impl Toxiproxy {
 
     /// One request over HTTP/1.0: (status, JSON body or `Null`); `None` without an answer.
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let exchange = async {
-            let mut s = TcpStream::connect(self.api).await.ok()?;
-            let head = format!(
-                "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\n\r\n",
-                self.api,
-                body.len()
-            );
-            s.write_all(head.as_bytes()).await.ok()?;
-            s.write_all(body.as_bytes()).await.ok()?;
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf).await.ok()?;
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let status = text.get(9..12)?.parse().ok()?;
-            let json = text
-                .split_once("\r\n\r\n")
-                .and_then(|(_, b)| serde_json::from_str(b).ok())
-                .unwrap_or(Value::Null);
-            Some((status, json))
-        };
-        tokio::time::timeout(Duration::from_secs(5), exchange)
-            .await
-            .ok()
-            .flatten()
+        let body = body.map(|b| b.to_string());
+        let (status, text) = infra::http::request(
+            &self.api.to_string(),
+            method,
+            path,
+            body.as_deref(),
+            Duration::from_secs(5),
+        )
+        .await?;
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 }
 

@@ -279,6 +279,13 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
         .args(["--rate-per-min", &plan.rate_per_min.to_string()])
         .args(["--duration-s", &plan.duration_s.to_string()])
         .args(["--warmup-s", "0"])
+        // A command the gateway took while Kafka was down is answered when Kafka acknowledges
+        // it or when the producer gives up on it (`message.timeout.ms`, 30 s): the generator
+        // waits longer than that for its last answers.
+        .args([
+            "--drain-timeout-s",
+            &crate::load::DRAIN_TIMEOUT_S.to_string(),
+        ])
         // Clients come back when their gateway does, and every command a gateway acknowledged is
         // listed for the audit, answered at the client or not.
         .arg("--reconnect")
@@ -510,7 +517,7 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
         && lost > 0
     {
         outcome.problems.push(format!(
-            "{lost} acknowledged commands got no verdict at the client"
+            "{lost} commands got no answer of any kind at the client"
         ));
     }
     if rig.is_some() {
@@ -582,13 +589,22 @@ pub async fn sleep_until(t0: Instant, at_s: f64) {
     tokio::time::sleep_until(target.into()).await;
 }
 
-/// `scripts/stack <args>` (crash kafka|postgres, up), failing with its output.
+/// `scripts/stack <args>` (crash kafka|postgres, up) on the shared stack, failing with its output.
 async fn stack(args: &[&str]) -> Result<()> {
-    let out = tokio::process::Command::new("scripts/stack")
-        .args(args)
-        .output()
-        .await
-        .context("run scripts/stack")?;
+    stack_with(args, &[]).await
+}
+
+/// The same; `env` names a stack of the scenario's own (its STACK_DIR and ports), and then the
+/// caller's `KAFKA_BROKERS` is not passed on.
+pub async fn stack_with(args: &[&str], env: &[(String, String)]) -> Result<()> {
+    let mut command = tokio::process::Command::new("scripts/stack");
+    command.args(args).stdin(std::process::Stdio::null());
+    if !env.is_empty() {
+        command
+            .env_remove("KAFKA_BROKERS")
+            .envs(env.iter().map(|(k, v)| (k, v)));
+    }
+    let out = command.output().await.context("run scripts/stack")?;
     if !out.status.success() {
         bail!(
             "scripts/stack {} failed: {}{}",

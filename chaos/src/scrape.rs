@@ -3,29 +3,18 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
 /// GET `http://host:port/path`: (status, body). Errors and timeouts are `None`.
 pub async fn get(url: &str) -> Option<(u16, String)> {
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let fetch = async {
-        let mut s = TcpStream::connect(host).await.ok()?;
-        s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text.get(9..12)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
-        Some((status, body.unwrap_or_default()))
-    };
-    tokio::time::timeout(Duration::from_secs(2), fetch)
-        .await
-        .ok()
-        .flatten()
+    infra::http::request(
+        host,
+        "GET",
+        &format!("/{path}"),
+        None,
+        Duration::from_secs(2),
+    )
+    .await
 }
 
 /// Every sample of `name` (any labels), skipping `name_sum`, `name_count` and other names that

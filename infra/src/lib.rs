@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod db;
+pub mod http;
 pub mod kafka;
 pub mod metrics_doc;
 pub mod shutdown;

@@ -10,8 +10,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 /// The environment variable naming the server binary (scripts/test sets it).
@@ -93,31 +91,16 @@ impl Toxiproxy {
 
     /// One request to the API: (status, JSON body or `Null`); `None` if the server did not answer.
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let exchange = async {
-            let mut s = TcpStream::connect(self.api).await.ok()?;
-            let head = format!(
-                "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\n\r\n",
-                self.api,
-                body.len()
-            );
-            s.write_all(head.as_bytes()).await.ok()?;
-            s.write_all(body.as_bytes()).await.ok()?;
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf).await.ok()?;
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let status = text.get(9..12)?.parse().ok()?;
-            let json = text
-                .split_once("\r\n\r\n")
-                .and_then(|(_, b)| serde_json::from_str(b).ok())
-                .unwrap_or(Value::Null);
-            Some((status, json))
-        };
-        tokio::time::timeout(Duration::from_secs(5), exchange)
-            .await
-            .ok()
-            .flatten()
+        let body = body.map(|b| b.to_string());
+        let (status, text) = infra::http::request(
+            &self.api.to_string(),
+            method,
+            path,
+            body.as_deref(),
+            Duration::from_secs(5),
+        )
+        .await?;
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 }
 
