@@ -415,7 +415,9 @@ impl Conn {
     /// Answers `rate_limited`; asks to close the connection once it keeps ignoring that.
     fn limited(&mut self, id: Option<u64>, e: ErrorBody) -> Option<Closing> {
         self.out.push(error_text(id, e));
-        if self.forgive_until.is_some_and(|t| Instant::now() < t) {
+        // Nor while the system is overloaded: a gateway that reads late reads a well-behaved
+        // client's frames in bursts, over its rate however evenly they were sent.
+        if self.forgive_until.is_some_and(|t| Instant::now() < t) || self.shared.sink.overloaded() {
             return None;
         }
         // Refusals within one second, or in a row however slowly they are read: a client far

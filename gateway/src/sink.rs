@@ -223,6 +223,19 @@ impl OrderSink {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Whether a new order would be shed now (the same signals as [`OrderSink::admit`], read
+    /// without taking a slot): the system is overloaded, and reads its clients' frames late.
+    pub fn overloaded(&self) -> bool {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        in_flight >= self.limits.inflight_new_max
+            || self.producer.in_flight_count().max(0) as usize >= self.limits.producer_queue_new_max
+            || self.kafka_delay.standing(in_flight > 0)
+                > Duration::from_millis(self.limits.queue_delay_target_ms)
+            || self.awaiting_verdict.load(Ordering::Relaxed) >= self.limits.awaiting_verdict_new_max
+            || self.engine_delay.standing(false)
+                > Duration::from_millis(self.limits.engine_delay_target_ms)
+    }
+
     /// Takes a slot for one command, or says why the system is shedding.
     pub fn admit(&self, class: Class) -> Result<Permit, Shed> {
         let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed);
