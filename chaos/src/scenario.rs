@@ -121,6 +121,7 @@ impl Scenario {
     }
 }
 
+#[derive(Clone)]
 pub struct Plan {
     pub form: Form,
     pub rate_per_min: u64,
@@ -221,6 +222,18 @@ pub async fn run(s: Scenario, plan: &Plan) -> Outcome {
         elapsed_s: 0.0,
     };
     let started = Instant::now();
+    // A leader election can take ~12 s on a busy machine (the 6 s broker session, then the
+    // controller's work): leader-kill needs load on both sides of it, whatever the form.
+    let widened;
+    let plan = if s == Scenario::LeaderKill && plan.duration_s < 30 {
+        widened = Plan {
+            duration_s: 30,
+            ..plan.clone()
+        };
+        &widened
+    } else {
+        plan
+    };
     let result = match s {
         Scenario::Elastic => crate::elastic::run(plan, &mut outcome).await,
         Scenario::Overload => crate::overload::run(plan, &mut outcome).await,
