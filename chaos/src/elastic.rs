@@ -54,7 +54,12 @@ pub async fn run(plan: &Plan, outcome: &mut Outcome) -> Result<()> {
     let gw_b_port = free_port()?;
     let mut gateway_b = world.gateway.twin(
         world.dir.join("gateway-b.log"),
-        &[("GW_LISTEN", format!("127.0.0.1:{gw_b_port}"))],
+        // Its own gateway id, as the deployment derives one per task: two gateways with one id
+        // issue the same order ids (a first run without it corrupted books; see RELIABILITY.md).
+        &[
+            ("GW_LISTEN", format!("127.0.0.1:{gw_b_port}")),
+            ("GW_GATEWAY_ID", "1".to_owned()),
+        ],
         format!("http://127.0.0.1:{gw_b_port}/readyz"),
         format!("http://127.0.0.1:{gw_b_port}/metrics"),
     );
