@@ -57,7 +57,10 @@ impl Rig {
             ("STACK_PG_PORT", (base + 6).to_string()),
             ("DATABASE_URL", plan.database_url.clone()),
         ];
-        if Path::new("target/release/stackctl").is_file() {
+        // The stackctl the caller chose (scripts/test's debug one) is inherited; else a release
+        // one already built saves scripts/stack building it.
+        if std::env::var_os("STACKCTL").is_none() && Path::new("target/release/stackctl").is_file()
+        {
             stack_env.push(("STACKCTL", "target/release/stackctl".to_owned()));
         }
         let mut rig = Rig {
