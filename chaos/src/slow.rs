@@ -28,6 +28,9 @@ struct Shape {
     duration_s: u64,
 }
 
+/// The gateway's socket send buffer in the debug form (see `run`).
+const DEBUG_SEND_BUFFER: usize = 32 * 1024;
+
 fn shape(form: Form) -> Shape {
     match form {
         Form::Short => Shape {
@@ -59,6 +62,19 @@ pub async fn run(plan: &Plan, outcome: &mut Outcome) -> Result<()> {
         plan.connections,
     )
     .await?;
+    if cfg!(debug_assertions) {
+        // A slow reader is cut once the gateway's send buffer is full and a write then waits
+        // 5 s. A debug gateway beside this load pushes each reader ~20 KB/s of public data
+        // (CI: 7 of 40 had filled the default 256 KiB, 512 KiB in the kernel, in 28 s): the
+        // test command's form gives it 32 KiB, and the release form judges the default.
+        world.gateway.terminate(Duration::from_secs(60)).await?;
+        world.gateway.set_env(
+            "GW_SOCKET_SEND_BUFFER_BYTES",
+            &DEBUG_SEND_BUFFER.to_string(),
+        );
+        world.gateway.start()?;
+        world.gateway.wait_ready(crate::world::READY_LIMIT).await?;
+    }
     let addr = format!("127.0.0.1:{}", world.gw_port);
     let pairs: Vec<String> = infra::config::load_pairs()?
         .1
@@ -93,6 +109,20 @@ pub async fn run(plan: &Plan, outcome: &mut Outcome) -> Result<()> {
     )
     .await?;
     let slow_since = Instant::now();
+    // When the last of them is cut, watched beside the flood (which can outlast the hold).
+    let all_cut = tokio::spawn({
+        let url = world.gateway.metrics_url.clone();
+        let want = slow_before + shape.slow_readers as f64;
+        async move {
+            loop {
+                let text = crate::scrape::get(&url).await.map(|(_, body)| body);
+                if disconnects_in(&text.unwrap_or_default(), "slow_consumer") >= want {
+                    return slow_since.elapsed().as_secs_f64();
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    });
     load::note(
         &world.dir,
         &format!(
@@ -133,18 +163,16 @@ pub async fn run(plan: &Plan, outcome: &mut Outcome) -> Result<()> {
         ),
     );
 
-    // Hold everything until every slow reader is cut, or near the end of the probe's load.
+    // Hold everything near the end of the probe's load.
     let hold_until = Duration::from_secs(shape.duration_s.saturating_sub(4));
-    let mut all_cut_s = None;
-    while t0.elapsed() < hold_until {
-        if disconnects(&world, "slow_consumer").await - slow_before >= shape.slow_readers as f64 {
-            all_cut_s = Some(slow_since.elapsed().as_secs_f64());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
     tokio::time::sleep(hold_until.saturating_sub(t0.elapsed())).await;
     let slow_cut = disconnects(&world, "slow_consumer").await - slow_before;
+    let all_cut_s = if all_cut.is_finished() {
+        all_cut.await.ok()
+    } else {
+        all_cut.abort();
+        None
+    };
     let slow_held_s = slow_since.elapsed().as_secs_f64();
     // A half-open connection the server has closed reads EOF at once.
     let mut half_open_closed = 0;
@@ -259,7 +287,11 @@ async fn slow_reader(addr: &str, pairs: &[String]) -> Result<Ws> {
 }
 
 async fn disconnects(world: &World, reason: &str) -> f64 {
-    let text = world.gateway.metrics().await.unwrap_or_default();
+    disconnects_in(&world.gateway.metrics().await.unwrap_or_default(), reason)
+}
+
+/// `gateway_disconnects_total` for `reason`, from a scrape.
+fn disconnects_in(text: &str, reason: &str) -> f64 {
     text.lines()
         .filter(|l| {
             l.starts_with("gateway_disconnects_total{")
