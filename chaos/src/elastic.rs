@@ -24,15 +24,7 @@ const SESSION: [(&str, &str); 2] = [
 
 pub async fn run(plan: &Plan, outcome: &mut Outcome) -> Result<()> {
     let connections = plan.connections.max(2);
-    let mut world = World::create(
-        "elastic",
-        &plan.out,
-        &plan.bins,
-        &plan.brokers,
-        &plan.database_url,
-        connections,
-    )
-    .await?;
+    let mut world = World::create("elastic", plan, connections).await?;
     // The world starts one engine with every pair (static mode): the scenario restarts it in
     // group mode and adds a second member, and a second gateway.
     world.engine.terminate(Duration::from_secs(60)).await?;
@@ -165,14 +157,8 @@ pub async fn run(plan: &Plan, outcome: &mut Outcome) -> Result<()> {
     load::join_received(&world, &["load-a", "load-b"])?;
 
     let mut extra = [engine_b, gateway_b];
-    outcome.settled_s = settled(&world, &extra[0], Duration::from_secs(90))
-        .await
-        .map(|d| d.as_secs_f64());
-    if outcome.settled_s.is_none() {
-        outcome
-            .problems
-            .push("an engine or the stage still lagged 90 s after the load".into());
-    }
+    let done = settled(&world, &extra[0], crate::scenario::SETTLE_LIMIT).await;
+    crate::scenario::record_settled(outcome, done);
     crate::scenario::conclude(&mut world, &mut extra, plan, outcome).await
 }
 

@@ -252,17 +252,7 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
     // leader-kill and network run on a Kafka of their own (net.rs); dropped last.
     let rig = crate::net::Rig::start(s, plan).await?;
     let mut world = match &rig {
-        None => {
-            World::create(
-                s.name(),
-                &plan.out,
-                &plan.bins,
-                &plan.brokers,
-                &plan.database_url,
-                plan.connections,
-            )
-            .await?
-        }
+        None => World::create(s.name(), plan, plan.connections).await?,
         Some(rig) => {
             World::create_routed(
                 s.name(),
@@ -471,15 +461,7 @@ async fn run_inner(s: Scenario, plan: &Plan, outcome: &mut Outcome) -> Result<()
             "the load generator wrote no report ({status}); see load.err.log"
         ));
     }
-    outcome.settled_s = world
-        .settled(Duration::from_secs(90))
-        .await
-        .map(|d| d.as_secs_f64());
-    if outcome.settled_s.is_none() {
-        outcome.problems.push(
-            "the stage or the engine still lagged or a pair was paused 90 s after the load".into(),
-        );
-    }
+    record_settled(outcome, world.settled(SETTLE_LIMIT).await);
     if let Some(poison) = outcome.injected["orders_poison_lines"].as_u64() {
         // Every poison line answered as poison (the engine's own count), and every copy of a
         // forwarded command skipped as a repeat, none applied twice.
@@ -600,6 +582,36 @@ fn at_s(t0: Instant) -> f64 {
 pub async fn sleep_until(t0: Instant, at_s: f64) {
     let target = t0 + Duration::from_secs_f64(at_s.max(0.0));
     tokio::time::sleep_until(target.into()).await;
+}
+
+/// A finding about speed: a problem on release binaries; on debug ones (the test command's
+/// form, several times slower and sharing two cores with the load) it is recorded in the
+/// scenario's notes and judges nothing.
+pub fn judged_on_release(world: &World, outcome: &mut Outcome, finding: String) {
+    if cfg!(debug_assertions) {
+        crate::load::note(
+            &world.dir,
+            &format!("{finding} (debug binaries: recorded, not judged)"),
+        );
+    } else {
+        outcome.problems.push(finding);
+    }
+}
+
+/// How long after its load a scenario waits for every consumer to catch up.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(90);
+
+/// Records how long the services took to settle after the load (`World::settled` or the
+/// scenario's own wait); not settling within [`SETTLE_LIMIT`] is a problem.
+pub fn record_settled(outcome: &mut Outcome, settled: Option<Duration>) {
+    outcome.settled_s = settled.map(|d| d.as_secs_f64());
+    if outcome.settled_s.is_none() {
+        outcome.problems.push(format!(
+            "a consumer (the stage or an engine) still lagged, or a pair was paused, {} s after \
+             the load",
+            SETTLE_LIMIT.as_secs()
+        ));
+    }
 }
 
 /// `scripts/stack <args>` (crash kafka|postgres, up) on the shared stack, failing with its output.

@@ -53,15 +53,7 @@ fn shape(form: Form) -> Shape {
 
 pub async fn run(plan: &Plan, outcome: &mut Outcome) -> Result<()> {
     let shape = shape(plan.form);
-    let mut world = World::create(
-        "slow-clients",
-        &plan.out,
-        &plan.bins,
-        &plan.brokers,
-        &plan.database_url,
-        plan.connections,
-    )
-    .await?;
+    let mut world = World::create("slow-clients", plan, plan.connections).await?;
     if cfg!(debug_assertions) {
         // A slow reader is cut once the gateway's send buffer is full and a write then waits
         // 5 s. A debug gateway beside this load pushes each reader ~20 KB/s of public data
@@ -234,25 +226,18 @@ pub async fn run(plan: &Plan, outcome: &mut Outcome) -> Result<()> {
         ));
     }
     if during > 2.0 * before + 250.0 {
-        let finding = format!(
-            "the probe's p99 rose from {before:.0} ms to {during:.0} ms beside the slow clients"
+        // Debug binaries (the test command's short form) spend ~15 ms of the gateway's CPU per
+        // WebSocket handshake.
+        crate::scenario::judged_on_release(
+            &world,
+            outcome,
+            format!(
+                "the probe's p99 rose from {before:.0} ms to {during:.0} ms beside the slow clients"
+            ),
         );
-        if cfg!(debug_assertions) {
-            // Debug binaries (the test command's short form) spend ~15 ms of the gateway's CPU
-            // per WebSocket handshake: latency beside a flood is judged on release binaries.
-            load::note(
-                &world.dir,
-                &format!("{finding} (debug binaries: recorded, not judged)"),
-            );
-        } else {
-            outcome.problems.push(finding);
-        }
     }
     outcome.injected = figures;
-    outcome.settled_s = world
-        .settled(Duration::from_secs(90))
-        .await
-        .map(|d| d.as_secs_f64());
+    crate::scenario::record_settled(outcome, world.settled(crate::scenario::SETTLE_LIMIT).await);
     crate::scenario::conclude(&mut world, &mut [], plan, outcome).await
 }
 

@@ -51,21 +51,17 @@ impl World {
     /// the stage (waiting until it applied every deposit), the engine and the gateway.
     pub async fn create(
         scenario: &str,
-        out: &Path,
-        bins: &Path,
-        brokers: &str,
-        database_url: &str,
+        plan: &crate::scenario::Plan,
         accounts: usize,
     ) -> Result<World> {
-        let routes = Routes::default();
         Self::create_routed(
             scenario,
-            out,
-            bins,
-            brokers,
-            database_url,
+            &plan.out,
+            &plan.bins,
+            &plan.brokers,
+            &plan.database_url,
             accounts,
-            &routes,
+            &Routes::default(),
         )
         .await
     }
