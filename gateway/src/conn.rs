@@ -24,6 +24,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::auth::AuthError;
+use crate::held::Held;
 use crate::outbound::{Closing, ConnId, Levels, MarketPending, Next, Outbound, ReadSoFar};
 use crate::sink::Class;
 use crate::state::{Shared, count_error, quota, rate_limited};
@@ -144,13 +145,8 @@ struct Conn {
     /// The connection limit's refusals in the current one-second window, and when it began.
     limited: (Instant, u32),
     limited_in_a_row: u32,
-    /// Since when the gateway has stopped reading this socket (its pending answers at the
-    /// limit: Kafka slow or down). The client's frames queue meanwhile and arrive together once
-    /// reading resumes: a burst the gateway made, not the client.
-    held_since: Option<Instant>,
-    /// Until then the connection limit's refusals are answered but not counted toward `abuse`:
-    /// for as long again as the gateway held the socket.
-    forgive_until: Option<Instant>,
+    /// When the gateway stopped reading this socket, and the requests that owes the client.
+    held: Held,
     pending: FuturesUnordered<Pending>,
     /// The ids in `pending` (a client may reuse one), to answer them if the wait runs out.
     pending_ids: HashMap<u64, u32>,
@@ -181,8 +177,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
         subs: HashSet::new(),
         limited: (Instant::now(), 0),
         limited_in_a_row: 0,
-        held_since: None,
-        forgive_until: None,
+        held: Held::new(limits.conn_rate_per_s),
         pending: FuturesUnordered::new(),
         pending_ids: HashMap::new(),
         read: ReadSoFar::default(),
@@ -263,15 +258,7 @@ impl Conn {
         tokio::pin!(closed, shutting_down);
         loop {
             let can_read = self.pending.len() < limits.pending_per_conn_max;
-            match (can_read, self.held_since) {
-                (false, None) => self.held_since = Some(Instant::now()),
-                (true, Some(since)) => {
-                    let now = Instant::now();
-                    self.forgive_until = Some(now + now.duration_since(since));
-                    self.held_since = None;
-                }
-                _ => {}
-            }
+            self.held.note(can_read, Instant::now());
             tokio::select! {
                 biased;
                 _ = &mut closed => return Ending::Closed,
@@ -304,7 +291,10 @@ impl Conn {
                             };
                         }
                         Some(Ok(Message::Text(text))) => {
-                            if let Some(why) = self.on_text(text.as_str()).await {
+                            let started = Instant::now();
+                            let closing = self.on_text(text.as_str()).await;
+                            self.held.stalled(started, Instant::now());
+                            if let Some(why) = closing {
                                 return Ending::Orderly(why);
                             }
                         }
@@ -389,7 +379,9 @@ impl Conn {
         if id.is_some() {
             self.read.last_request_id = id;
         }
-        if let Err(not_until) = self.limiter.check() {
+        if let Err(not_until) = self.limiter.check()
+            && !self.held.take(Instant::now())
+        {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             metrics::counter!("gateway_shed_total", "reason" => telemetry::SHED_CONNECTION_RATE)
                 .increment(1);
@@ -415,9 +407,10 @@ impl Conn {
     /// Answers `rate_limited`; asks to close the connection once it keeps ignoring that.
     fn limited(&mut self, id: Option<u64>, e: ErrorBody) -> Option<Closing> {
         self.out.push(error_text(id, e));
-        // Nor while the system is overloaded: a gateway that reads late reads a well-behaved
-        // client's frames in bursts, over its rate however evenly they were sent.
-        if self.forgive_until.is_some_and(|t| Instant::now() < t) || self.shared.sink.overloaded() {
+        // Nor while the gateway holds or has just held the socket, or the system is overloaded:
+        // a gateway that reads late reads a well-behaved client's frames in bursts, over its
+        // rate however evenly they were sent.
+        if self.held.excuses(Instant::now()) || self.shared.sink.overloaded() {
             return None;
         }
         // Refusals within one second, or in a row however slowly they are read: a client far

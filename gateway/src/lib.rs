@@ -15,6 +15,7 @@ mod conn;
 mod deadman;
 #[doc(hidden)]
 pub mod fuzz;
+mod held;
 mod http;
 pub mod hub;
 pub mod ids;

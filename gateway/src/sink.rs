@@ -90,8 +90,11 @@ pub enum SendError {
 
 /// CoDel's signal: the smallest delay seen in the last full window. A queue that only bursts
 /// shows some small delays in every window; a standing queue shows none. A window with fewer
-/// than `DELAY_SAMPLES_MIN` samples says nothing: under light traffic one slow answer (a cold
-/// start, say) is not a standing queue and must not shed the next order.
+/// than `DELAY_SAMPLES_MIN` samples says nothing under light traffic: one slow answer (a cold
+/// start, say) is not a standing queue and must not shed the next order. With at least that
+/// many commands waiting, though, few answers is itself the sign of a stall (a broker that
+/// answers a trickle, or nothing): their delays count however few, and windows with no answer
+/// at all add up, so a stall of seconds reads as seconds, not as one window's 100 ms.
 #[derive(Debug)]
 pub struct DelayWindow {
     state: Mutex<DelayState>,
@@ -103,6 +106,8 @@ struct DelayState {
     window_min: Option<Duration>,
     window_samples: u32,
     last_min: Duration,
+    /// Consecutive windows without an answer while many commands waited, in time.
+    silent: Duration,
 }
 
 const DELAY_SAMPLES_MIN: u32 = 16;
@@ -115,6 +120,7 @@ impl Default for DelayWindow {
                 window_min: None,
                 window_samples: 0,
                 last_min: Duration::ZERO,
+                silent: Duration::ZERO,
             }),
         }
     }
@@ -127,16 +133,25 @@ impl DelayWindow {
         d.window_samples = d.window_samples.saturating_add(1);
     }
 
-    /// The smallest delay of the last full window. `waiting`: work is outstanding, so a window
-    /// without any sample means nothing came back at all (stuck), not that nothing was sent.
-    pub fn standing(&self, waiting: bool) -> Duration {
+    /// The smallest delay of the last full window. `waiting`: how much work is outstanding; a
+    /// window without any sample while work waits means nothing came back at all (stuck), not
+    /// that nothing was sent.
+    pub fn standing(&self, waiting: usize) -> Duration {
         let mut d = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let elapsed = d.window_start.elapsed();
         if elapsed >= DELAY_WINDOW {
+            let many = waiting >= DELAY_SAMPLES_MIN as usize;
+            if d.window_min.is_some() || !many {
+                d.silent = Duration::ZERO;
+            }
             d.last_min = match d.window_min {
-                Some(min) if d.window_samples >= DELAY_SAMPLES_MIN => min,
+                Some(min) if d.window_samples >= DELAY_SAMPLES_MIN || many => min,
                 Some(_) => Duration::ZERO,
-                None if waiting => elapsed,
+                None if many => {
+                    d.silent += elapsed;
+                    d.silent
+                }
+                None if waiting > 0 => elapsed,
                 None => Duration::ZERO,
             };
             d.window_min = None;
@@ -229,10 +244,10 @@ impl OrderSink {
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         in_flight >= self.limits.inflight_new_max
             || self.producer.in_flight_count().max(0) as usize >= self.limits.producer_queue_new_max
-            || self.kafka_delay.standing(in_flight > 0)
+            || self.kafka_delay.standing(in_flight)
                 > Duration::from_millis(self.limits.queue_delay_target_ms)
             || self.awaiting_verdict.load(Ordering::Relaxed) >= self.limits.awaiting_verdict_new_max
-            || self.engine_delay.standing(false)
+            || self.engine_delay.standing(0)
                 > Duration::from_millis(self.limits.engine_delay_target_ms)
     }
 
@@ -255,7 +270,7 @@ impl OrderSink {
             if queued >= self.limits.producer_queue_new_max {
                 return Err(Shed::ProducerQueue(queued));
             }
-            let delay = self.kafka_delay.standing(in_flight > 0);
+            let delay = self.kafka_delay.standing(in_flight);
             if delay > Duration::from_millis(self.limits.queue_delay_target_ms) {
                 return Err(Shed::QueueDelay(delay.as_millis() as u64));
             }
@@ -265,7 +280,7 @@ impl OrderSink {
             }
             // Only observed verdicts count: a verdict that never comes (an engine that is down)
             // is bounded by `awaiting_verdict_new_max` instead.
-            let engine = self.engine_delay.standing(false);
+            let engine = self.engine_delay.standing(0);
             if engine > Duration::from_millis(self.limits.engine_delay_target_ms) {
                 return Err(Shed::EngineDelay(engine.as_millis() as u64));
             }
@@ -473,24 +488,53 @@ mod tests {
         }
         w.record(Duration::from_millis(120));
         std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
-        assert_eq!(w.standing(false), Duration::from_millis(120));
+        assert_eq!(w.standing(0), Duration::from_millis(120));
         w.record(Duration::from_millis(900));
         std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
         assert_eq!(
-            w.standing(false),
+            w.standing(0),
             Duration::ZERO,
             "one slow answer is not a queue"
         );
         std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
+        assert_eq!(w.standing(0), Duration::ZERO, "no sample, nothing waiting");
+        std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
+        assert!(
+            w.standing(1) >= DELAY_WINDOW,
+            "no sample while work waits: stuck"
+        );
+    }
+
+    #[test]
+    fn with_many_waiting_a_trickle_of_slow_answers_or_none_is_a_stall() {
+        let w = DelayWindow::default();
+        let many = DELAY_SAMPLES_MIN as usize;
+        w.record(Duration::from_millis(900));
+        std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
         assert_eq!(
-            w.standing(false),
-            Duration::ZERO,
-            "no sample, nothing waiting"
+            w.standing(many),
+            Duration::from_millis(900),
+            "a trickle counts"
+        );
+        let mut silent = Duration::ZERO;
+        for _ in 0..3 {
+            std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
+            let now = w.standing(many);
+            assert!(now > silent, "silence adds up: {now:?} after {silent:?}");
+            silent = now;
+        }
+        assert!(silent >= 3 * DELAY_WINDOW, "{silent:?}");
+        w.record(Duration::from_millis(5));
+        std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
+        assert_eq!(
+            w.standing(many),
+            Duration::from_millis(5),
+            "an answer ends it"
         );
         std::thread::sleep(DELAY_WINDOW + Duration::from_millis(10));
         assert!(
-            w.standing(true) >= DELAY_WINDOW,
-            "no sample while work waits: stuck"
+            w.standing(many) < 2 * DELAY_WINDOW,
+            "the silence starts over"
         );
     }
 }

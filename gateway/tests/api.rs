@@ -245,6 +245,70 @@ async fn a_client_steadily_above_its_limit_is_cut_off_though_some_requests_pass(
     stack.stop().await;
 }
 
+/// A client within its rate whose socket the gateway stopped reading (here: a query answered in
+/// line that waits on a lock in PostgreSQL; in the field also its answers pending on a slow
+/// Kafka) went on sending meanwhile. Its frames then arrive together, far over its burst: the
+/// gateway made that burst, so none is refused and the client is not cut as abusive.
+#[tokio::test]
+async fn frames_the_gateway_read_late_are_not_refused_as_over_the_clients_rate() {
+    let limits = Limits {
+        conn_rate_per_s: 20,
+        conn_burst: 10,
+        abuse_limited_per_s: 10,
+        ..Limits::default()
+    };
+    let Some(stack) = start(limits, 1).await else {
+        return;
+    };
+    let mut c = stack.logged_in(0).await;
+    let mut lock = stack.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE pair_offsets IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    c.send_text(json!({"id": 9_001, "method": "open_orders"}).to_string())
+        .await;
+    // 25 pings at 20 a second (the limit) while the query waits (within the gateway's 2 s
+    // statement timeout): for 1.25 s the gateway reads nothing, then 25 frames at once.
+    let sent = 25;
+    for i in 0..sent {
+        c.send_text(json!({"id": 100 + i, "method": "ping"}).to_string())
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lock.commit().await.unwrap();
+    let r = c.response_to(9_001).await;
+    assert!(r.get("result").is_some(), "open_orders: {r}");
+    let mut refused = Vec::new();
+    for i in 0..sent {
+        let r = c.response_to(100 + i).await;
+        if r.get("error").is_some() {
+            refused.push(r);
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} refused: {:?}",
+        refused.len(),
+        refused.first()
+    );
+    // Still open, and the limit still holds for what the client sends from now on.
+    let mut limited = false;
+    for _ in 0..200 {
+        let r = c.request("ping", serde_json::Value::Null).await;
+        if r.get("error").is_some() {
+            assert_eq!(error_code(&r), "rate_limited", "{r}");
+            limited = true;
+            break;
+        }
+    }
+    assert!(
+        limited,
+        "once the credit is spent, a client over its rate is refused"
+    );
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn new_connections_beyond_the_gateways_rate_get_503_with_retry_after() {
     let limits = Limits {
