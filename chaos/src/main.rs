@@ -114,6 +114,12 @@ async fn main() -> Result<()> {
         println!("chaos: every scenario passed");
         Ok(())
     } else {
+        // Last, so that a log's tail (all CI keeps) says why, not only which.
+        for o in outcomes.iter().filter(|o| !o.passed) {
+            for problem in &o.problems {
+                eprintln!("chaos: {}: {problem}", o.scenario);
+            }
+        }
         eprintln!("chaos: FAILED: {}", failed.join(", "));
         std::process::exit(1);
     }
