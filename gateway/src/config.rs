@@ -98,6 +98,11 @@ pub struct Limits {
     /// being accepted is closed: half-open connections cannot pile up.
     #[arg(long, env = "GW_HANDSHAKE_TIMEOUT_MS", default_value_t = Limits::DEFAULT.handshake_timeout_ms)]
     pub handshake_timeout_ms: u64,
+    /// How long a starting gateway waits for another running gateway with its `GW_GATEWAY_ID`
+    /// (on the same database and schema) to go away before it refuses to start: two gateways
+    /// with one id would hand out the same order ids (see `gateway::claim`).
+    #[arg(long, env = "GW_ID_CLAIM_WAIT_MS", default_value_t = Limits::DEFAULT.id_claim_wait_ms)]
+    pub id_claim_wait_ms: u64,
     /// Largest accepted frame and message; larger closes the connection with 1009.
     #[arg(long, env = "GW_MAX_MESSAGE_BYTES", default_value_t = Limits::DEFAULT.max_message_bytes)]
     pub max_message_bytes: usize,
@@ -202,6 +207,7 @@ impl Limits {
         new_connections_burst: 200,
         socket_send_buffer_bytes: 256 * 1024,
         handshake_timeout_ms: 10_000,
+        id_claim_wait_ms: 15_000,
         max_message_bytes: 16 * 1024,
         allowed_origins: Vec::new(),
         login_window_ms: 5_000,

@@ -10,6 +10,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod claim;
 pub mod config;
 mod conn;
 mod deadman;
@@ -71,6 +72,14 @@ pub enum GatewayError {
     AccountStage(String),
     #[error(transparent)]
     Keys(#[from] auth::KeyCheckError),
+    #[error(
+        "gateway id {0} is in use by another running gateway on this database and schema (it held \
+         the id throughout GW_ID_CLAIM_WAIT_MS): give each gateway writing to the same topics its \
+         own GW_GATEWAY_ID (0-63), or stop the other one"
+    )]
+    IdInUse(u8),
+    #[error("cannot claim the gateway id in PostgreSQL: {0}")]
+    Claim(String),
 }
 
 /// A running gateway.
@@ -118,6 +127,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway,
     let metrics = metrics_handle();
     let pool = infra::db::connect(&config.database_url, 8).await?;
     auth::check_keys(&pool, &config.limits.keys).await?;
+    // Before anything hands out an id; held until the drain is over.
+    let claim = claim::claim(
+        &config.database_url,
+        config.gateway_id,
+        Duration::from_millis(config.limits.id_claim_wait_ms),
+        shutdown.clone(),
+    )
+    .await?;
     let client_id = format!("gateway-{}", config.gateway_id);
     let producer: FutureProducer =
         client_config(&config.brokers, &client_id, Role::Producer).create()?;
@@ -251,6 +268,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Gateway,
         if let Some(task) = account_events {
             let _ = task.await;
         }
+        drop(claim);
         served
     });
     Ok(Gateway { addr, task })

@@ -309,6 +309,48 @@ async fn frames_the_gateway_read_late_are_not_refused_as_over_the_clients_rate()
     stack.stop().await;
 }
 
+/// Two gateways with one id would hand out the same order ids (and the second order with an id
+/// would overwrite the first in PostgreSQL, whatever its pair): a gateway refuses to start
+/// while another holds its id on the same schema, starts beside it with another id, and takes
+/// the id once its holder has stopped.
+#[tokio::test]
+async fn a_gateway_refuses_the_id_of_a_running_one_and_takes_it_once_free() {
+    let Some(mut stack) = start(Limits::default(), 0).await else {
+        return;
+    };
+    let quick = Limits {
+        id_claim_wait_ms: 500,
+        ..Limits::default()
+    };
+    let started = std::time::Instant::now();
+    let err = gateway::run(
+        stack.gateway_config(1, quick.clone()),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect_err("id 1 is the running gateway's");
+    assert!(matches!(err, gateway::GatewayError::IdInUse(1)), "{err}");
+    assert!(err.to_string().contains("GW_GATEWAY_ID"), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "it waited first"
+    );
+
+    let (other, other_stop) = stack.another_gateway(2).await;
+    other_stop.cancel();
+    other.join().await.unwrap();
+
+    stack.shutdown.cancel();
+    stack.gateway.take().unwrap().join().await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let again = gateway::run(stack.gateway_config(1, quick), stop.clone())
+        .await
+        .expect("the id is free once its gateway stopped");
+    stop.cancel();
+    again.join().await.unwrap();
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn new_connections_beyond_the_gateways_rate_get_503_with_retry_after() {
     let limits = Limits {

@@ -213,9 +213,9 @@ impl Stack {
         }
     }
 
-    /// Another gateway on the same topics and schema (a restart, or a second ECS task).
-    pub async fn another_gateway(&self, gateway_id: u8) -> (Gateway, CancellationToken) {
-        let config = Config {
+    /// The config of another gateway on the same topics and schema.
+    pub fn gateway_config(&self, gateway_id: u8, limits: Limits) -> Config {
+        Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             brokers: self.env.brokers.clone(),
             database_url: self.db_url.clone(),
@@ -225,9 +225,14 @@ impl Stack {
             gateway_id,
             limits: Limits {
                 keys: self.keys.clone(),
-                ..Limits::default()
+                ..limits
             },
-        };
+        }
+    }
+
+    /// Another gateway on the same topics and schema (a restart, or a second ECS task).
+    pub async fn another_gateway(&self, gateway_id: u8) -> (Gateway, CancellationToken) {
+        let config = self.gateway_config(gateway_id, Limits::default());
         let shutdown = CancellationToken::new();
         let gw = gateway::run(config, shutdown.clone()).await.unwrap();
         (gw, shutdown)
