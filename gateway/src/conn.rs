@@ -23,6 +23,7 @@ use protocol::{AccountId, Command, OrderId, PairId, PairSpec, Price, Qty};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::abuse::Refusals;
 use crate::auth::AuthError;
 use crate::held::Held;
 use crate::outbound::{Closing, ConnId, Levels, MarketPending, Next, Outbound, ReadSoFar};
@@ -142,9 +143,8 @@ struct Conn {
     account: Option<AccountId>,
     subs: HashSet<(Channel, PairId)>,
     limiter: DefaultDirectRateLimiter,
-    /// The connection limit's refusals in the current one-second window, and when it began.
-    limited: (Instant, u32),
-    limited_in_a_row: u32,
+    /// The connection limit's refusals, toward `abuse`.
+    refusals: Refusals,
     /// When the gateway stopped reading this socket, and the requests that owes the client.
     held: Held,
     pending: FuturesUnordered<Pending>,
@@ -175,8 +175,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, socket: WebSocket) {
         out: Arc::clone(&out),
         account: None,
         subs: HashSet::new(),
-        limited: (Instant::now(), 0),
-        limited_in_a_row: 0,
+        refusals: Refusals::new(Instant::now()),
         held: Held::new(limits.conn_rate_per_s),
         pending: FuturesUnordered::new(),
         pending_ids: HashMap::new(),
@@ -389,7 +388,7 @@ impl Conn {
         }
         // Only the connection's own limit counts toward `abuse`: an account-wide `rate_limited`
         // (its budget spent by other connections) is answered like any other error.
-        self.limited_in_a_row = 0;
+        self.refusals.passed();
         match parsed {
             Err(e) => self.out.push(error_text(e.id, e.error)),
             Ok(request) => {
@@ -407,22 +406,13 @@ impl Conn {
     /// Answers `rate_limited`; asks to close the connection once it keeps ignoring that.
     fn limited(&mut self, id: Option<u64>, e: ErrorBody) -> Option<Closing> {
         self.out.push(error_text(id, e));
-        // Nor while the gateway holds or has just held the socket, or the system is overloaded:
-        // a gateway that reads late reads a well-behaved client's frames in bursts, over its
-        // rate however evenly they were sent.
-        if self.held.excuses(Instant::now()) || self.shared.sink.overloaded() {
-            return None;
-        }
-        // Refusals within one second, or in a row however slowly they are read: a client far
-        // above its limit gets a request through now and then, and must not escape by that.
+        // While the gateway holds or has just held the socket, or the system is overloaded, it
+        // reads a well-behaved client's frames late, in bursts over its rate however evenly they
+        // were sent: then only a sustained excess counts (see `abuse`).
         let now = Instant::now();
-        if now.duration_since(self.limited.0) >= Duration::from_secs(1) {
-            self.limited = (now, 0);
-        }
-        self.limited.1 += 1;
-        self.limited_in_a_row += 1;
-        let limit = self.shared.config.limits.abuse_limited_per_s;
-        if self.limited.1 >= limit || self.limited_in_a_row >= limit {
+        let excused = self.held.excuses(now) || self.shared.sink.overloaded();
+        let threshold = self.shared.config.limits.abuse_limited_per_s;
+        if self.refusals.refused(now, threshold, excused) {
             tracing::info!(
                 conn = self.out.id,
                 account_id = self.account.map(|a| a.0),

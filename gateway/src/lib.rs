@@ -8,6 +8,7 @@
 //! `run(config, shutdown)` is the whole service; the binary only parses flags and calls it.
 //! `docs/API.md` is the client's reference, including the overload policy.
 
+mod abuse;
 pub mod accounts;
 pub mod auth;
 pub mod claim;
