@@ -63,7 +63,10 @@ pub async fn run(plan: &Plan, outcome: &mut Outcome) -> Result<()> {
     );
 
     let half = connections / 2;
-    let duration = plan.duration_s.max(20);
+    // Long enough that the load outlasts the restart's rebalance (2.5 s on a busy box) by
+    // seconds: a pair resumes only if commands still come (with 20 s, a fresh-clone run restarted
+    // B 19 s in, B owned its pairs at 21.5 s, and the load had ended before every pair moved).
+    let duration = plan.duration_s.max(30);
     let loads = [
         ("load-a", world.gw_port, 0..half),
         ("load-b", gw_b_port, half..connections),
