@@ -15,7 +15,7 @@ use protocol::records::{
 };
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
@@ -79,6 +79,7 @@ pub async fn supervise(stage: Arc<Stage>, shard: u32, stop: CancellationToken) {
         match tokio::spawn(run(Arc::clone(&stage), shard, stop.clone())).await {
             Ok(Ok(())) => return,
             Ok(Err(err)) => {
+                infra::kafka::exit_if_fatal(stage.producer.client(), "accounts");
                 tracing::warn!(shard, error = %err, "shard actor failed; restarting from PostgreSQL");
             }
             Err(join) if join.is_panic() => {

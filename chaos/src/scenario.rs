@@ -568,11 +568,59 @@ pub async fn conclude(
     outcome.audit_passed = passed;
     if !passed {
         outcome.problems.push(format!(
-            "the audit found violations (see {}/audit.json)",
-            world.dir.display()
+            "the audit found violations (see {}/audit.json){}",
+            world.dir.display(),
+            audit_findings(&outcome.audit)
         ));
     }
     Ok(())
+}
+
+/// The broken rules of an audit report and its first few violations, so that a log's tail
+/// says what broke without the report at hand.
+pub fn audit_findings(report: &Value) -> String {
+    let mut out = String::new();
+    let Some(rules) = report["rules"].as_array() else {
+        // Not a report: the audit's own error output.
+        if let Some(text) = report.as_str() {
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            for line in tail.into_iter().rev() {
+                out.push_str(&format!("\n    {line}"));
+            }
+        }
+        return out;
+    };
+    for r in rules {
+        if r["violations"].as_u64().unwrap_or(0) > 0 {
+            out.push_str(&format!(
+                "\n    rule {}: {} of {} checked",
+                r["rule"].as_str().unwrap_or("?"),
+                r["violations"],
+                r["checked"]
+            ));
+        }
+    }
+    for v in report["violations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(3)
+    {
+        let mut located: Vec<String> = Vec::new();
+        if let Some(map) = v.as_object() {
+            for (k, val) in map {
+                if k != "detail" {
+                    located.push(format!("{k}={}", val.to_string().trim_matches('"')));
+                }
+            }
+        }
+        out.push_str(&format!(
+            "\n    {}: {}",
+            located.join(" "),
+            v["detail"].as_str().unwrap_or("")
+        ));
+    }
+    out
 }
 
 fn at_s(t0: Instant) -> f64 {
@@ -739,4 +787,38 @@ pub fn table(outcomes: &[Outcome]) -> String {
         ));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::audit_findings;
+    use serde_json::json;
+
+    #[test]
+    fn findings_name_the_broken_rules_and_the_first_violations() {
+        let report = json!({
+            "rules": [
+                {"rule": "seq_contiguous", "checked": 10, "violations": 0},
+                {"rule": "received_has_verdict", "checked": 9, "violations": 2},
+            ],
+            "violations": [
+                {"rule": "received_has_verdict", "pair": "BTC-USD", "order_id": 7, "detail": "no verdict"},
+                {"rule": "received_has_verdict", "pair": "ETH-USD", "order_id": 8, "detail": "no verdict"},
+            ],
+        });
+        let text = audit_findings(&report);
+        assert!(
+            text.contains("rule received_has_verdict: 2 of 9 checked"),
+            "{text}"
+        );
+        assert!(!text.contains("seq_contiguous"), "{text}");
+        assert!(
+            text.contains("order_id=7 pair=BTC-USD rule=received_has_verdict: no verdict"),
+            "{text}"
+        );
+        assert_eq!(
+            audit_findings(&json!("error: no brokers\n")),
+            "\n    error: no brokers"
+        );
+    }
 }

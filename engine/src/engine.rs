@@ -230,8 +230,11 @@ impl Engine {
         for slot in &slots {
             slot.stop.cancel();
         }
+        // One deadline for all: the pairs stop side by side, and a SIGTERM is bounded by one
+        // drain timeout, not by one per pair.
+        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
         for slot in slots {
-            if tokio::time::timeout(self.config.drain_timeout, slot.supervisor)
+            if tokio::time::timeout_at(deadline, slot.supervisor)
                 .await
                 .is_err()
             {
@@ -542,6 +545,7 @@ async fn supervise(
         match run.await {
             Ok(Ok(())) => return,
             Ok(Err(err)) => {
+                infra::kafka::exit_if_fatal(engine.producer.client(), "engine");
                 tracing::warn!(pair = %spec.symbol, error = %err, "pair actor failed; restarting from PostgreSQL");
             }
             Err(join) if join.is_panic() => {

@@ -242,10 +242,24 @@ impl Shared {
         sent.map_err(|e| {
             self.hub.forget_request(command_id);
             match e {
-                SendError::QueueFull
-                | SendError::Delivery(KafkaError::MessageProduction(
-                    RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::QueueFull,
+                // The record may have reached the broker before it went quiet (librdkafka
+                // cannot tell whether an in-flight record was written): the client must not
+                // take this for a refusal and place the order again.
+                SendError::Delivery(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut,
                 )) => {
+                    metrics::counter!("gateway_shed_total", "reason" => telemetry::SHED_KAFKA)
+                        .increment(1);
+                    ErrorBody::new(
+                        ErrorCode::OutcomeUnknown,
+                        "Kafka did not acknowledge the command in time: it may or may not take \
+                         effect; its verdict, if any, goes to the account's connections \
+                         (order_status tells)",
+                    )
+                }
+                SendError::QueueFull
+                | SendError::Delivery(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) =>
+                {
                     metrics::counter!("gateway_shed_total", "reason" => telemetry::SHED_KAFKA)
                         .increment(1);
                     self.overloaded(format!("Kafka did not take the command: {e}"))
