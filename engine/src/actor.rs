@@ -80,6 +80,19 @@ pub enum ActorError {
         expected: i64,
         got: i64,
     },
+    #[error(
+        "pair {pair}: PostgreSQL has applied {topic} partition {partition} up to offset \
+         {last_offset}, but the partition ends at {end}: the log was recreated or lost records. \
+         The pair stays stopped rather than skip commands; restore the topic, or reset the \
+         pair's state (docs/DEPLOY.md, \"A log behind PostgreSQL\")"
+    )]
+    LogBehind {
+        pair: String,
+        topic: String,
+        partition: i32,
+        last_offset: i64,
+        end: i64,
+    },
     #[error("blocking Kafka call failed to run: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[cfg(feature = "fault-injection")]
@@ -234,6 +247,22 @@ pub(crate) async fn run(
     metrics::gauge!(m::PAUSED, &labels).set(1.0);
     let recovered = store::recover(&engine.pool, &spec).await?;
     let partition = partition_of(&spec);
+    // PostgreSQL says this pair applied records up to `last_offset`, so the log holds them. A
+    // partition that ends before it was recreated (or lost records to an unclean leader
+    // election): reading on would skip its first records as "already applied" and answer none
+    // of them. The pair stays stopped, loudly, until an operator decides (docs/DEPLOY.md).
+    if recovered.last_offset >= 0
+        && let Some((_, end)) = engine.watermarks(partition).await
+        && end <= recovered.last_offset
+    {
+        return Err(ActorError::LogBehind {
+            pair: spec.symbol.clone(),
+            topic: engine.config.orders_topic.clone(),
+            partition,
+            last_offset: recovered.last_offset,
+            end,
+        });
+    }
     if seek {
         engine
             .seek(partition, recovered.last_offset + 1)

@@ -441,6 +441,11 @@ impl Engine {
     }
 
     /// The partition's first retained offset, if the broker answers within a second.
+    /// The partition's (log start, end) in `orders`; `None` when Kafka does not answer.
+    pub(crate) async fn watermarks(&self, partition: i32) -> Option<(i64, i64)> {
+        infra::kafka::watermarks(&self.consumer, &self.config.orders_topic, partition).await
+    }
+
     pub(crate) async fn low_watermark(&self, partition: i32) -> Option<i64> {
         infra::kafka::watermarks(&self.consumer, &self.config.orders_topic, partition)
             .await
@@ -546,7 +551,12 @@ async fn supervise(
             Ok(Ok(())) => return,
             Ok(Err(err)) => {
                 infra::kafka::exit_if_fatal(engine.producer.client(), "engine");
-                tracing::warn!(pair = %spec.symbol, error = %err, "pair actor failed; restarting from PostgreSQL");
+                if matches!(err, actor::ActorError::LogBehind { .. }) {
+                    // Not a passing fault: it needs an operator.
+                    tracing::error!(pair = %spec.symbol, error = %err, "pair cannot start");
+                } else {
+                    tracing::warn!(pair = %spec.symbol, error = %err, "pair actor failed; restarting from PostgreSQL");
+                }
             }
             Err(join) if join.is_panic() => {
                 tracing::error!(pair = %spec.symbol, "pair actor panicked; restarting from PostgreSQL");
