@@ -22,18 +22,18 @@ export const ACCOUNTS_METRICS_PORT = 9102;
 
 /**
  * The stage's drain on SIGTERM (not configurable; accounts/src, checked by the tests): every
- * shard's actor is its own task, so shards drain side by side, not one after another. A shard
- * finishes the batch it has read: it waits for Kafka to acknowledge its forwards and answers
- * (librdkafka's `message.timeout.ms`, 30 s, infra/src/kafka.rs), then commits to PostgreSQL (a
- * pool connection within ACQUIRE_TIMEOUT, 5 s, infra/src/db.rs; the transaction itself has no
- * bound of its own). SIGKILL beyond it loses nothing: the uncommitted batch is read again by the
- * next owner and produces the same lines, which the engine and the gateway drop as repeats.
+ * shard's actor is its own task, so shards drain side by side under one deadline
+ * (`DRAIN_TIMEOUT`, 20 s, accounts/src/lib.rs). A shard finishes the batch it has read: it waits
+ * for Kafka to acknowledge its forwards and answers (they never time out on their own:
+ * infra/src/kafka.rs, `BatchProducer`), then commits to PostgreSQL. SIGKILL beyond it loses
+ * nothing: the uncommitted batch is read again by the next owner and produces the same lines,
+ * which the engine and the gateway drop as repeats.
  */
-export const ACCOUNTS_DRAIN = { deliveryS: 30, poolAcquireS: 5 } as const;
+export const ACCOUNTS_DRAIN = { shardsS: 20 } as const;
 const STOP_MARGIN_S = 25;
 
 export function accountsDrainBoundS(): number {
-  return ACCOUNTS_DRAIN.deliveryS + ACCOUNTS_DRAIN.poolAcquireS;
+  return ACCOUNTS_DRAIN.shardsS;
 }
 
 export function accountsStopTimeoutS(): number {

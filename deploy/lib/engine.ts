@@ -16,33 +16,24 @@ export const ENGINE_METRICS_PORT = 9100;
 
 /**
  * The engine's drain on SIGTERM (not configurable today; engine/src, checked by the tests):
- * each pair's actor gets `drain_timeout` to finish its batch and commit, waited one pair after
- * another (engine/src/engine.rs `drain`); then the events producer flushes for at most 10 s and
- * the consumer closes within CONSUMER_CLOSE_WAIT (engine/src/lib.rs).
+ * every pair's actor finishes its batch and commits, all side by side under one `drain_timeout`
+ * deadline (engine/src/engine.rs `drain`); then the events producer flushes for at most 10 s and
+ * the consumer closes within CONSUMER_CLOSE_WAIT (engine/src/lib.rs). The bound does not grow
+ * with the pairs a task owns. SIGKILL beyond it loses nothing: what a pair had not committed is
+ * applied again by the next owner.
  */
-export const ENGINE_DRAIN = { perPairS: 20, producerFlushS: 10, consumerCloseS: 5 } as const;
+export const ENGINE_DRAIN = { pairsS: 20, producerFlushS: 10, consumerCloseS: 5 } as const;
 /** Fargate sends SIGKILL `stopTimeout` after SIGTERM, at most 120 s. */
 export const FARGATE_STOP_TIMEOUT_MAX_S = 120;
 const STOP_MARGIN_S = 25;
 
-/** Worst-case seconds from SIGTERM to exit for a task owning `pairs` pairs. */
-export function engineDrainBoundS(pairs: number): number {
-  return pairs * ENGINE_DRAIN.perPairS + ENGINE_DRAIN.producerFlushS + ENGINE_DRAIN.consumerCloseS;
+/** Worst-case seconds from SIGTERM to exit for an engine task, whatever pairs it owns. */
+export function engineDrainBoundS(): number {
+  return ENGINE_DRAIN.pairsS + ENGINE_DRAIN.producerFlushS + ENGINE_DRAIN.consumerCloseS;
 }
 
-export function engineStopTimeoutS(pairs: number): number {
-  const bound = engineDrainBoundS(pairs);
-  if (bound >= FARGATE_STOP_TIMEOUT_MAX_S) {
-    const most = Math.floor(
-      (FARGATE_STOP_TIMEOUT_MAX_S - 1 - ENGINE_DRAIN.producerFlushS - ENGINE_DRAIN.consumerCloseS) /
-        ENGINE_DRAIN.perPairS,
-    );
-    throw new Error(
-      `an engine task owning ${pairs} pairs may take ${bound} s to drain, beyond Fargate's ` +
-        `${FARGATE_STOP_TIMEOUT_MAX_S} s stop timeout: at most ${most} pairs per task`,
-    );
-  }
-  return Math.min(FARGATE_STOP_TIMEOUT_MAX_S, bound + STOP_MARGIN_S);
+export function engineStopTimeoutS(): number {
+  return Math.min(FARGATE_STOP_TIMEOUT_MAX_S, engineDrainBoundS() + STOP_MARGIN_S);
 }
 
 /** One engine service: the pairs its task owns (all of them, shared, in consumer-group mode). */
@@ -109,8 +100,6 @@ export class EngineServices extends Construct {
   private addService(props: EngineServicesProps, group: EngineGroup): ecs.FargateService {
     const { app } = props;
     const scope = new Construct(this, group.id);
-    // In consumer-group mode a task owns its share of the pairs while every task runs.
-    const pairsPerTask = group.static ? group.pairs.length : Math.ceil(group.pairs.length / group.tasks);
     const task = new ecs.FargateTaskDefinition(scope, 'Task', {
       cpu: props.config.cpu,
       memoryLimitMiB: props.config.memoryMiB,
@@ -133,7 +122,7 @@ export class EngineServices extends Construct {
       },
       secrets: { ...app.kafka.secrets, ...app.databaseSecrets },
       healthCheck: healthzCheck(ENGINE_METRICS_PORT, Duration.seconds(60)),
-      stopTimeout: Duration.seconds(engineStopTimeoutS(pairsPerTask)),
+      stopTimeout: Duration.seconds(engineStopTimeoutS()),
       logging: appLogs(app, 'engine'),
       readonlyRootFilesystem: true,
     });

@@ -57,25 +57,23 @@ describe('the engine drain bound is the one engine/src implements', () => {
     return Number(m[1]);
   };
 
-  test('per pair, producer flush, consumer close', () => {
-    assert.equal(seconds(source('lib.rs'), /drain_timeout: Duration::from_secs\((\d+)\)/, 'drain_timeout'), ENGINE_DRAIN.perPairS);
+  test('pairs side by side, producer flush, consumer close', () => {
+    assert.equal(seconds(source('lib.rs'), /drain_timeout: Duration::from_secs\((\d+)\)/, 'drain_timeout'), ENGINE_DRAIN.pairsS);
     assert.equal(seconds(source('engine.rs'), /producer\.flush\(Duration::from_secs\((\d+)\)\)/, 'the flush'), ENGINE_DRAIN.producerFlushS);
     assert.equal(
       seconds(source('lib.rs'), /CONSUMER_CLOSE_WAIT: Duration = Duration::from_secs\((\d+)\)/, 'CONSUMER_CLOSE_WAIT'),
       ENGINE_DRAIN.consumerCloseS,
     );
-    // Pairs are waited for one after another: the bound grows with the pairs a task owns.
-    assert.match(source('engine.rs'), /for slot in slots \{\s*if tokio::time::timeout\(self\.config\.drain_timeout/);
+    // One deadline for every pair: the bound does not grow with the pairs a task owns.
+    assert.match(
+      source('engine.rs'),
+      /let deadline = tokio::time::Instant::now\(\) \+ self\.config\.drain_timeout;\s*for slot in slots \{\s*if tokio::time::timeout_at\(deadline, slot\.supervisor\)/,
+    );
   });
 
-  test('one pair per task drains within 35 s and stops after 60 s', () => {
-    assert.equal(engineDrainBoundS(1), 35);
-    assert.equal(engineStopTimeoutS(1), 60);
-  });
-
-  test('refuses a task owning more pairs than Fargate lets drain', () => {
-    assert.equal(engineStopTimeoutS(5), 120);
-    assert.throws(() => engineStopTimeoutS(6), /at most 5 pairs per task/);
+  test('a task drains within 35 s and stops after 60 s, whatever the pairs it owns', () => {
+    assert.equal(engineDrainBoundS(), 35);
+    assert.equal(engineStopTimeoutS(), 60);
   });
 });
 
@@ -87,13 +85,16 @@ describe('the account stage drain bound is the one accounts/src and infra/src im
     return Number(m[1]);
   };
 
-  test('delivery timeout, pool acquire; shards drain side by side', () => {
-    const kafka = source('infra', 'src', 'kafka.rs');
-    assert.equal(number(kafka, /"message\.timeout\.ms", "(\d+)"/, 'message.timeout.ms') / 1000, ACCOUNTS_DRAIN.deliveryS);
-    const db = source('infra', 'src', 'db.rs');
-    assert.equal(number(db, /ACQUIRE_TIMEOUT: Duration = Duration::from_secs\((\d+)\)/, 'ACQUIRE_TIMEOUT'), ACCOUNTS_DRAIN.poolAcquireS);
-    // Each shard's actor is a task of its own, so the bound does not grow with the shards a task owns.
-    assert.match(source('accounts', 'src', 'lib.rs'), /for shard in owned \{\s*tasks\.push\(tokio::spawn\(actor::supervise\(/);
+  test('one deadline for the shards, side by side', () => {
+    const lib = source('accounts', 'src', 'lib.rs');
+    assert.equal(
+      number(lib, /DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs\((\d+)\)/, 'DRAIN_TIMEOUT'),
+      ACCOUNTS_DRAIN.shardsS,
+    );
+    // Each shard's actor is a task of its own, waited for under one deadline, so the bound does
+    // not grow with the shards a task owns.
+    assert.match(lib, /for shard in owned \{\s*tasks\.push\(tokio::spawn\(actor::supervise\(/);
+    assert.match(lib, /let deadline = tokio::time::Instant::now\(\) \+ DRAIN_TIMEOUT;\s*for t in tasks \{\s*if tokio::time::timeout_at\(deadline, t\)/);
     // On SIGTERM a shard's decider stops after its batch; its committer then waits for the
     // deliveries already sent and commits what is left at once (no commit interval once the
     // decider is gone), then it stops.
@@ -105,9 +106,9 @@ describe('the account stage drain bound is the one accounts/src and infra/src im
     );
   });
 
-  test('drains within 35 s and stops after 60 s, whatever the shards per task', () => {
-    assert.equal(accountsDrainBoundS(), 35);
-    assert.equal(accountsStopTimeoutS(), 60);
+  test('drains within 20 s and stops after 45 s, whatever the shards per task', () => {
+    assert.equal(accountsDrainBoundS(), 20);
+    assert.equal(accountsStopTimeoutS(), 45);
   });
 });
 
