@@ -256,7 +256,11 @@ impl Conn {
         let shutting_down = shutdown.cancelled();
         tokio::pin!(closed, shutting_down);
         loop {
-            let can_read = self.pending.len() < limits.pending_per_conn_max;
+            // Held while its answers pending on Kafka are at their limit, or while half the
+            // outbound queue is waiting for the client to read it: either way the client's
+            // frames wait in the kernel and TCP slows it, and nothing it is owed is dropped.
+            let answers_fit = self.out.answers_fit();
+            let can_read = answers_fit && self.pending.len() < limits.pending_per_conn_max;
             self.held.note(can_read, Instant::now());
             tokio::select! {
                 biased;
@@ -265,7 +269,13 @@ impl Conn {
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     self.answer_pending(done);
                 }
+                () = self.out.room(), if !answers_fit => {}
                 _ = &mut idle_timer => {
+                    // Time the gateway did not read is not the client's silence. (A client
+                    // that reads nothing is cut by the writer's timeout.)
+                    if !can_read {
+                        last_frame = Instant::now();
+                    }
                     if last_frame.elapsed() >= idle {
                         return Ending::Orderly(Closing::IdleTimeout);
                     }

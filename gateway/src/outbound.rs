@@ -162,6 +162,13 @@ pub struct Outbound {
     notify: Notify,
     closing: CancellationToken,
     queue_max: usize,
+    /// The reader stops reading the client's requests while this much is queued (half the
+    /// queue): a client that sends faster than it reads its answers is slowed by TCP's own
+    /// back-pressure, not cut as a slow consumer with answers it was owed dropped. The other
+    /// half is for private pushes, which the client does not pace.
+    answers_max: usize,
+    /// Woken when the queue falls below `answers_max`.
+    room: Notify,
     trades_max: usize,
     /// Authenticated or subscribed: gets heartbeats.
     pub wants_heartbeat: AtomicBool,
@@ -178,6 +185,8 @@ impl Outbound {
             notify: Notify::new(),
             closing: CancellationToken::new(),
             queue_max,
+            answers_max: queue_max.div_ceil(2),
+            room: Notify::new(),
             trades_max,
             wants_heartbeat: AtomicBool::new(false),
             wants_balances: AtomicBool::new(false),
@@ -309,6 +318,16 @@ impl Outbound {
         self.state().queue.len()
     }
 
+    /// Whether the reader may read another request: the queue is below half full.
+    pub fn answers_fit(&self) -> bool {
+        self.state().queue.len() < self.answers_max
+    }
+
+    /// Waits until the queue falls below half full (for a reader that found it was not).
+    pub async fn room(&self) {
+        self.room.notified().await;
+    }
+
     /// Waits for the next thing to write. An urgent close comes first, then responses and
     /// private pushes, then an orderly close, then market data.
     pub async fn next(&self) -> Next {
@@ -328,6 +347,10 @@ impl Outbound {
             return s.close.take().map(|why| Next::Close(why, None));
         }
         if let Some(text) = s.queue.pop_front() {
+            // One reader: notify_one keeps a permit if it has not started waiting yet.
+            if s.queue.len() + 1 == self.answers_max {
+                self.room.notify_one();
+            }
             return Some(Next::Text(text));
         }
         if let Some(why) = s.close.take() {

@@ -535,6 +535,62 @@ async fn a_client_that_never_reads_is_disconnected_while_another_keeps_trading()
     stack.stop().await;
 }
 
+/// A client that sends faster than it reads its answers is slowed by TCP, not cut: the gateway
+/// stops reading it while half its outbound queue waits, and every request gets its answer.
+#[tokio::test]
+async fn a_client_that_sends_faster_than_it_reads_gets_every_answer() {
+    let limits = Limits {
+        conn_rate_per_s: 1_000_000,
+        conn_burst: 1_000_000,
+        abuse_limited_per_s: 1_000_000,
+        outbound_queue_max: 64,
+        ..Limits::default()
+    };
+    let Some(stack) = start(limits, 1).await else {
+        return;
+    };
+    let client = stack.client().await;
+    let (mut tx, mut rx) = futures_util::StreamExt::split(client.ws);
+    // Answers of ~150 bytes each: tens of megabytes, far more than the socket buffers hold,
+    // so the gateway's queue fills while the client is not reading.
+    const N: u64 = 150_000;
+    let sender = tokio::spawn(async move {
+        for id in 1..=N {
+            let text = format!(r#"{{"id":{id},"method":"no_such_method"}}"#);
+            tx.feed(tokio_tungstenite::tungstenite::Message::text(text))
+                .await
+                .expect("the gateway keeps the connection open");
+        }
+        tx.flush().await.expect("flushed");
+        tx
+    });
+    // Not reading for a while (well within the write timeout), then reading everything.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut answered = 0_u64;
+    let mut next = 1_u64;
+    while answered < N {
+        let m = tokio::time::timeout(
+            Duration::from_secs(30),
+            futures_util::StreamExt::next(&mut rx),
+        )
+        .await
+        .expect("an answer in time")
+        .expect("the connection stays open")
+        .expect("a frame");
+        let tokio_tungstenite::tungstenite::Message::Text(t) = m else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        assert!(v.get("channel").is_none(), "no status push, no close: {v}");
+        assert_eq!(v["id"], next, "answers in order, none dropped: {v}");
+        assert_eq!(error_code(&v), "unknown_method", "{v}");
+        next += 1;
+        answered += 1;
+    }
+    let _tx = sender.await.unwrap();
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn dead_man_switch_cancels_everything_when_not_refreshed() {
     let Some(stack) = start(Limits::default(), 1).await else {
