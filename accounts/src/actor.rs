@@ -62,6 +62,23 @@ pub enum ActorError {
     },
     #[error("a delivery was cancelled (producer gone)")]
     Cancelled,
+    #[error("stopped while recovering")]
+    Stopped,
+    #[error(
+        "shard {shard}: PostgreSQL has applied {topic} partition {shard} up to offset \
+         {last_offset}, but the partition holds only [{start}, {end}) and the shard's snapshot \
+         is at offset {snapshot_offset}: the log was recreated or lost records, and the lines \
+         after the snapshot cannot be replayed. The shard stays stopped rather than guess its \
+         balances; restore the topic (docs/DEPLOY.md, \"A log behind PostgreSQL\")"
+    )]
+    LogBehind {
+        shard: u32,
+        topic: String,
+        last_offset: i64,
+        snapshot_offset: i64,
+        start: i64,
+        end: i64,
+    },
 }
 
 fn kafka(what: &'static str) -> impl FnOnce(KafkaError) -> ActorError {
@@ -80,7 +97,15 @@ pub async fn supervise(stage: Arc<Stage>, shard: u32, stop: CancellationToken) {
             Ok(Ok(())) => return,
             Ok(Err(err)) => {
                 infra::kafka::exit_if_fatal(stage.producer.client(), "accounts");
-                tracing::warn!(shard, error = %err, "shard actor failed; restarting from PostgreSQL");
+                if matches!(
+                    err,
+                    ActorError::LogBehind { .. } | ActorError::Store(StoreError::Corrupt { .. })
+                ) {
+                    // Not a passing fault: it needs an operator.
+                    tracing::error!(shard, error = %err, "shard cannot start");
+                } else {
+                    tracing::warn!(shard, error = %err, "shard actor failed; restarting from PostgreSQL");
+                }
             }
             Err(join) if join.is_panic() => {
                 tracing::error!(shard, "shard actor panicked; restarting from PostgreSQL");
@@ -99,16 +124,135 @@ pub async fn supervise(stage: Arc<Stage>, shard: u32, stop: CancellationToken) {
     }
 }
 
-/// A shard's state, recovered from PostgreSQL: its position and ledger.
-pub async fn recover(stage: &Stage, shard: u32) -> Result<(ShardState, i64), ActorError> {
+/// A shard recovered: its state at its committed position.
+pub struct Recovery {
+    pub state: ShardState,
+    /// The committed position (`account_shards.last_offset`).
+    pub last: i64,
+    /// The consumer, positioned at the first record after `last`.
+    pub consumer: Arc<StreamConsumer>,
+    /// No snapshot was found: the first commit writes one.
+    pub snapshot_due: bool,
+    /// The lines replayed from the snapshot to `last`.
+    pub replayed: u64,
+}
+
+/// Recovers a shard: its snapshot from PostgreSQL, then its `accounts` partition replayed from
+/// the snapshot's position to the committed one (the lines applied again, their effects
+/// discarded: Kafka and PostgreSQL hold them already), checked against the `balances` rows.
+pub async fn recover(
+    stage: &Stage,
+    shard: u32,
+    stop: &CancellationToken,
+) -> Result<Recovery, ActorError> {
     let ledger = Ledger::new(
         AssetRegistry::from_pairs(&stage.pairs),
         stage.config.ledger_config(),
     )
     .expect("checked at start");
     let mut state = ShardState::new(shard, stage.shards, Arc::clone(&stage.pairs), ledger);
-    let last = store::recover(&stage.pool, &mut state).await?;
-    Ok((state, last))
+    let found = store::recover(&stage.pool, &mut state).await?;
+    let consumer: Arc<StreamConsumer> = Arc::new(
+        infra::kafka::client_config(
+            &stage.config.brokers,
+            &format!("accounts-{shard}"),
+            infra::kafka::Role::Consumer,
+        )
+        .set("group.id", "accounts")
+        .create()
+        .map_err(kafka("create the consumer"))?,
+    );
+    let topic = &stage.config.accounts_topic;
+    let from_record = record_offset(found.from) + 1;
+    // PostgreSQL says the shard applied records up to `last`, so the log holds them, and the
+    // replay needs those after the snapshot. A partition that ends before `last` was recreated
+    // (or lost records): reading on would take its first records for applied ones.
+    if found.last >= 0
+        && let Some((start, end)) = infra::kafka::watermarks(&consumer, topic, shard as i32).await
+        && (end <= record_offset(found.last) || (found.from < found.last && start > from_record))
+    {
+        return Err(ActorError::LogBehind {
+            shard,
+            topic: topic.clone(),
+            last_offset: record_offset(found.last),
+            snapshot_offset: record_offset(found.from),
+            start,
+            end,
+        });
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, shard as i32, Offset::Offset(from_record))
+        .map_err(kafka("position the partition"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(kafka("assign the partition"))?;
+    let mut replayed = 0;
+    if let Some(expected) = &found.balances_at_last {
+        replayed = replay(&consumer, &mut state, found.from, found.last, stop).await?;
+        let replayed_balances: std::collections::BTreeMap<_, _> = state
+            .ledger
+            .balances()
+            .map(|(a, s, b)| ((a, s), b))
+            .collect();
+        if let Some(what) = store::balances_differ(&replayed_balances, expected, &state) {
+            return Err(StoreError::Corrupt {
+                shard,
+                what: format!(
+                    "the replay from the snapshot at {} to {} does not give the stored \
+                     balances: {what}",
+                    found.from, found.last
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(Recovery {
+        state,
+        last: found.last,
+        consumer,
+        snapshot_due: found.snapshot_due,
+        replayed,
+    })
+}
+
+/// Applies the partition's lines after `from` up to `last` again; the number applied.
+async fn replay(
+    consumer: &StreamConsumer,
+    state: &mut ShardState,
+    from: i64,
+    last: i64,
+    stop: &CancellationToken,
+) -> Result<u64, ActorError> {
+    state.replaying = true;
+    let mut at = from;
+    let mut lines = 0u64;
+    while at < last {
+        let m = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Err(ActorError::Stopped),
+            m = consumer.recv() => m,
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!(shard = state.shard, error = %err, "accounts partition read error");
+                continue;
+            }
+        };
+        if m.offset() <= record_offset(at) {
+            continue;
+        }
+        let mut scratch = Effects::default();
+        let read = command_lines(m.payload());
+        for (i, line) in read.iter().enumerate().take(LINES_PER_RECORD_MAX) {
+            state.apply_line(position(m.offset(), i), *line, &mut scratch);
+        }
+        let kept = read.len().min(LINES_PER_RECORD_MAX);
+        lines += kept as u64;
+        at = position(m.offset(), kept.max(1) - 1);
+    }
+    state.replaying = false;
+    Ok(lines)
 }
 
 /// Batches decided and published but not yet committed: how far the decider may run ahead of
@@ -129,122 +273,142 @@ struct Staged {
 }
 
 async fn run(stage: Arc<Stage>, shard: u32, stop: CancellationToken) -> Result<(), ActorError> {
-    let (state, last) = recover(&stage, shard).await?;
-    let consumer: StreamConsumer = infra::kafka::client_config(
-        &stage.config.brokers,
-        &format!("accounts-{shard}"),
-        infra::kafka::Role::Consumer,
-    )
-    .set("group.id", "accounts")
-    .create()
-    .map_err(kafka("create the consumer"))?;
-    let mut tpl = TopicPartitionList::new();
-    let next = record_offset(last) + 1;
-    tpl.add_partition_offset(
-        &stage.config.accounts_topic,
-        shard as i32,
-        Offset::Offset(next),
-    )
-    .map_err(kafka("position the partition"))?;
-    consumer
-        .assign(&tpl)
-        .map_err(kafka("assign the partition"))?;
+    let started = Instant::now();
+    let recovery = match recover(&stage, shard, &stop).await {
+        Err(ActorError::Stopped) => return Ok(()),
+        r => r?,
+    };
+    let state = recovery.state;
+    let last = recovery.last;
     tracing::info!(
         shard,
-        next_offset = next,
+        next_offset = record_offset(last) + 1,
         balances = state.ledger.balances().count(),
         open_orders = state.ledger.reservations().count(),
+        replayed_lines = recovery.replayed,
+        recovery_ms = started.elapsed().as_millis() as u64,
         "shard actor started"
     );
     // The decider publishes each batch at once and passes it on; the committer waits for Kafka
     // and commits, absorbing the batches that queued meanwhile into one transaction. A client's
     // order never waits for PostgreSQL, and the position never runs ahead of what Kafka holds.
     let (staged, waiting) = tokio::sync::mpsc::channel(STAGED_BATCHES_MAX);
-    let stored = state.ledger.reservations().map(|(id, _)| id).collect();
+    let decider = Decider {
+        stage: &stage,
+        shard,
+        consumer: recovery.consumer,
+        staged,
+        stop,
+        snapshot_due: recovery.snapshot_due,
+    };
     tokio::try_join!(
-        decide(&stage, shard, state, last, consumer, staged, stop),
-        commit(&stage, shard, last, stored, waiting),
+        decider.run(state, last),
+        commit(&stage, shard, last, waiting),
     )?;
     Ok(())
 }
 
-async fn decide(
-    stage: &Stage,
+/// The deciding half of a shard's actor.
+struct Decider<'a> {
+    stage: &'a Stage,
     shard: u32,
-    mut state: ShardState,
-    mut last: i64,
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     staged: tokio::sync::mpsc::Sender<Staged>,
     stop: CancellationToken,
-) -> Result<(), ActorError> {
-    let batch_max = stage.config.batch_records_max.max(1);
-    stage.set_progress(shard, last);
-    loop {
-        let mut fx = Effects::default();
-        let mut records = 0u64;
-        let mut lines_read = 0u64;
-        let mut batch_last = last;
-        let first = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return Ok(()),
-            msg = consumer.recv() => msg,
-        };
-        let deadline = tokio::time::Instant::now() + stage.config.batch_linger;
-        let mut msg = Some(first);
-        while let Some(m) = msg.take() {
-            match m {
-                Ok(m) => {
-                    if m.offset() > record_offset(batch_last) {
-                        let lines = command_lines(m.payload());
-                        for (i, line) in lines.iter().enumerate().take(LINES_PER_RECORD_MAX) {
-                            state.apply_line(position(m.offset(), i), *line, &mut fx);
+    /// The first batch carries a snapshot (none was found at recovery).
+    snapshot_due: bool,
+}
+
+impl Decider<'_> {
+    async fn run(self, mut state: ShardState, mut last: i64) -> Result<(), ActorError> {
+        let Decider {
+            stage,
+            shard,
+            consumer,
+            staged,
+            stop,
+            mut snapshot_due,
+        } = self;
+        let batch_max = stage.config.batch_records_max.max(1);
+        let mut last_snapshot = tokio::time::Instant::now();
+        stage.set_progress(shard, last);
+        loop {
+            let mut fx = Effects::default();
+            let mut records = 0u64;
+            let mut lines_read = 0u64;
+            let mut batch_last = last;
+            let first = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                msg = consumer.recv() => msg,
+            };
+            let deadline = tokio::time::Instant::now() + stage.config.batch_linger;
+            let mut msg = Some(first);
+            while let Some(m) = msg.take() {
+                match m {
+                    Ok(m) => {
+                        if m.offset() > record_offset(batch_last) {
+                            let lines = command_lines(m.payload());
+                            for (i, line) in lines.iter().enumerate().take(LINES_PER_RECORD_MAX) {
+                                state.apply_line(position(m.offset(), i), *line, &mut fx);
+                            }
+                            let kept = lines.len().min(LINES_PER_RECORD_MAX);
+                            lines_read += kept as u64;
+                            batch_last = position(m.offset(), kept - 1);
+                            records += 1;
                         }
-                        let kept = lines.len().min(LINES_PER_RECORD_MAX);
-                        lines_read += kept as u64;
-                        batch_last = position(m.offset(), kept - 1);
-                        records += 1;
+                    }
+                    Err(err) => {
+                        tracing::warn!(shard, error = %err, "accounts partition read error");
                     }
                 }
-                Err(err) => tracing::warn!(shard, error = %err, "accounts partition read error"),
+                if records >= batch_max as u64 {
+                    break;
+                }
+                msg = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => None,
+                    _ = tokio::time::sleep_until(deadline) => None,
+                    m = consumer.recv() => Some(m),
+                };
             }
-            if records >= batch_max as u64 {
-                break;
+            if batch_last == last {
+                continue;
             }
-            msg = tokio::select! {
-                biased;
-                _ = stop.cancelled() => None,
-                _ = tokio::time::sleep_until(deadline) => None,
-                m = consumer.recv() => Some(m),
+            let deliveries = publish(stage, shard, &fx).await?;
+            let handed = std::time::SystemTime::now();
+            for span in fx.traces.drain(..) {
+                span.end_at(handed);
+            }
+            let refused = fx.answers.iter().filter(|a| a.refusal.is_some()).count() as u64;
+            let mut rows = Rows::capture(&mut fx);
+            // Now and then the whole state goes with the batch: a recovery loads it and
+            // replays only the lines after it.
+            if snapshot_due || last_snapshot.elapsed() >= stage.config.snapshot_interval {
+                rows.snapshot = Some((batch_last, store::Snapshot::encode(&state)));
+                snapshot_due = false;
+                last_snapshot = tokio::time::Instant::now();
+            }
+            let batch = Staged {
+                last: batch_last,
+                deliveries,
+                records,
+                lines: lines_read,
+                repeats: fx.repeats,
+                inconsistent: fx.inconsistent,
+                refused,
+                rows,
+                published: Instant::now(),
             };
-        }
-        if batch_last == last {
-            continue;
-        }
-        let deliveries = publish(stage, shard, &fx).await?;
-        let handed = std::time::SystemTime::now();
-        for span in fx.traces.drain(..) {
-            span.end_at(handed);
-        }
-        let refused = fx.answers.iter().filter(|a| a.refusal.is_some()).count() as u64;
-        let batch = Staged {
-            last: batch_last,
-            deliveries,
-            records,
-            lines: lines_read,
-            repeats: fx.repeats,
-            inconsistent: fx.inconsistent,
-            refused,
-            rows: Rows::capture(&state, &mut fx),
-            published: Instant::now(),
-        };
-        last = batch_last;
-        stage.set_progress(shard, last);
-        // Err: the committer is gone, and its error ends the actor.
-        if staged.send(batch).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        if stop.is_cancelled() {
-            return Ok(());
+            last = batch_last;
+            stage.set_progress(shard, last);
+            // Err: the committer is gone, and its error ends the actor.
+            if staged.send(batch).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            if stop.is_cancelled() {
+                return Ok(());
+            }
         }
     }
 }
@@ -254,9 +418,6 @@ async fn commit(
     stage: &Stage,
     shard: u32,
     mut last: i64,
-    // The orders whose reservation row exists: an order that came and went between two commits
-    // (an IOC, a marketable order filled at once) never gets a row, so nothing to delete.
-    mut stored: std::collections::HashSet<protocol::OrderId>,
     mut waiting: tokio::sync::mpsc::Receiver<Staged>,
 ) -> Result<(), ActorError> {
     let labels = [("shard", shard.to_string())];
@@ -284,12 +445,7 @@ async fn commit(
             batch.inconsistent += next.inconsistent;
             batch.refused += next.refused;
         }
-        batch.rows.gone.retain(|id| stored.contains(id));
         store::persist(&stage.pool, shard, assets, last, batch.last, &batch.rows).await?;
-        for id in &batch.rows.gone {
-            stored.remove(id);
-        }
-        stored.extend(batch.rows.open.keys().copied());
         last = batch.last;
         metrics::histogram!(m::COMMIT_SECONDS).record(published.elapsed().as_secs_f64());
         metrics::histogram!(m::BATCH_RECORDS).record(batch.records as f64);

@@ -7,8 +7,11 @@
 //!                   | forwards --> orders[pair]          (each with its Source: applied once)
 //!                   | answers  --> account_events[s]     (refusals, balances after each line)
 //!                   v once Kafka acknowledged both:
-//!                 PostgreSQL, one transaction: balances, reservations, ledger rows, transfers,
-//!                 settled seqs per pair, position (fenced on the previous one)
+//!                 PostgreSQL, one transaction: balances, ledger rows, transfers, settled
+//!                 seqs per pair, position (fenced on the previous one), and every
+//!                 `snapshot_interval` the shard's whole state (open orders included)
+//! recovery: the snapshot, then the partition replayed from it to the position (no effects),
+//!           checked against the `balances` rows
 //! ```
 //!
 //! - [`shard`]: the decisions, pure and deterministic (a replay decides the same).
@@ -51,6 +54,9 @@ pub struct Config {
     /// A shard commits to PostgreSQL at most this often; the batches decided meanwhile join the
     /// next commit. Orders never wait for it (forwards are published at once).
     pub commit_interval: Duration,
+    /// A shard's snapshot (its whole state, with a commit) is written at most this often: a
+    /// recovery replays at most this much of its partition.
+    pub snapshot_interval: Duration,
     pub restart_backoff_max: Duration,
     /// Where `/metrics` is served; `None`: not served.
     pub metrics_addr: Option<SocketAddr>,
@@ -76,6 +82,7 @@ impl Config {
             batch_records_max: 2000,
             batch_linger: Duration::from_millis(2),
             commit_interval: Duration::from_millis(100),
+            snapshot_interval: Duration::from_secs(10),
             restart_backoff_max: Duration::from_secs(5),
             metrics_addr: None,
         }

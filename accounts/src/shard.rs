@@ -7,11 +7,11 @@
 //! [`Effects`], which the actor publishes and commits. Deterministic: the same lines from the
 //! same recovered state give the same effects, which is what makes a replay after a crash safe.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use accounts_core::{
-    Amend, AssetId, Balance, Cause, Fill, FillLeg, Ledger, LedgerCommand, LedgerError, LedgerEvent,
+    Amend, AssetId, Balance, Fill, FillLeg, Ledger, LedgerCommand, LedgerError, LedgerEvent,
     Liquidity, Release, ReleaseReason, Reserve, Transfer,
 };
 use opentelemetry::KeyValue;
@@ -60,8 +60,6 @@ pub struct Effects {
     pub ledger: Vec<LedgerRow>,
     /// Balances changed, with the position of the line that last changed each.
     pub balances: BTreeMap<(AccountId, AssetId), (Balance, i64)>,
-    /// Orders whose reservation or meta changed (upserted if open, deleted if not).
-    pub orders: BTreeSet<OrderId>,
     pub pair_seqs: BTreeMap<PairId, u64>,
     pub transfers: Vec<TransferRow>,
     /// Lines that changed nothing because they were repeats (transfers, settlements).
@@ -122,7 +120,6 @@ impl Effects {
         self.forwards.is_empty()
             && self.answers.is_empty()
             && self.ledger.is_empty()
-            && self.orders.is_empty()
             && self.pair_seqs.is_empty()
             && self.transfers.is_empty()
     }
@@ -139,6 +136,8 @@ pub struct ShardState {
     pub meta: BTreeMap<OrderId, OrderMeta>,
     clients: HashMap<(AccountId, PairId, String), OrderId>,
     events: Vec<LedgerEvent>,
+    /// Re-applying committed lines after a snapshot (recovery): no trace spans.
+    pub replaying: bool,
 }
 
 /// Whom an answer is for: a gateway's command, an operator's transfer, or nobody in particular
@@ -170,6 +169,7 @@ impl ShardState {
             transfers_seen: HashSet::new(),
             meta: BTreeMap::new(),
             clients: HashMap::new(),
+            replaying: false,
             events: Vec::new(),
         }
     }
@@ -228,13 +228,6 @@ impl ShardState {
             fx.balances
                 .insert((e.account_id, e.asset_id), (e.balance, position));
             touched.insert((e.account_id, e.asset_id), e.balance);
-            if let Cause::Reserve { order_id }
-            | Cause::Amend { order_id }
-            | Cause::Fill { order_id, .. }
-            | Cause::Release { order_id, .. } = e.cause
-            {
-                fx.orders.insert(order_id);
-            }
         }
         Ok(())
     }
@@ -300,9 +293,14 @@ impl ShardState {
         };
         // A traced command: `accounts.command` from its line's read to the batch handed to
         // Kafka; the engine's span continues it.
-        let span = rec.tp.as_deref().and_then(|tp| {
-            infra::trace::start("accounts.command", Some(tp), std::time::SystemTime::now())
-        });
+        // A replay re-applies lines whose spans were exported when they were decided.
+        let span = rec
+            .tp
+            .as_deref()
+            .filter(|_| !self.replaying)
+            .and_then(|tp| {
+                infra::trace::start("accounts.command", Some(tp), std::time::SystemTime::now())
+            });
         let decided = self.reserve_for(position, &rec, fx, &mut touched);
         if let Some(span) = span {
             let refused = decided.as_ref().err().map(|r| r.code.clone());
@@ -391,7 +389,6 @@ impl ShardState {
                         .or_insert(p.order_id);
                 }
                 self.meta.insert(p.order_id, meta);
-                fx.orders.insert(p.order_id);
             }
             Command::Amend(a) => {
                 let order_id = self
@@ -439,7 +436,6 @@ impl ShardState {
                 if let Some(meta) = self.meta.get_mut(&order_id) {
                     meta.amend_from = Some((old_price, r.qty));
                 }
-                fx.orders.insert(order_id);
             }
             // Cancels go straight to `orders`; one that comes this way is passed on as is.
             Command::Cancel(_) | Command::CancelAll(_) => {}
@@ -689,7 +685,6 @@ impl ShardState {
                 self.clients.remove(&key);
             }
         }
-        fx.orders.insert(order_id);
         Ok(())
     }
 
@@ -708,7 +703,6 @@ impl ShardState {
             .meta
             .get_mut(&order_id)
             .and_then(|m| m.amend_from.take());
-        fx.orders.insert(order_id);
         let Some((price, qty)) = terms.or(from) else {
             return Ok(());
         };

@@ -1,7 +1,8 @@
-//! PostgreSQL: a shard's recovery, and its commit (balances, reservations, ledger rows,
-//! transfers, per-pair settlement seqs and its position, in one transaction fenced on the
-//! previous position). Schema: `infra/migrations/0006_accounts.sql`; the ledger is one row per
-//! line since `0008_ledger_lines.sql`.
+//! PostgreSQL: a shard's recovery, and its commit (balances, ledger rows, transfers, per-pair
+//! settlement seqs, now and then a snapshot of the whole state, and its position, in one
+//! transaction fenced on the previous position). Schema: `infra/migrations/0006_accounts.sql`;
+//! the ledger is one row per line since `0008_ledger_lines.sql`; open orders live in the
+//! snapshot since `0010_account_snapshots.sql` (a recovery replays the log from it).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,8 +41,25 @@ fn units(shard: u32, text: &str) -> Result<i128, StoreError> {
     })
 }
 
-/// Loads the shard's state into `state` (whose ledger must be empty); returns its position.
-pub async fn recover(pool: &PgPool, state: &mut ShardState) -> Result<i64, StoreError> {
+/// Where a recovery starts and what it must reach.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The shard's committed position (`account_shards.last_offset`, -1: nothing yet).
+    pub last: i64,
+    /// The position the loaded state stands at: the snapshot's, or `last` when there was none.
+    /// The lines after it up to `last` must be replayed (applied without publishing).
+    pub from: i64,
+    /// The `balances` rows at `last`, which the replayed state must equal; `None` when nothing
+    /// is replayed.
+    pub balances_at_last: Option<BTreeMap<(AccountId, AssetId), Balance>>,
+    /// No snapshot was found (a new shard, or one from before snapshots): the first commit
+    /// must write one, since the per-order rows it recovered from are no longer kept.
+    pub snapshot_due: bool,
+}
+
+/// Loads the shard's state into `state` (whose ledger must be empty): its snapshot if it has
+/// one, else the rows of a stage from before snapshots (or nothing, for a new shard).
+pub async fn recover(pool: &PgPool, state: &mut ShardState) -> Result<Recovered, StoreError> {
     let shard = state.shard;
     let s = shard as i32;
     ensure_shard(pool, shard).await?;
@@ -49,29 +67,132 @@ pub async fn recover(pool: &PgPool, state: &mut ShardState) -> Result<i64, Store
         .bind(s)
         .fetch_one(pool)
         .await?;
-    let corrupt = |what: String| StoreError::Corrupt { shard, what };
-    let assets = state.ledger.assets().clone();
-    let asset_id = |symbol: &str| {
-        assets
-            .by_symbol(symbol)
-            .map(|a| a.id)
-            .ok_or_else(|| corrupt(format!("unknown asset {symbol:?}")))
+    let snapshot: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT position, state FROM account_snapshots WHERE shard = $1")
+            .bind(s)
+            .fetch_optional(pool)
+            .await?;
+    let Some((from, bytes)) = snapshot else {
+        recover_rows(pool, state).await?;
+        load_transfers(pool, state, last).await?;
+        return Ok(Recovered {
+            last,
+            from: last,
+            balances_at_last: None,
+            snapshot_due: true,
+        });
     };
+    if from > last {
+        return Err(StoreError::Corrupt {
+            shard,
+            what: format!("snapshot at position {from} is ahead of the shard's position {last}"),
+        });
+    }
+    Snapshot::restore(&bytes, state)?;
+    load_transfers(pool, state, from).await?;
+    let balances_at_last = if from < last {
+        Some(stored_balances(pool, state).await?)
+    } else {
+        None
+    };
+    Ok(Recovered {
+        last,
+        from,
+        balances_at_last,
+        snapshot_due: false,
+    })
+}
+
+/// The transfer ids the shard applied (or refused) up to `upto`: later ones are replayed.
+async fn load_transfers(
+    pool: &PgPool,
+    state: &mut ShardState,
+    upto: i64,
+) -> Result<(), StoreError> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT transfer_id FROM transfers WHERE shard = $1 AND accounts_offset <= $2",
+    )
+    .bind(state.shard as i32)
+    .bind(upto)
+    .fetch_all(pool)
+    .await?;
+    state
+        .transfers_seen
+        .extend(ids.into_iter().map(|i| i as u64));
+    Ok(())
+}
+
+/// The shard's `balances` rows.
+async fn stored_balances(
+    pool: &PgPool,
+    state: &ShardState,
+) -> Result<BTreeMap<(AccountId, AssetId), Balance>, StoreError> {
+    let shard = state.shard;
     let rows = sqlx::query(
         "SELECT account_id, asset, available::text, reserved::text FROM balances WHERE shard = $1",
     )
-    .bind(s)
+    .bind(shard as i32)
     .fetch_all(pool)
     .await?;
+    let mut out = BTreeMap::new();
     for r in rows {
         let account = AccountId(r.get::<i64, _>(0) as u64);
         let balance = Balance {
             available_units: units(shard, r.get::<&str, _>(2))?,
             reserved_units: units(shard, r.get::<&str, _>(3))?,
         };
+        out.insert((account, asset_id(state, r.get(1))?), balance);
+    }
+    Ok(out)
+}
+
+/// The first difference between a replayed state's balances and the stored rows (an entry
+/// missing on one side counts as zero), if any.
+pub fn balances_differ(
+    replayed: &BTreeMap<(AccountId, AssetId), Balance>,
+    stored: &BTreeMap<(AccountId, AssetId), Balance>,
+    state: &ShardState,
+) -> Option<String> {
+    let zero = Balance::default();
+    let keys: BTreeSet<_> = replayed.keys().chain(stored.keys()).collect();
+    keys.into_iter().find_map(|key| {
+        let a = replayed.get(key).unwrap_or(&zero);
+        let b = stored.get(key).unwrap_or(&zero);
+        (a != b).then(|| {
+            format!(
+                "account {} {}: replayed {}/{} (available/reserved), stored {}/{}",
+                key.0.0,
+                symbol(state.ledger.assets(), key.1),
+                a.available_units,
+                a.reserved_units,
+                b.available_units,
+                b.reserved_units
+            )
+        })
+    })
+}
+
+fn asset_id(state: &ShardState, symbol: &str) -> Result<AssetId, StoreError> {
+    state
+        .ledger
+        .assets()
+        .by_symbol(symbol)
+        .map(|a| a.id)
+        .ok_or_else(|| StoreError::Corrupt {
+            shard: state.shard,
+            what: format!("unknown asset {symbol:?}"),
+        })
+}
+
+/// The recovery of a stage from before snapshots: balances, one row per open order, seqs.
+async fn recover_rows(pool: &PgPool, state: &mut ShardState) -> Result<(), StoreError> {
+    let shard = state.shard;
+    let s = shard as i32;
+    let corrupt = |what: String| StoreError::Corrupt { shard, what };
+    for ((account, asset), balance) in stored_balances(pool, state).await? {
         state
             .ledger
-            .restore_balance(account, asset_id(r.get(1))?, balance)
+            .restore_balance(account, asset, balance)
             .map_err(|e| corrupt(e.to_string()))?;
     }
     let rows = sqlx::query(
@@ -83,34 +204,24 @@ pub async fn recover(pool: &PgPool, state: &mut ShardState) -> Result<i64, Store
     .fetch_all(pool)
     .await?;
     for r in rows {
-        let order_id = OrderId(r.get::<i64, _>(0) as u64);
-        let side = match r.get::<&str, _>(3) {
-            "buy" => Side::Buy,
-            _ => Side::Sell,
-        };
-        let reservation = Reservation {
-            account_id: AccountId(r.get::<i64, _>(1) as u64),
-            pair_id: r.get::<i32, _>(2) as PairId,
-            side,
-            asset_id: asset_id(r.get(4))?,
-            limit_price: r.get::<Option<i64>, _>(5).map(Price),
-            qty: Qty(r.get(6)),
-            filled_qty: Qty(r.get(7)),
-            reserved_units: units(shard, r.get::<&str, _>(8))?,
-        };
-        state
-            .ledger
-            .restore_reservation(order_id, reservation)
-            .map_err(|e| corrupt(e.to_string()))?;
         let amend_from = match (r.get::<Option<i64>, _>(10), r.get::<Option<i64>, _>(11)) {
-            (Some(p), Some(q)) => Some((Price(p), Qty(q))),
+            (Some(p), Some(q)) => Some((p, q)),
             _ => None,
         };
-        let meta = OrderMeta {
+        let order = SnapOrder {
+            order_id: r.get::<i64, _>(0) as u64,
+            account_id: r.get::<i64, _>(1) as u64,
+            pair_id: r.get::<i32, _>(2) as PairId,
+            side: r.get(3),
+            asset: r.get(4),
+            limit_price: r.get(5),
+            qty: r.get(6),
+            filled_qty: r.get(7),
+            reserved: r.get(8),
             client_order_id: r.get(9),
             amend_from,
         };
-        state.restore_meta(order_id, meta);
+        order.restore(state)?;
     }
     let rows =
         sqlx::query("SELECT pair_id, last_seq FROM account_shard_pair_seqs WHERE shard = $1")
@@ -122,14 +233,139 @@ pub async fn recover(pool: &PgPool, state: &mut ShardState) -> Result<i64, Store
             .pair_seqs
             .insert(r.get::<i32, _>(0) as PairId, r.get::<i64, _>(1) as u64);
     }
-    let ids: Vec<i64> = sqlx::query_scalar("SELECT transfer_id FROM transfers WHERE shard = $1")
-        .bind(s)
-        .fetch_all(pool)
-        .await?;
-    state
-        .transfers_seen
-        .extend(ids.into_iter().map(|i| i as u64));
-    Ok(last)
+    Ok(())
+}
+
+/// A shard's whole state at a position, as `account_snapshots.state` holds it
+/// (`infra/migrations/0010_account_snapshots.sql` documents the fields).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    v: u32,
+    balances: Vec<(u64, String, String, String)>,
+    orders: Vec<SnapOrder>,
+    pair_seqs: Vec<(PairId, u64)>,
+}
+
+/// One open order: its reservation and what the shard keeps beside it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SnapOrder {
+    order_id: u64,
+    account_id: u64,
+    pair_id: PairId,
+    side: String,
+    asset: String,
+    limit_price: Option<i64>,
+    qty: i64,
+    filled_qty: i64,
+    reserved: String,
+    client_order_id: Option<String>,
+    amend_from: Option<(i64, i64)>,
+}
+
+const SNAPSHOT_VERSION: u32 = 1;
+
+impl SnapOrder {
+    fn restore(self, state: &mut ShardState) -> Result<(), StoreError> {
+        let shard = state.shard;
+        let corrupt = |what: String| StoreError::Corrupt { shard, what };
+        let side = match self.side.as_str() {
+            "buy" => Side::Buy,
+            "sell" => Side::Sell,
+            other => return Err(corrupt(format!("order {}: side {other:?}", self.order_id))),
+        };
+        let order_id = OrderId(self.order_id);
+        let reservation = Reservation {
+            account_id: AccountId(self.account_id),
+            pair_id: self.pair_id,
+            side,
+            asset_id: asset_id(state, &self.asset)?,
+            limit_price: self.limit_price.map(Price),
+            qty: Qty(self.qty),
+            filled_qty: Qty(self.filled_qty),
+            reserved_units: units(shard, &self.reserved)?,
+        };
+        state
+            .ledger
+            .restore_reservation(order_id, reservation)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let meta = OrderMeta {
+            client_order_id: self.client_order_id,
+            amend_from: self.amend_from.map(|(p, q)| (Price(p), Qty(q))),
+        };
+        state.restore_meta(order_id, meta);
+        Ok(())
+    }
+}
+
+impl Snapshot {
+    /// The state's bytes for `account_snapshots.state`.
+    pub fn encode(state: &ShardState) -> Vec<u8> {
+        let assets = state.ledger.assets();
+        let snapshot = Snapshot {
+            v: SNAPSHOT_VERSION,
+            balances: state
+                .ledger
+                .balances()
+                .map(|(account, asset, b)| {
+                    (
+                        account.0,
+                        symbol(assets, asset),
+                        b.available_units.to_string(),
+                        b.reserved_units.to_string(),
+                    )
+                })
+                .collect(),
+            orders: state
+                .ledger
+                .reservations()
+                .map(|(order_id, r)| {
+                    let meta = state.meta.get(&order_id);
+                    SnapOrder {
+                        order_id: order_id.0,
+                        account_id: r.account_id.0,
+                        pair_id: r.pair_id,
+                        side: side_str(r.side).to_owned(),
+                        asset: symbol(assets, r.asset_id),
+                        limit_price: r.limit_price.map(|p| p.0),
+                        qty: r.qty.0,
+                        filled_qty: r.filled_qty.0,
+                        reserved: r.reserved_units.to_string(),
+                        client_order_id: meta.and_then(|m| m.client_order_id.clone()),
+                        amend_from: meta.and_then(|m| m.amend_from).map(|(p, q)| (p.0, q.0)),
+                    }
+                })
+                .collect(),
+            pair_seqs: state.pair_seqs.iter().map(|(&p, &q)| (p, q)).collect(),
+        };
+        serde_json::to_vec(&snapshot).expect("a snapshot serializes")
+    }
+
+    /// Loads `bytes` into `state` (whose ledger must be empty).
+    pub fn restore(bytes: &[u8], state: &mut ShardState) -> Result<(), StoreError> {
+        let shard = state.shard;
+        let corrupt = |what: String| StoreError::Corrupt { shard, what };
+        let snapshot: Snapshot = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(format!("snapshot does not decode: {e}")))?;
+        if snapshot.v != SNAPSHOT_VERSION {
+            return Err(corrupt(format!("snapshot version {} unknown", snapshot.v)));
+        }
+        for (account, asset, available, reserved) in snapshot.balances {
+            let balance = Balance {
+                available_units: units(shard, &available)?,
+                reserved_units: units(shard, &reserved)?,
+            };
+            let asset = asset_id(state, &asset)?;
+            state
+                .ledger
+                .restore_balance(AccountId(account), asset, balance)
+                .map_err(|e| corrupt(e.to_string()))?;
+        }
+        for order in snapshot.orders {
+            order.restore(state)?;
+        }
+        state.pair_seqs.extend(snapshot.pair_seqs);
+        Ok(())
+    }
 }
 
 fn side_str(side: Side) -> &'static str {
@@ -211,52 +447,34 @@ fn line_json(assets: &AssetRegistry, line: &[LedgerRow]) -> String {
 #[derive(Debug, Default)]
 pub struct Rows {
     pub balances: BTreeMap<(AccountId, AssetId), (Balance, i64)>,
-    pub open: BTreeMap<OrderId, (Reservation, Option<OrderMeta>)>,
-    pub gone: BTreeSet<OrderId>,
     pub ledger: Vec<LedgerRow>,
     pub pair_seqs: BTreeMap<PairId, u64>,
     pub transfers: Vec<TransferRow>,
+    /// The shard's whole state at a position ([`Snapshot::encode`]), when one is due.
+    pub snapshot: Option<(i64, Vec<u8>)>,
 }
 
 impl Rows {
     /// The rows of a batch's effects, as the state stands at the batch's end.
-    pub fn capture(state: &ShardState, fx: &mut Effects) -> Rows {
-        let mut open = BTreeMap::new();
-        let mut gone = BTreeSet::new();
-        for &order_id in &fx.orders {
-            match state.ledger.reservation(order_id) {
-                Some(r) => {
-                    open.insert(order_id, (*r, state.meta.get(&order_id).cloned()));
-                }
-                None => {
-                    gone.insert(order_id);
-                }
-            }
-        }
+    pub fn capture(fx: &mut Effects) -> Rows {
         Rows {
             balances: std::mem::take(&mut fx.balances),
-            open,
-            gone,
             ledger: std::mem::take(&mut fx.ledger),
             pair_seqs: std::mem::take(&mut fx.pair_seqs),
             transfers: std::mem::take(&mut fx.transfers),
+            snapshot: None,
         }
     }
 
     /// Adds the rows of the batch that followed: its values win.
     pub fn absorb(&mut self, later: Rows) {
         self.balances.extend(later.balances);
-        for (id, row) in later.open {
-            self.gone.remove(&id);
-            self.open.insert(id, row);
-        }
-        for id in later.gone {
-            self.open.remove(&id);
-            self.gone.insert(id);
-        }
         self.ledger.extend(later.ledger);
         self.pair_seqs.extend(later.pair_seqs);
         self.transfers.extend(later.transfers);
+        if later.snapshot.is_some() {
+            self.snapshot = later.snapshot;
+        }
     }
 }
 
@@ -315,46 +533,22 @@ pub async fn persist(
         .await?;
     }
 
-    let gone: Vec<i64> = fx.gone.iter().map(|id| id.0 as i64).collect();
-    let mut open = OpenColumns::default();
-    for (&order_id, (r, meta)) in &fx.open {
-        open.push(order_id, r, meta.as_ref(), assets);
-    }
-    if !gone.is_empty() {
-        sqlx::query("DELETE FROM reservations WHERE order_id = ANY($1)")
-            .bind(&gone)
-            .execute(&mut *tx)
-            .await?;
-    }
-    if !open.order_id.is_empty() {
+    if let Some((position, state)) = &fx.snapshot {
         sqlx::query(
-            "INSERT INTO reservations (order_id, shard, account_id, pair_id, side, asset, \
-               limit_price, qty, filled_qty, reserved, client_order_id, amend_from_price, \
-               amend_from_qty) \
-             SELECT o, $13, a, p, sd, s, lp, q, f, r::numeric, c, afp, afq \
-             FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::text[], \
-               $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], \
-               $11::bigint[], $12::bigint[]) AS t(o, a, p, sd, s, lp, q, f, r, c, afp, afq) \
-             ON CONFLICT (order_id) DO UPDATE SET limit_price = EXCLUDED.limit_price, \
-               qty = EXCLUDED.qty, filled_qty = EXCLUDED.filled_qty, \
-               reserved = EXCLUDED.reserved, amend_from_price = EXCLUDED.amend_from_price, \
-               amend_from_qty = EXCLUDED.amend_from_qty",
+            "INSERT INTO account_snapshots (shard, position, state) VALUES ($1, $2, $3) \
+             ON CONFLICT (shard) DO UPDATE SET position = EXCLUDED.position, \
+               state = EXCLUDED.state, taken_at = now()",
         )
-        .bind(&open.order_id)
-        .bind(&open.account_id)
-        .bind(&open.pair_id)
-        .bind(&open.side)
-        .bind(&open.asset)
-        .bind(&open.limit_price)
-        .bind(&open.qty)
-        .bind(&open.filled_qty)
-        .bind(&open.reserved)
-        .bind(&open.client_order_id)
-        .bind(&open.amend_from_price)
-        .bind(&open.amend_from_qty)
         .bind(s)
+        .bind(position)
+        .bind(state)
         .execute(&mut *tx)
         .await?;
+        // The rows a stage from before snapshots kept per open order: the snapshot holds them.
+        sqlx::query("DELETE FROM reservations WHERE shard = $1")
+            .bind(s)
+            .execute(&mut *tx)
+            .await?;
     }
 
     if !fx.ledger.is_empty() {
@@ -416,47 +610,6 @@ pub async fn persist(
     }
     tx.commit().await?;
     Ok(())
-}
-
-#[derive(Default)]
-struct OpenColumns {
-    order_id: Vec<i64>,
-    account_id: Vec<i64>,
-    pair_id: Vec<i32>,
-    side: Vec<&'static str>,
-    asset: Vec<String>,
-    limit_price: Vec<Option<i64>>,
-    qty: Vec<i64>,
-    filled_qty: Vec<i64>,
-    reserved: Vec<String>,
-    client_order_id: Vec<Option<String>>,
-    amend_from_price: Vec<Option<i64>>,
-    amend_from_qty: Vec<Option<i64>>,
-}
-
-impl OpenColumns {
-    fn push(
-        &mut self,
-        order_id: OrderId,
-        r: &Reservation,
-        meta: Option<&OrderMeta>,
-        assets: &AssetRegistry,
-    ) {
-        self.order_id.push(order_id.0 as i64);
-        self.account_id.push(r.account_id.0 as i64);
-        self.pair_id.push(r.pair_id as i32);
-        self.side.push(side_str(r.side));
-        self.asset.push(symbol(assets, r.asset_id));
-        self.limit_price.push(r.limit_price.map(|p| p.0));
-        self.qty.push(r.qty.0);
-        self.filled_qty.push(r.filled_qty.0);
-        self.reserved.push(r.reserved_units.to_string());
-        self.client_order_id
-            .push(meta.and_then(|m| m.client_order_id.clone()));
-        let from = meta.and_then(|m| m.amend_from);
-        self.amend_from_price.push(from.map(|(p, _)| p.0));
-        self.amend_from_qty.push(from.map(|(_, q)| q.0));
-    }
 }
 
 /// Every balance of every account, summed over shards (the fee account has one row per shard):

@@ -12,7 +12,7 @@ use accounts::shard::{Effects, ShardState};
 use accounts_core::{AssetRegistry, Ledger, LedgerConfig};
 use common::*;
 use engine_core::OrderBook;
-use protocol::accounts::{AccountRecord, SettleRecord, account_shard};
+use protocol::accounts::{AccountRecord, SettleRecord, account_shard, record_offset};
 use protocol::records::{OrderRecord, RECORD_VERSION};
 use protocol::{
     AccountId, CancelOrder, Command, CommandKind, Event, EventBody, OrderId, OrderRef, OrderType,
@@ -305,16 +305,9 @@ async fn sigkill_mid_stream_then_restart_equals_a_replay() {
     let all = world
         .read_all(&world.accounts_topic, SHARDS, Duration::from_secs(2))
         .await;
+    let mut states = Vec::new();
     for shard in 0..SHARDS {
-        let ledger = Ledger::new(
-            AssetRegistry::from_pairs(&pairs),
-            LedgerConfig {
-                fee_account_id: AccountId(0),
-                pair_fees: BTreeMap::new(),
-            },
-        )
-        .unwrap();
-        let mut state = ShardState::new(shard, SHARDS, Arc::clone(&pairs), ledger);
+        let mut state = fresh_state(&pairs, shard);
         let mut fx = Effects::default();
         for (_, pos, line) in all.iter().filter(|(s, _, _)| *s == shard) {
             state.apply_line(*pos, Some(line), &mut fx);
@@ -332,12 +325,14 @@ async fn sigkill_mid_stream_then_restart_equals_a_replay() {
             e.0 += b.available_units;
             e.1 += b.reserved_units;
         }
+        states.push(state);
     }
     let stored = accounts::store::all_balances(&world.pool).await.unwrap();
     assert_eq!(
         stored, replayed,
         "balances after the crash equal a replay of the log"
     );
+    check_recovery(&world, &all, &states).await;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
         .fetch_one(&world.pool)
         .await
@@ -375,4 +370,98 @@ async fn sigkill_mid_stream_then_restart_equals_a_replay() {
         .expect("one owner")
         .drop_schema()
         .await;
+}
+
+fn fresh_state(pairs: &Arc<protocol::PairRegistry>, shard: u32) -> ShardState {
+    let ledger = Ledger::new(
+        AssetRegistry::from_pairs(pairs),
+        LedgerConfig {
+            fee_account_id: AccountId(0),
+            pair_fees: BTreeMap::new(),
+        },
+    )
+    .unwrap();
+    ShardState::new(shard, SHARDS, Arc::clone(pairs), ledger)
+}
+
+fn assert_same(got: &ShardState, want: &ShardState, what: &str) {
+    let shard = want.shard;
+    assert_eq!(
+        got.ledger.balances().collect::<Vec<_>>(),
+        want.ledger.balances().collect::<Vec<_>>(),
+        "shard {shard} {what}: balances"
+    );
+    assert_eq!(
+        got.ledger.reservations().collect::<Vec<_>>(),
+        want.ledger.reservations().collect::<Vec<_>>(),
+        "shard {shard} {what}: reservations"
+    );
+    assert_eq!(got.meta, want.meta, "shard {shard} {what}: order meta");
+    assert_eq!(got.pair_seqs, want.pair_seqs, "shard {shard} {what}: seqs");
+    assert_eq!(
+        got.transfers_seen, want.transfers_seen,
+        "shard {shard} {what}: transfers"
+    );
+}
+
+/// The recovery a restart takes (`accounts::actor::recover`): the stage's own snapshot plus
+/// the log after it gives the full replay's state; so does a snapshot at the middle of the log
+/// (half the partition replayed); and a replay that disagrees with the stored balances is
+/// refused rather than run on.
+async fn check_recovery(world: &World, all: &[(u32, i64, Vec<u8>)], states: &[ShardState]) {
+    let stage = world.stage().await;
+    let never = tokio_util::sync::CancellationToken::new();
+    for (shard, want) in (0..SHARDS).zip(states) {
+        let r = accounts::actor::recover(&stage, shard, &never)
+            .await
+            .expect("recovers from its own snapshot");
+        assert_same(&r.state, want, "from the stage's snapshot");
+
+        let lines: Vec<_> = all.iter().filter(|(s, _, _)| *s == shard).collect();
+        let mid = record_offset(lines[lines.len() / 2].1);
+        // A snapshot is taken at a record's end: its last line.
+        let at = lines
+            .iter()
+            .map(|(_, p, _)| *p)
+            .filter(|p| record_offset(*p) <= mid)
+            .max()
+            .unwrap();
+        let mut early = fresh_state(&stage.pairs, shard);
+        let mut fx = Effects::default();
+        for (_, pos, line) in lines.iter().filter(|(_, p, _)| *p <= at) {
+            early.apply_line(*pos, Some(line), &mut fx);
+        }
+        sqlx::query("UPDATE account_snapshots SET position = $2, state = $3 WHERE shard = $1")
+            .bind(shard as i32)
+            .bind(at)
+            .bind(accounts::store::Snapshot::encode(&early))
+            .execute(&world.pool)
+            .await
+            .unwrap();
+        let r = accounts::actor::recover(&stage, shard, &never)
+            .await
+            .expect("recovers from a snapshot at the middle");
+        assert!(
+            r.replayed as usize >= lines.len() / 3,
+            "shard {shard}: replayed {} of {} lines",
+            r.replayed,
+            lines.len()
+        );
+        assert_same(&r.state, want, "from a snapshot at the middle");
+    }
+    sqlx::query(
+        "UPDATE balances SET available = available + 1 WHERE shard = 0 \
+         AND account_id = (SELECT min(account_id) FROM balances WHERE shard = 0)",
+    )
+    .execute(&world.pool)
+    .await
+    .unwrap();
+    match accounts::actor::recover(&stage, 0, &never).await {
+        Err(accounts::actor::ActorError::Store(accounts::store::StoreError::Corrupt {
+            what,
+            ..
+        })) => assert!(what.contains("does not give the stored balances"), "{what}"),
+        Err(e) => panic!("a tampered balance: {e}"),
+        Ok(_) => panic!("a tampered balance was not noticed"),
+    }
 }

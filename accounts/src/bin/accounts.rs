@@ -59,6 +59,10 @@ enum Cmd {
         /// the commit); orders never wait for it.
         #[arg(long, env = "ACCOUNTS_COMMIT_INTERVAL_MS", default_value_t = 100)]
         commit_interval_ms: u64,
+        /// A shard writes a snapshot of its whole state (balances, open orders) at most this
+        /// often, with a commit; a recovery loads it and replays only the lines after it.
+        #[arg(long, env = "ACCOUNTS_SNAPSHOT_INTERVAL_MS", default_value_t = 10_000)]
+        snapshot_interval_ms: u64,
         /// Where /metrics is served.
         #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9102")]
         metrics_addr: SocketAddr,
@@ -105,6 +109,7 @@ async fn main() -> Result<()> {
             batch_max_records,
             batch_linger_ms,
             commit_interval_ms,
+            snapshot_interval_ms,
             metrics_addr,
         } => {
             let mut config = accounts::Config::new(cli.brokers, database_url, registry);
@@ -116,6 +121,7 @@ async fn main() -> Result<()> {
             config.batch_records_max = batch_max_records;
             config.batch_linger = Duration::from_millis(batch_linger_ms);
             config.commit_interval = Duration::from_millis(commit_interval_ms);
+            config.snapshot_interval = Duration::from_millis(snapshot_interval_ms);
             config.metrics_addr = Some(metrics_addr);
             let shutdown = infra::shutdown::shutdown_token();
             let ran = accounts::run(config, shutdown).await;

@@ -111,9 +111,43 @@ impl World {
             .env("KAFKA_BROKERS", &self.stack.brokers)
             .env("DATABASE_URL", &self.database_url)
             .env("RUST_LOG", "warn")
+            // Snapshots every few commits: a SIGKILL then leaves lines after the last one, and
+            // the restart replays them (the path a production restart takes).
+            .env("ACCOUNTS_SNAPSHOT_INTERVAL_MS", "300")
             .stdout(Stdio::null())
             .spawn()
             .expect("start the accounts binary")
+    }
+
+    /// The stage's shared parts, in process, for calling `accounts::actor::recover`.
+    pub async fn stage(&self) -> accounts::actor::Stage {
+        let mut config = accounts::Config::new(
+            self.stack.brokers.clone(),
+            self.database_url.clone(),
+            self.registry.clone(),
+        );
+        config.accounts_topic = self.accounts_topic.clone();
+        config.orders_topic = self.orders_topic.clone();
+        config.account_events_topic = self.account_events_topic.clone();
+        accounts::actor::Stage {
+            pairs: Arc::new(self.registry.clone()),
+            assets: accounts_core::AssetRegistry::from_pairs(&self.registry),
+            config,
+            pool: infra::db::connect(&self.database_url, 2)
+                .await
+                .expect("connect schema"),
+            producer: infra::kafka::client_config(
+                &self.stack.brokers,
+                "accounts-test",
+                infra::kafka::Role::Producer,
+            )
+            .create()
+            .expect("producer"),
+            shards: SHARDS,
+            progress: (0..SHARDS)
+                .map(|_| std::sync::atomic::AtomicI64::new(-1))
+                .collect(),
+        }
     }
 
     /// The high watermark of one partition of `topic`.
