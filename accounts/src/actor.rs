@@ -280,6 +280,8 @@ async fn run(stage: Arc<Stage>, shard: u32, stop: CancellationToken) -> Result<(
     };
     let state = recovery.state;
     let last = recovery.last;
+    metrics::gauge!(m::RECOVERY_REPLAYED_LINES, "shard" => shard.to_string())
+        .set(recovery.replayed as f64);
     tracing::info!(
         shard,
         next_offset = record_offset(last) + 1,
@@ -385,7 +387,12 @@ impl Decider<'_> {
             // Now and then the whole state goes with the batch: a recovery loads it and
             // replays only the lines after it.
             if snapshot_due || last_snapshot.elapsed() >= stage.config.snapshot_interval {
-                rows.snapshot = Some((batch_last, store::Snapshot::encode(&state)));
+                let bytes = store::Snapshot::encode(&state);
+                let labels = [("shard", shard.to_string())];
+                metrics::gauge!(m::SNAPSHOT_BYTES, &labels).set(bytes.len() as f64);
+                metrics::gauge!(m::SNAPSHOT_OPEN_ORDERS, &labels)
+                    .set(state.ledger.reservations().count() as f64);
+                rows.snapshot = Some((batch_last, bytes));
                 snapshot_due = false;
                 last_snapshot = tokio::time::Instant::now();
             }

@@ -10,6 +10,9 @@ pub const ACTOR_RESTARTS_TOTAL: &str = "accounts_actor_restarts_total";
 pub const BATCH_RECORDS: &str = "accounts_batch_records";
 pub const COMMIT_SECONDS: &str = "accounts_commit_seconds";
 pub const CONSUMER_LAG_RECORDS: &str = "accounts_consumer_lag_records";
+pub const SNAPSHOT_BYTES: &str = "accounts_snapshot_bytes";
+pub const SNAPSHOT_OPEN_ORDERS: &str = "accounts_snapshot_open_orders";
+pub const RECOVERY_REPLAYED_LINES: &str = "accounts_recovery_replayed_lines";
 /// How often [`CONSUMER_LAG_RECORDS`] is sampled, as the engine samples its own.
 pub const LAG_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -50,6 +53,21 @@ pub fn describe() {
         Unit::Count,
         "accounts high watermark minus the next offset the shard will apply, per shard"
     );
+    describe_gauge!(
+        SNAPSHOT_BYTES,
+        Unit::Bytes,
+        "size of the shard's last snapshot (its whole state, written with a commit), per shard"
+    );
+    describe_gauge!(
+        SNAPSHOT_OPEN_ORDERS,
+        Unit::Count,
+        "open orders in the shard's last snapshot, per shard"
+    );
+    describe_gauge!(
+        RECOVERY_REPLAYED_LINES,
+        Unit::Count,
+        "lines the shard's last recovery replayed from its snapshot, per shard"
+    );
     describe_histogram!(
         BATCH_RECORDS,
         Unit::Count,
@@ -75,7 +93,14 @@ pub fn register(shards: &[u32]) {
         ] {
             metrics::counter!(counter, &labels).increment(0);
         }
-        metrics::gauge!(CONSUMER_LAG_RECORDS, &labels).set(0.0);
+        for gauge in [
+            CONSUMER_LAG_RECORDS,
+            SNAPSHOT_BYTES,
+            SNAPSHOT_OPEN_ORDERS,
+            RECOVERY_REPLAYED_LINES,
+        ] {
+            metrics::gauge!(gauge, &labels).set(0.0);
+        }
     }
     for histogram in [BATCH_RECORDS, COMMIT_SECONDS] {
         let _ = metrics::histogram!(histogram);
