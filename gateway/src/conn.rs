@@ -255,13 +255,29 @@ impl Conn {
         let closed = closing.cancelled();
         let shutting_down = shutdown.cancelled();
         tokio::pin!(closed, shutting_down);
+        let write_timeout = Duration::from_millis(limits.write_timeout_ms);
+        let mut queue_held_since: Option<Instant> = None;
         loop {
             // Held while its answers pending on Kafka are at their limit, or while half the
             // outbound queue is waiting for the client to read it: either way the client's
             // frames wait in the kernel and TCP slows it, and nothing it is owed is dropped.
             let answers_fit = self.out.answers_fit();
             let can_read = answers_fit && self.pending.len() < limits.pending_per_conn_max;
-            self.held.note(can_read, Instant::now());
+            let now = Instant::now();
+            self.held.note(can_read, now);
+            queue_held_since = if answers_fit {
+                None
+            } else {
+                Some(queue_held_since.unwrap_or(now))
+            };
+            // The writer frees room with every message the client reads: a hold on the queue
+            // as long as the write timeout means the client read nothing meanwhile.
+            let hold_ends = async {
+                match queue_held_since {
+                    Some(since) => tokio::time::sleep_until(since + write_timeout).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = &mut closed => return Ending::Closed,
@@ -270,6 +286,17 @@ impl Conn {
                     self.answer_pending(done);
                 }
                 () = self.out.room(), if !answers_fit => {}
+                () = hold_ends => {
+                    if !self.out.answers_fit() {
+                        metrics::counter!(
+                            "gateway_slow_consumers_total",
+                            "reason" => telemetry::SLOW_OUTBOUND_QUEUE
+                        )
+                        .increment(1);
+                        self.out.close(Closing::SlowConsumer);
+                        return Ending::Closed;
+                    }
+                }
                 _ = &mut idle_timer => {
                     // Time the gateway did not read is not the client's silence. (A client
                     // that reads nothing is cut by the writer's timeout.)
