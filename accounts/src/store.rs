@@ -49,8 +49,8 @@ pub struct Recovered {
     /// The position the loaded state stands at: the snapshot's, or `last` when there was none.
     /// The lines after it up to `last` must be replayed (applied without publishing).
     pub from: i64,
-    /// The `balances` rows at `last`, which the replayed state must equal; `None` when nothing
-    /// is replayed.
+    /// The `balances` rows at `last`, which the snapshot and the lines replayed after it must
+    /// give; `None` without a snapshot (the balances were loaded from those rows).
     pub balances_at_last: Option<BTreeMap<(AccountId, AssetId), Balance>>,
     /// No snapshot was found (a new shard, or one from before snapshots): the first commit
     /// must write one, since the per-order rows it recovered from are no longer kept.
@@ -90,11 +90,7 @@ pub async fn recover(pool: &PgPool, state: &mut ShardState) -> Result<Recovered,
     }
     Snapshot::restore(&bytes, state)?;
     load_transfers(pool, state, from).await?;
-    let balances_at_last = if from < last {
-        Some(stored_balances(pool, state).await?)
-    } else {
-        None
-    };
+    let balances_at_last = Some(stored_balances(pool, state).await?);
     Ok(Recovered {
         last,
         from,

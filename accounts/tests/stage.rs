@@ -332,7 +332,6 @@ async fn sigkill_mid_stream_then_restart_equals_a_replay() {
         stored, replayed,
         "balances after the crash equal a replay of the log"
     );
-    check_recovery(&world, &all, &states).await;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
         .fetch_one(&world.pool)
         .await
@@ -365,6 +364,8 @@ async fn sigkill_mid_stream_then_restart_equals_a_replay() {
         ledger_rows,
         world.positions().await
     );
+    // Last: it changes the stored state (snapshots moved, rows written, a deposit per shard).
+    check_recovery(&world, &all, &states).await;
     Arc::try_unwrap(world)
         .ok()
         .expect("one owner")
@@ -449,6 +450,7 @@ async fn check_recovery(world: &World, all: &[(u32, i64, Vec<u8>)], states: &[Sh
         );
         assert_same(&r.state, want, "from a snapshot at the middle");
     }
+    check_legacy_rows(world, &stage, states).await;
     sqlx::query(
         "UPDATE balances SET available = available + 1 WHERE shard = 0 \
          AND account_id = (SELECT min(account_id) FROM balances WHERE shard = 0)",
@@ -460,8 +462,81 @@ async fn check_recovery(world: &World, all: &[(u32, i64, Vec<u8>)], states: &[Sh
         Err(accounts::actor::ActorError::Store(accounts::store::StoreError::Corrupt {
             what,
             ..
-        })) => assert!(what.contains("does not give the stored balances"), "{what}"),
+        })) => assert!(what.contains("do not give the stored balances"), "{what}"),
         Err(e) => panic!("a tampered balance: {e}"),
         Ok(_) => panic!("a tampered balance was not noticed"),
     }
+}
+
+/// A stage from before snapshots left one `reservations` row per open order and no snapshot:
+/// a shard recovers from those rows, and its first commit writes a snapshot and deletes them.
+async fn check_legacy_rows(world: &World, stage: &accounts::actor::Stage, states: &[ShardState]) {
+    let never = tokio_util::sync::CancellationToken::new();
+    for (shard, want) in (0..SHARDS).zip(states) {
+        sqlx::query("DELETE FROM account_snapshots WHERE shard = $1")
+            .bind(shard as i32)
+            .execute(&world.pool)
+            .await
+            .unwrap();
+        for (id, r) in want.ledger.reservations() {
+            let meta = want.meta.get(&id);
+            let amend = meta.and_then(|m| m.amend_from);
+            sqlx::query(
+                "INSERT INTO reservations (order_id, shard, account_id, pair_id, side, asset, \
+                   limit_price, qty, filled_qty, reserved, client_order_id, amend_from_price, \
+                   amend_from_qty) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::numeric, $11, $12, $13)",
+            )
+            .bind(id.0 as i64)
+            .bind(shard as i32)
+            .bind(r.account_id.0 as i64)
+            .bind(r.pair_id as i32)
+            .bind(if r.side == Side::Buy { "buy" } else { "sell" })
+            .bind(&want.ledger.assets().get(r.asset_id).unwrap().symbol)
+            .bind(r.limit_price.map(|p| p.0))
+            .bind(r.qty.0)
+            .bind(r.filled_qty.0)
+            .bind(r.reserved_units.to_string())
+            .bind(meta.and_then(|m| m.client_order_id.clone()))
+            .bind(amend.map(|(p, _)| p.0))
+            .bind(amend.map(|(_, q)| q.0))
+            .execute(&world.pool)
+            .await
+            .unwrap();
+        }
+        let r = accounts::actor::recover(stage, shard, &never)
+            .await
+            .expect("recovers from the rows of a stage from before snapshots");
+        assert!(r.snapshot_due, "shard {shard}: a snapshot is due");
+        assert_eq!(r.replayed, 0);
+        assert_same(&r.state, want, "from reservation rows");
+    }
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM reservations")
+        .fetch_one(&world.pool)
+        .await
+        .unwrap();
+    assert!(open > 0, "the stream leaves open orders");
+    // One deposit per shard makes each commit once.
+    let lines: Vec<_> = (0..SHARDS)
+        .map(|s| {
+            let account = (1..).find(|a| shard_of(*a) == s).unwrap();
+            deposit(900_000 + u64::from(s), account, "EUR", 1)
+        })
+        .collect();
+    let child = world.start_stage();
+    let positions = world.produce(&world.producer(), &lines).await;
+    let want: BTreeMap<u32, i64> = lines.iter().map(|(s, _)| *s).zip(positions).collect();
+    world.wait_committed(&want, Duration::from_secs(60)).await;
+    stop(child);
+    let (rows, snapshots): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM reservations), (SELECT count(*) FROM account_snapshots)",
+    )
+    .fetch_one(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (rows, snapshots),
+        (0, i64::from(SHARDS)),
+        "the first commits replaced the rows with snapshots"
+    );
 }

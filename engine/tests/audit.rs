@@ -465,6 +465,11 @@ async fn the_audit_replays_the_account_stage_and_names_broken_balances() {
     );
     assert!(count(Rule::LedgerCause) > 50, "{}", report.table());
     assert!(
+        count(Rule::SnapshotEqualsReplay) >= 1,
+        "the stage's first commit wrote a snapshot: {}",
+        report.table()
+    );
+    assert!(
         count(Rule::TradesEqualReplay) > 10,
         "the workload trades: {}",
         report.table()
@@ -501,6 +506,35 @@ async fn the_audit_replays_the_account_stage_and_names_broken_balances() {
     )
     .await;
     assert!(audit(&config).await.ok, "the balance is back");
+
+    // A snapshot whose first balance differs from the replay at its position.
+    let (shard, original): (i32, Vec<u8>) =
+        sqlx::query_as("SELECT shard, state FROM account_snapshots ORDER BY shard LIMIT 1")
+            .fetch_one(&world.pool)
+            .await
+            .expect("a snapshot");
+    let mut tampered: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    let available = tampered["balances"][0][2]
+        .as_str()
+        .expect("the snapshot holds a balance")
+        .to_owned();
+    tampered["balances"][0][2] = serde_json::json!(format!("{available}1"));
+    let set = "UPDATE account_snapshots SET state = $2 WHERE shard = $1";
+    sqlx::query(set)
+        .bind(shard)
+        .bind(serde_json::to_vec(&tampered).unwrap())
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    let report = audit(&config).await;
+    assert_violates(&report, &[Rule::SnapshotEqualsReplay]);
+    sqlx::query(set)
+        .bind(shard)
+        .bind(&original)
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    assert!(audit(&config).await.ok, "the snapshot is back");
 
     // A deposit in the ledger that no transfer and no accounts line made.
     sql(

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use accounts::shard::{Effects, LedgerRow, ShardState};
+use accounts::store::Snapshot;
 use accounts_core::{AssetRegistry, Cause, Ledger};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -23,10 +24,11 @@ use super::log::{Consumers, PartitionReader};
 use super::report::{BalancesSummary, Report, Rule, Violation};
 use super::{AuditConfig, AuditError};
 
-const RULES: [Rule; 3] = [
+const RULES: [Rule; 4] = [
     Rule::BalancesConserved,
     Rule::LedgerCause,
     Rule::BalancesEqualReplay,
+    Rule::SnapshotEqualsReplay,
 ];
 
 /// Audits the account stage if it ran; returns its figures.
@@ -222,23 +224,50 @@ async fn replay_shard(
             .shard(shard),
         );
     }
+    let mut snapshot = stored_snapshot(conn, shard, last).await?;
+    if snapshot.is_some() {
+        report.check(Rule::SnapshotEqualsReplay, 1);
+    }
     let mut stored = LedgerLines::open(conn, shard);
     let (mut records, mut lines) = (0, 0);
     while let Some(rec) = reader.next().await? {
         records += 1;
         let mut fx = Effects::default();
+        let mut at = position(rec.offset, 0);
         for (i, line) in command_lines(rec.payload.as_deref())
             .into_iter()
             .enumerate()
             .take(LINES_PER_RECORD_MAX)
         {
-            state.apply_line(position(rec.offset, i), line, &mut fx);
+            at = position(rec.offset, i);
+            state.apply_line(at, line, &mut fx);
             lines += 1;
+        }
+        if let Some((snap_at, bytes)) = snapshot.take_if(|(p, _)| *p <= at) {
+            let ledger = Ledger::new(AssetRegistry::from_pairs(&registry), config.ledger_config())?;
+            let empty = ShardState::new(shard, shards, Arc::clone(&registry), ledger);
+            if let Some(what) = snapshot_differs(&state, snap_at, at, &bytes, empty) {
+                report.violate(
+                    Violation::new(Rule::SnapshotEqualsReplay, what)
+                        .shard(shard)
+                        .accounts_position(snap_at),
+                );
+            }
         }
         for line in fx.ledger.chunk_by(|a, b| a.position == b.position) {
             compare_line(shard, line, &mut stored, state.ledger.assets(), report).await?;
             summary.ledger_changes += line.len() as u64;
         }
+    }
+    if let Some((snap_at, _)) = snapshot {
+        report.violate(
+            Violation::new(
+                Rule::SnapshotEqualsReplay,
+                "the log ends before the snapshot's position: it cannot be replayed to it",
+            )
+            .shard(shard)
+            .accounts_position(snap_at),
+        );
     }
     summary.lines_replayed += lines;
     report.speed.records += records;
@@ -255,6 +284,65 @@ async fn replay_shard(
     }
     drop(stored);
     compare_balances(conn, report, summary, shard, &state).await
+}
+
+/// The shard's snapshot, when it has one at or below its committed position.
+async fn stored_snapshot(
+    conn: &mut PgConnection,
+    shard: u32,
+    last: i64,
+) -> Result<Option<(i64, Vec<u8>)>, AuditError> {
+    let table: bool = sqlx::query_scalar("SELECT to_regclass('account_snapshots') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !table {
+        return Ok(None);
+    }
+    let row: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT position, state FROM account_snapshots WHERE shard = $1")
+            .bind(shard as i32)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.filter(|(p, _)| *p <= last))
+}
+
+/// How a snapshot taken at `snap_at`, loaded into `restored` (an empty state), differs from the
+/// replay's state after the record ending at `at` (the first record reaching it), if it does. A snapshot is taken at a record's last line,
+/// so anything else is a difference too.
+fn snapshot_differs(
+    replayed: &ShardState,
+    snap_at: i64,
+    at: i64,
+    bytes: &[u8],
+    mut restored: ShardState,
+) -> Option<String> {
+    if snap_at != at {
+        return Some(format!(
+            "the snapshot is at position {snap_at}, which is not the last line of a record \
+             (that record ends at {at})"
+        ));
+    }
+    if let Err(e) = Snapshot::restore(bytes, &mut restored) {
+        return Some(format!("the snapshot does not load: {e}"));
+    }
+    let differs = |what: &str| Some(format!("the snapshot's {what} differ from the replay's"));
+    if !restored.ledger.balances().eq(replayed.ledger.balances()) {
+        return differs("balances");
+    }
+    if !restored
+        .ledger
+        .reservations()
+        .eq(replayed.ledger.reservations())
+    {
+        return differs("reservations");
+    }
+    if restored.meta != replayed.meta {
+        return differs("open orders' client ids or amends");
+    }
+    if restored.pair_seqs != replayed.pair_seqs {
+        return differs("settled seqs");
+    }
+    None
 }
 
 /// A shard's `ledger_lines` in position order, streamed.

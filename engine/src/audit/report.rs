@@ -25,11 +25,12 @@ pub enum Rule {
     BalancesConserved,
     LedgerCause,
     BalancesEqualReplay,
+    SnapshotEqualsReplay,
     ReceivedHasVerdict,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 14] = [
+    pub const ALL: [Rule; 15] = [
         Rule::LogComplete,
         Rule::AnsweredOnce,
         Rule::AnswerEqualsReplay,
@@ -43,6 +44,7 @@ impl Rule {
         Rule::BalancesConserved,
         Rule::LedgerCause,
         Rule::BalancesEqualReplay,
+        Rule::SnapshotEqualsReplay,
         Rule::ReceivedHasVerdict,
     ];
 
@@ -61,6 +63,7 @@ impl Rule {
             Rule::BalancesConserved => "balances_conserved",
             Rule::LedgerCause => "ledger_cause",
             Rule::BalancesEqualReplay => "balances_equal_replay",
+            Rule::SnapshotEqualsReplay => "snapshot_equals_replay",
             Rule::ReceivedHasVerdict => "received_has_verdict",
         }
     }
@@ -102,6 +105,9 @@ impl Rule {
             }
             Rule::BalancesEqualReplay => {
                 "every balance equals a replay of the accounts log through the account shards' rules"
+            }
+            Rule::SnapshotEqualsReplay => {
+                "each account shard's snapshot (balances, open orders, settled seqs) equals the replay of its log at the snapshot's position"
             }
             Rule::ReceivedHasVerdict => {
                 "every command the gateway acknowledged as received has its verdict"
