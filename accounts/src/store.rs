@@ -1,7 +1,7 @@
 //! PostgreSQL: a shard's recovery, and its commit (balances, ledger rows, transfers, per-pair
 //! settlement seqs, now and then a snapshot of the whole state, and its position, in one
 //! transaction fenced on the previous position). Schema: `infra/migrations/0006_accounts.sql`;
-//! the ledger is one row per line since `0008_ledger_lines.sql`; open orders live in the
+//! the ledger is one row per commit since `0011_ledger_batches.sql`; open orders live in the
 //! snapshot since `0010_account_snapshots.sql` (a recovery replays the log from it).
 
 use std::borrow::Cow;
@@ -394,15 +394,33 @@ fn symbol_str(assets: &AssetRegistry, id: AssetId) -> Cow<'_, str> {
     )
 }
 
-/// One line's changes as the compact JSON array `ledger_lines.changes` holds, each change an
-/// array of account_id, asset, cause, detail, available_delta, reserved_delta, available,
-/// reserved (amounts as strings: they can exceed 64 bits). `line` is one position's rows in
-/// order; element i is the row of `idx` i.
-fn line_json(assets: &AssetRegistry, line: &[LedgerRow]) -> String {
-    use std::fmt::Write as _;
-    let mut out = Vec::with_capacity(160 * line.len());
+/// A commit's ledger as the compact JSON array `ledger_batches.lines` holds: each line
+/// `[position, changes]`, in position order (infra/migrations/0011_ledger_batches.sql).
+/// `ledger` holds the lines' rows in position order, each line's in `idx` order.
+fn batch_json(assets: &AssetRegistry, ledger: &[LedgerRow]) -> String {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(192 * ledger.len());
     // The four amounts of a change, formatted once into one reused buffer.
     let mut amounts = String::with_capacity(160);
+    out.push(b'[');
+    for (i, line) in ledger.chunk_by(|a, b| a.position == b.position).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write!(out, "[{},", line[0].position).expect("writing into a Vec");
+        line_json(&mut out, &mut amounts, assets, line);
+        out.push(b']');
+    }
+    out.push(b']');
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// Appends one line's changes to `out` as the compact JSON array `ledger_lines.changes` gives
+/// back, each change an array of account_id, asset, cause, detail, available_delta,
+/// reserved_delta, available, reserved (amounts as strings: they can exceed 64 bits). `line` is
+/// one position's rows in order; element i is the row of `idx` i.
+fn line_json(out: &mut Vec<u8>, amounts: &mut String, assets: &AssetRegistry, line: &[LedgerRow]) {
+    use std::fmt::Write as _;
     out.push(b'[');
     for (i, row) in line.iter().enumerate() {
         debug_assert_eq!(row.idx as usize, i, "a line's rows arrive in idx order");
@@ -432,10 +450,9 @@ fn line_json(assets: &AssetRegistry, line: &[LedgerRow]) -> String {
             &amounts[ends[1]..ends[2]],
             &amounts[ends[2]..ends[3]],
         );
-        serde_json::to_writer(&mut out, &change).expect("a ledger change serializes");
+        serde_json::to_writer(&mut *out, &change).expect("a ledger change serializes");
     }
     out.push(b']');
-    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 /// What one or more batches change, with every value captured when its batch ended: the
@@ -547,22 +564,17 @@ pub async fn persist(
             .await?;
     }
 
-    if !fx.ledger.is_empty() {
-        // One row per line: its changes, in order, as one compact JSON array
-        // (infra/migrations/0008_ledger_lines.sql documents the columns).
-        let mut position = Vec::new();
-        let mut changes = Vec::new();
-        for line in fx.ledger.chunk_by(|a, b| a.position == b.position) {
-            position.push(line[0].position);
-            changes.push(line_json(assets, line));
-        }
+    if let (Some(first), Some(last)) = (fx.ledger.first(), fx.ledger.last()) {
+        // One row per commit: its lines, in order, as one compact JSON array
+        // (infra/migrations/0011_ledger_batches.sql documents the columns).
         sqlx::query(
-            "INSERT INTO ledger_lines (shard, accounts_offset, changes) \
-             SELECT $3, p, c::json FROM unnest($1::bigint[], $2::text[]) AS t(p, c)",
+            "INSERT INTO ledger_batches (shard, first_offset, last_offset, lines) \
+             VALUES ($1, $2, $3, $4::json)",
         )
-        .bind(&position)
-        .bind(&changes)
         .bind(s)
+        .bind(first.position)
+        .bind(last.position)
+        .bind(batch_json(assets, &fx.ledger))
         .execute(&mut *tx)
         .await?;
     }

@@ -1,5 +1,6 @@
-//! The ledger as stored: one `ledger_lines` row per `accounts` line, read back change by change
-//! through the `ledger` view (infra/migrations/0008_ledger_lines.sql), against the real
+//! The ledger as stored: one `ledger_batches` row per commit, read back line by line through
+//! the `ledger_lines` view and change by change through the `ledger` view
+//! (infra/migrations/0008_ledger_lines.sql, 0011_ledger_batches.sql), against the real
 //! PostgreSQL. Skipped without the stack (`eval "$(scripts/stack env)"`).
 
 mod common;
@@ -63,7 +64,7 @@ fn cause_name(cause: &Cause) -> &'static str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_writes_one_row_per_line_and_the_view_gives_back_every_change_in_order() {
+async fn a_commit_writes_one_row_and_the_views_give_back_every_line_and_change_in_order() {
     let Some(world) = World::new("ledger_lines").await else {
         return;
     };
@@ -209,10 +210,6 @@ async fn a_commit_writes_one_row_per_line_and_the_view_gives_back_every_change_i
         ),
     ];
     let want = rows(&lines);
-    let fx = Rows {
-        ledger: want.clone(),
-        ..Rows::default()
-    };
     store::ensure_shard(&world.pool, SHARD).await.unwrap();
     // A shard with the same positions must not mix with this one.
     store::ensure_shard(&world.pool, 0).await.unwrap();
@@ -229,11 +226,35 @@ async fn a_commit_writes_one_row_per_line_and_the_view_gives_back_every_change_i
     )
     .await
     .unwrap();
-    store::persist(&world.pool, SHARD, &assets, -1, release_line, &fx)
-        .await
-        .unwrap();
+    // Two commits: the deposit and the place, then the rest.
+    for (prev, last, part) in [
+        (-1, place_line, &lines[..2]),
+        (place_line, release_line, &lines[2..]),
+    ] {
+        let fx = Rows {
+            ledger: rows(part),
+            ..Rows::default()
+        };
+        store::persist(&world.pool, SHARD, &assets, prev, last, &fx)
+            .await
+            .unwrap();
+    }
 
-    // One row per line that changed something, none for the refused line.
+    // One row per commit, naming its first and last line.
+    let batches: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT first_offset, last_offset FROM ledger_batches WHERE shard = $1 \
+         ORDER BY first_offset",
+    )
+    .bind(SHARD as i32)
+    .fetch_all(&world.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        batches,
+        vec![(deposit_line, place_line), (settle_line, release_line)]
+    );
+
+    // One line per line that changed something, none for the refused line.
     let stored: Vec<(i64, String)> = sqlx::query(
         "SELECT accounts_offset, changes::text FROM ledger_lines WHERE shard = $1 \
          ORDER BY accounts_offset",

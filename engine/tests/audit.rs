@@ -539,8 +539,8 @@ async fn the_audit_replays_the_account_stage_and_names_broken_balances() {
     // A deposit in the ledger that no transfer and no accounts line made.
     sql(
         &world,
-        "INSERT INTO ledger_lines (shard, accounts_offset, changes) VALUES (0, 1, \
-         '[[2,\"EUR\",\"deposit\",{\"type\":\"deposit\",\"transfer_id\":987654},\"5\",\"0\",\"5\",\"0\"]]')",
+        "INSERT INTO ledger_batches (shard, first_offset, last_offset, lines) VALUES (0, 1, 1, \
+         '[[1,[[2,\"EUR\",\"deposit\",{\"type\":\"deposit\",\"transfer_id\":987654},\"5\",\"0\",\"5\",\"0\"]]]]')",
     )
     .await;
     let report = audit(&config).await;

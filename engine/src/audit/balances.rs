@@ -345,7 +345,8 @@ fn snapshot_differs(
     None
 }
 
-/// A shard's `ledger_lines` in position order, streamed.
+/// A shard's ledger lines in position order, streamed: its `ledger_batches` rows by position,
+/// each expanded in its order (infra/migrations/0011_ledger_batches.sql).
 struct LedgerLines<'c> {
     rows: BoxStream<'c, Result<PgRow, sqlx::Error>>,
     peeked: Option<(i64, String)>,
@@ -354,8 +355,9 @@ struct LedgerLines<'c> {
 impl<'c> LedgerLines<'c> {
     fn open(conn: &'c mut PgConnection, shard: u32) -> LedgerLines<'c> {
         let rows = sqlx::query(
-            "SELECT accounts_offset, changes::text FROM ledger_lines WHERE shard = $1 \
-             ORDER BY accounts_offset",
+            "SELECT (l.line ->> 0)::bigint, (l.line -> 1)::text FROM ledger_batches AS b \
+             CROSS JOIN LATERAL json_array_elements(b.lines) WITH ORDINALITY AS l(line, n) \
+             WHERE b.shard = $1 ORDER BY b.first_offset, l.n",
         )
         .bind(shard as i32)
         .fetch(conn);
