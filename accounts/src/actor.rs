@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 
 use accounts_core::{AssetRegistry, Ledger};
 use protocol::PairRegistry;
-use protocol::accounts::{LINES_PER_RECORD_MAX, position, record_offset};
-use protocol::records::{
-    EVENTS_PAYLOAD_MAX, ORDERS_PAYLOAD_MAX, command_lines, pack_lines, push_line,
-};
+use protocol::accounts::record_offset;
+use protocol::records::{EVENTS_PAYLOAD_MAX, ORDERS_PAYLOAD_MAX, pack_lines, push_line};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
@@ -245,13 +243,9 @@ async fn replay(
             continue;
         }
         let mut scratch = Effects::default();
-        let read = command_lines(m.payload());
-        for (i, line) in read.iter().enumerate().take(LINES_PER_RECORD_MAX) {
-            state.apply_line(position(m.offset(), i), *line, &mut scratch);
-        }
-        let kept = read.len().min(LINES_PER_RECORD_MAX);
-        lines += kept as u64;
-        at = position(m.offset(), kept.max(1) - 1);
+        let (read, through) = state.apply_record(m.offset(), m.payload(), &mut scratch);
+        lines += read;
+        at = through;
     }
     state.replaying = false;
     Ok(lines)
@@ -352,13 +346,10 @@ impl Decider<'_> {
                 match m {
                     Ok(m) => {
                         if m.offset() > record_offset(batch_last) {
-                            let lines = command_lines(m.payload());
-                            for (i, line) in lines.iter().enumerate().take(LINES_PER_RECORD_MAX) {
-                                state.apply_line(position(m.offset(), i), *line, &mut fx);
-                            }
-                            let kept = lines.len().min(LINES_PER_RECORD_MAX);
-                            lines_read += kept as u64;
-                            batch_last = position(m.offset(), kept - 1);
+                            let (read, through) =
+                                state.apply_record(m.offset(), m.payload(), &mut fx);
+                            lines_read += read;
+                            batch_last = through;
                             records += 1;
                         }
                     }

@@ -16,10 +16,10 @@ use accounts_core::{
 };
 use opentelemetry::KeyValue;
 use protocol::accounts::{
-    AccountEventRecord, AccountRecord, BalanceLine, Refusal, SettleRecord, Source,
-    TransferDirection, TransferRecord, account_shard,
+    AccountEventRecord, AccountRecord, BalanceLine, LINES_PER_RECORD_MAX, Refusal, SettleRecord,
+    Source, TransferDirection, TransferRecord, account_shard, position,
 };
-use protocol::records::{OrderRecord, RECORD_VERSION};
+use protocol::records::{OrderRecord, RECORD_VERSION, command_lines};
 use protocol::{
     AccountId, Command, CommandKind, Event, EventBody, OrderId, OrderRef, PairId, PairRegistry,
     Price, Qty, Side,
@@ -185,6 +185,23 @@ impl ShardState {
 
     fn owns(&self, account_id: AccountId) -> bool {
         account_shard(account_id, self.shards) == self.shard
+    }
+
+    /// Applies the lines of the `accounts` record at `offset` in order (at most
+    /// [`LINES_PER_RECORD_MAX`]; a record without any line is one unreadable line). Returns how
+    /// many it applied and the position of the last: what the shard has read up to.
+    pub fn apply_record(
+        &mut self,
+        offset: i64,
+        payload: Option<&[u8]>,
+        fx: &mut Effects,
+    ) -> (u64, i64) {
+        let lines = command_lines(payload);
+        let kept = lines.len().min(LINES_PER_RECORD_MAX);
+        for (i, line) in lines.into_iter().take(kept).enumerate() {
+            self.apply_line(position(offset, i), line, fx);
+        }
+        (kept as u64, position(offset, kept - 1))
     }
 
     /// Applies one line at `position`; `None` is a line that could not be read at all.

@@ -15,8 +15,7 @@ use accounts::store::Snapshot;
 use accounts_core::{AssetRegistry, Cause, Ledger};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use protocol::accounts::{LINES_PER_RECORD_MAX, position, record_offset};
-use protocol::records::command_lines;
+use protocol::accounts::record_offset;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
@@ -233,16 +232,8 @@ async fn replay_shard(
     while let Some(rec) = reader.next().await? {
         records += 1;
         let mut fx = Effects::default();
-        let mut at = position(rec.offset, 0);
-        for (i, line) in command_lines(rec.payload.as_deref())
-            .into_iter()
-            .enumerate()
-            .take(LINES_PER_RECORD_MAX)
-        {
-            at = position(rec.offset, i);
-            state.apply_line(at, line, &mut fx);
-            lines += 1;
-        }
+        let (read, at) = state.apply_record(rec.offset, rec.payload.as_deref(), &mut fx);
+        lines += read;
         if let Some((snap_at, bytes)) = snapshot.take_if(|(p, _)| *p <= at) {
             let ledger = Ledger::new(AssetRegistry::from_pairs(&registry), config.ledger_config())?;
             let empty = ShardState::new(shard, shards, Arc::clone(&registry), ledger);
