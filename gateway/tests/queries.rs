@@ -1,6 +1,7 @@
 //! `open_orders`, `order_status`, `my_trades` against the real engine, Kafka and PostgreSQL, and
 //! the reconnect procedure of docs/API.md: subscribe (log in), buffer pushes, query, apply only
-//! the pushes above the answer's seq, and end with exactly what PostgreSQL holds.
+//! the pushes above the answer's seq, and end with exactly what PostgreSQL holds. The same
+//! procedure for balances runs against the real account stage too.
 
 mod common;
 
@@ -261,5 +262,185 @@ async fn a_reconnecting_client_rebuilds_its_orders_from_the_query_and_the_pushes
 
     engine_stop.cancel();
     let _ = engine.await;
+    stack.stop().await;
+}
+
+/// (asset -> (available, reserved)) in the asset's smallest unit: a balance string has exactly
+/// the asset's decimals, so its digits are the units.
+type Balances = BTreeMap<String, (i128, i128)>;
+
+fn amount_units(v: &Value) -> i128 {
+    v.as_str().unwrap().replace('.', "").parse().unwrap()
+}
+
+/// The account's balances as the stage committed them.
+async fn balances_in_db(stack: &Stack, account: u64) -> Balances {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT asset, available::text, reserved::text FROM balances WHERE account_id = $1",
+    )
+    .bind(account as i64)
+    .fetch_all(&stack.pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(a, av, re)| (a, (av.parse().unwrap(), re.parse().unwrap())))
+        .filter(|(_, b)| *b != (0, 0))
+        .collect()
+}
+
+/// The reconnect procedure for balances (docs/API.md), with the real account stage and engine:
+/// the maker's asks fill while it is away and the operator deposits an asset it will never see
+/// a push for; it comes back while trading goes on, subscribes, buffers, queries `balances`,
+/// applies only the pushes above `as_of_offset`, and ends with exactly its balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reconnecting_client_rebuilds_its_balances_from_the_query_and_the_pushes_above_it() {
+    const SHARDS: u32 = 2;
+    let Some(stack) = start_with_accounts(Limits::default(), 2, SHARDS as usize).await else {
+        return;
+    };
+    let accounts_topic = stack.accounts_topic.clone().unwrap();
+    let mut config = engine::Config::new(
+        stack.env.brokers.clone(),
+        stack.db_url.clone(),
+        (*stack.pairs).clone(),
+    );
+    config.orders_topic = stack.orders_topic.clone();
+    config.events_topic = stack.events_topic.clone();
+    config.accounts_topic = Some(accounts_topic.clone());
+    config.group_id = format!("g_{}", stack.db_name);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let engine = tokio::spawn(engine::run(config, stop.clone()));
+    let mut stage_config = accounts::Config::new(
+        stack.env.brokers.clone(),
+        stack.db_url.clone(),
+        (*stack.pairs).clone(),
+    );
+    stage_config.accounts_topic = accounts_topic.clone();
+    stage_config.orders_topic = stack.orders_topic.clone();
+    stage_config.account_events_topic = stack.account_events_topic.clone().unwrap();
+    let stage = tokio::spawn(accounts::run(stage_config, stop.clone()));
+
+    let assets = accounts_core::AssetRegistry::from_pairs(&stack.pairs);
+    let fund = |spec: &str, who: std::ops::Range<usize>| {
+        let funding = gateway::provision::parse_funding(spec, &assets).unwrap();
+        let producer = stack.producer();
+        let (topic, creds) = (accounts_topic.clone(), stack.creds[who].to_vec());
+        async move {
+            gateway::provision::fund(&producer, &topic, SHARDS, &creds, &funding)
+                .await
+                .unwrap()
+        }
+    };
+    fund("EUR=1000,BTC=2", 0..2).await;
+    let maker_account = stack.creds[0].account_id;
+
+    // The maker rests three asks (1.5 BTC reserved), then goes away.
+    let mut maker = stack.logged_in(0).await;
+    for (price, coid) in [("100.00", "a"), ("101.00", "b"), ("102.00", "c")] {
+        let r = maker.request("place", sell(price, "0.5", coid)).await;
+        assert_eq!(r["result"]["status"], "received", "{r}");
+        let v = maker
+            .push_where(|v| v["channel"] == "orders" && v["client_order_id"] == coid)
+            .await;
+        assert_eq!(v["type"], "accepted", "{v}");
+    }
+    drop(maker);
+
+    // While it is away: "a" fills and "b" partly; the operator deposits USD.
+    let mut taker = stack.logged_in(1).await;
+    let r = taker
+        .request("place", place_params("BTC-EUR", "buy", "101.00", "0.7"))
+        .await;
+    assert_eq!(r["result"]["status"], "received", "{r}");
+    taker.push_where(is_order("done")).await;
+    fund("USD=500", 0..1).await;
+
+    // It comes back: logs in, subscribes (pushes buffer from here on), and trading goes on
+    // while it queries.
+    let mut maker = stack.logged_in(0).await;
+    let r = maker
+        .request("subscribe", json!({"channel": "balances"}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let r = taker
+        .request(
+            "place",
+            json!({"pair": "BTC-EUR", "side": "buy", "type": "limit", "price": "102.00",
+                   "qty": "0.4", "tif": "ioc"}),
+        )
+        .await;
+    assert_eq!(r["result"]["status"], "received", "{r}");
+    let answer = maker.request("balances", Value::Null).await;
+    let result = &answer["result"];
+    let as_of = result["as_of_offset"].as_i64().expect("an offset");
+    let shard = result["shard"].as_u64().expect("a shard");
+    let mut state: Balances = result["balances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["asset"].as_str().unwrap().to_owned(),
+                (amount_units(&b["available"]), amount_units(&b["reserved"])),
+            )
+        })
+        .collect();
+
+    // Sold 0.5 at 100, 0.5 at 101, 0.1 at 102 (no fees in pairs.toml); 0.4 BTC still reserved
+    // for "c". EUR has 10 decimals, BTC 14, USD 10.
+    let eur = 10_i128.pow(10);
+    let btc = 10_i128.pow(14);
+    let want: Balances = BTreeMap::from([
+        ("BTC".to_owned(), (btc / 2, 4 * btc / 10)),
+        ("EUR".to_owned(), (11_107 * eur / 10, 0)),
+        ("USD".to_owned(), (500 * eur, 0)),
+    ]);
+    let (mut applied, mut dropped) = (0, 0);
+    let rebuilt = tokio::time::timeout(WAIT, async {
+        while state != want {
+            let push = maker.push_where(|v| v["channel"] == "balances").await;
+            assert_eq!(push["shard"].as_u64(), Some(shard), "{push}");
+            if push["accounts_offset"].as_i64().unwrap() > as_of {
+                applied += 1;
+                state.insert(
+                    push["asset"].as_str().unwrap().to_owned(),
+                    (
+                        amount_units(&push["available"]),
+                        amount_units(&push["reserved"]),
+                    ),
+                );
+            } else {
+                dropped += 1;
+            }
+        }
+    })
+    .await;
+    assert!(
+        rebuilt.is_ok(),
+        "the rebuilt balances {state:?} never reached {want:?} \
+         ({applied} pushes applied above offset {as_of}, {dropped} dropped)"
+    );
+    assert!(
+        applied > 0,
+        "the trade after the query reached the client as pushes"
+    );
+
+    // And that is what the stage commits.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let db = balances_in_db(&stack, maker_account).await;
+        if db == want {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "PostgreSQL's balances {db:?} never reached {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    stop.cancel();
+    let _ = engine.await;
+    let _ = stage.await;
     stack.stop().await;
 }
