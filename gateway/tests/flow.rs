@@ -19,14 +19,7 @@ async fn two_accounts_cross_and_a_third_sees_the_book_and_the_trade() {
     let Some(stack) = start(Limits::default(), 3).await else {
         return;
     };
-    let mut config = engine::Config::new(
-        stack.env.brokers.clone(),
-        stack.db_url.clone(),
-        (*stack.pairs).clone(),
-    );
-    config.orders_topic = stack.orders_topic.clone();
-    config.events_topic = stack.events_topic.clone();
-    config.group_id = format!("g_{}", stack.db_name);
+    let config = stack.engine_config();
     let engine_stop = tokio_util::sync::CancellationToken::new();
     let engine = tokio::spawn(engine::run(config, engine_stop.clone()));
 

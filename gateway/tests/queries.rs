@@ -20,6 +20,11 @@ fn sell(price: &str, qty: &str, client_id: &str) -> Value {
            "client_order_id": client_id})
 }
 
+fn ioc_buy(price: &str, qty: &str) -> Value {
+    json!({"pair": "BTC-EUR", "side": "buy", "type": "limit", "price": price, "qty": qty,
+           "tif": "ioc"})
+}
+
 fn units(stack: &Stack, qty: &Value) -> i64 {
     let spec = stack.pairs.by_symbol("BTC-EUR").unwrap();
     spec.parse_qty(qty.as_str().unwrap()).unwrap().0
@@ -51,14 +56,7 @@ async fn a_reconnecting_client_rebuilds_its_orders_from_the_query_and_the_pushes
     let Some(stack) = start(Limits::default(), 2).await else {
         return;
     };
-    let mut config = engine::Config::new(
-        stack.env.brokers.clone(),
-        stack.db_url.clone(),
-        (*stack.pairs).clone(),
-    );
-    config.orders_topic = stack.orders_topic.clone();
-    config.events_topic = stack.events_topic.clone();
-    config.group_id = format!("g_{}", stack.db_name);
+    let config = stack.engine_config();
     let engine_stop = tokio_util::sync::CancellationToken::new();
     let engine = tokio::spawn(engine::run(config, engine_stop.clone()));
     let maker_account = stack.creds[0].account_id;
@@ -83,13 +81,7 @@ async fn a_reconnecting_client_rebuilds_its_orders_from_the_query_and_the_pushes
     // The maker comes back: logging in starts its private stream (buffered from here on),
     // and trading goes on while it queries.
     let mut maker = stack.logged_in(0).await;
-    let r = taker
-        .request(
-            "place",
-            json!({"pair": "BTC-EUR", "side": "buy", "type": "limit", "price": "102.00",
-                   "qty": "0.4", "tif": "ioc"}),
-        )
-        .await;
+    let r = taker.request("place", ioc_buy("102.00", "0.4")).await;
     assert_eq!(r["result"]["status"], "received", "{r}");
     let answer = maker.request("open_orders", Value::Null).await;
     let result = &answer["result"];
@@ -299,17 +291,8 @@ async fn a_reconnecting_client_rebuilds_its_balances_from_the_query_and_the_push
         return;
     };
     let accounts_topic = stack.accounts_topic.clone().unwrap();
-    let mut config = engine::Config::new(
-        stack.env.brokers.clone(),
-        stack.db_url.clone(),
-        (*stack.pairs).clone(),
-    );
-    config.orders_topic = stack.orders_topic.clone();
-    config.events_topic = stack.events_topic.clone();
-    config.accounts_topic = Some(accounts_topic.clone());
-    config.group_id = format!("g_{}", stack.db_name);
     let stop = tokio_util::sync::CancellationToken::new();
-    let engine = tokio::spawn(engine::run(config, stop.clone()));
+    let engine = tokio::spawn(engine::run(stack.engine_config(), stop.clone()));
     let mut stage_config = accounts::Config::new(
         stack.env.brokers.clone(),
         stack.db_url.clone(),
@@ -362,13 +345,7 @@ async fn a_reconnecting_client_rebuilds_its_balances_from_the_query_and_the_push
         .request("subscribe", json!({"channel": "balances"}))
         .await;
     assert!(r.get("result").is_some(), "{r}");
-    let r = taker
-        .request(
-            "place",
-            json!({"pair": "BTC-EUR", "side": "buy", "type": "limit", "price": "102.00",
-                   "qty": "0.4", "tif": "ioc"}),
-        )
-        .await;
+    let r = taker.request("place", ioc_buy("102.00", "0.4")).await;
     assert_eq!(r["result"]["status"], "received", "{r}");
     let answer = maker.request("balances", Value::Null).await;
     let result = &answer["result"];

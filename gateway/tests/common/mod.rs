@@ -213,6 +213,21 @@ impl Stack {
         }
     }
 
+    /// The matching engine's config on this stack's topics and schema (tests run it in
+    /// process), with the account stage's `accounts` topic when the stack has one.
+    pub fn engine_config(&self) -> engine::Config {
+        let mut config = engine::Config::new(
+            self.env.brokers.clone(),
+            self.db_url.clone(),
+            (*self.pairs).clone(),
+        );
+        config.orders_topic = self.orders_topic.clone();
+        config.events_topic = self.events_topic.clone();
+        config.accounts_topic = self.accounts_topic.clone();
+        config.group_id = format!("g_{}", self.db_name);
+        config
+    }
+
     /// The config of another gateway on the same topics and schema.
     pub fn gateway_config(&self, gateway_id: u8, limits: Limits) -> Config {
         Config {
