@@ -187,6 +187,25 @@ impl ShardState {
         account_shard(account_id, self.shards) == self.shard
     }
 
+    /// The first part of what a snapshot holds (`store::Snapshot`) in which `self` and `other`
+    /// differ: "balances", "reservations", "open orders' client ids or amends", "settled
+    /// seqs"; `None` when they hold the same.
+    pub fn snapshot_difference(&self, other: &ShardState) -> Option<&'static str> {
+        if !self.ledger.balances().eq(other.ledger.balances()) {
+            return Some("balances");
+        }
+        if !self.ledger.reservations().eq(other.ledger.reservations()) {
+            return Some("reservations");
+        }
+        if self.meta != other.meta {
+            return Some("open orders' client ids or amends");
+        }
+        if self.pair_seqs != other.pair_seqs {
+            return Some("settled seqs");
+        }
+        None
+    }
+
     /// Applies the lines of the `accounts` record at `offset` in order (at most
     /// [`LINES_PER_RECORD_MAX`]; a record without any line is one unreadable line). Returns how
     /// many it applied and the position of the last: what the shard has read up to.

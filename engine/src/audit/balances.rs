@@ -298,8 +298,8 @@ async fn stored_snapshot(
 }
 
 /// How a snapshot taken at `snap_at`, loaded into `restored` (an empty state), differs from the
-/// replay's state after the record ending at `at` (the first record reaching it), if it does. A snapshot is taken at a record's last line,
-/// so anything else is a difference too.
+/// replay's state after the record ending at `at` (the first record reaching it), if it does.
+/// A snapshot is taken at a record's last line, so anything else is a difference too.
 fn snapshot_differs(
     replayed: &ShardState,
     snap_at: i64,
@@ -316,24 +316,9 @@ fn snapshot_differs(
     if let Err(e) = Snapshot::restore(bytes, &mut restored) {
         return Some(format!("the snapshot does not load: {e}"));
     }
-    let differs = |what: &str| Some(format!("the snapshot's {what} differ from the replay's"));
-    if !restored.ledger.balances().eq(replayed.ledger.balances()) {
-        return differs("balances");
-    }
-    if !restored
-        .ledger
-        .reservations()
-        .eq(replayed.ledger.reservations())
-    {
-        return differs("reservations");
-    }
-    if restored.meta != replayed.meta {
-        return differs("open orders' client ids or amends");
-    }
-    if restored.pair_seqs != replayed.pair_seqs {
-        return differs("settled seqs");
-    }
-    None
+    restored
+        .snapshot_difference(replayed)
+        .map(|what| format!("the snapshot's {what} differ from the replay's"))
 }
 
 /// A shard's ledger lines in position order, streamed: its `ledger_batches` rows by position,
